@@ -1,0 +1,55 @@
+# The two commands of the README: `make demo` and `make test`. Each does all set-up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+JOBS ?= $(shell nproc)
+B ?=
+
+.PHONY: all deps venv install demo test test-cpp test-cpp-tsan test-python bench clean
+
+all: install
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(VENV)/.ready: requirements-dev.txt
+	@$(MAKE) --no-print-directory deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.ready
+
+# Built without isolation into build/<wheel tag>, so a second `make` only recompiles what changed.
+install: venv
+	$(PY) -m pip install -q --no-build-isolation --no-deps .
+
+demo: install
+	$(PY) -m isthmus.demo
+
+test: install test-cpp test-python
+
+# The GoogleTest suite, built and run under AddressSanitizer + UBSan.
+test-cpp: deps venv
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake --preset asan -DPython_EXECUTABLE=$(abspath $(PY)) >/dev/null
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake --build --preset asan -j $(JOBS)
+	PATH=$(abspath $(VENV))/bin:$$PATH ctest --preset asan -j $(JOBS)
+
+test-cpp-tsan: deps venv
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake --preset tsan >/dev/null
+	PATH=$(abspath $(VENV))/bin:$$PATH cmake --build --preset tsan -j $(JOBS)
+	PATH=$(abspath $(VENV))/bin:$$PATH ctest --preset tsan
+
+test-python: install
+	$(PY) -m pytest
+
+# `make bench` runs every benchmark; `make bench B=http` runs one.
+bench: install
+	@bash scripts/install-deps.sh bench
+	$(PY) -m pip install -q -r requirements-bench.txt
+	$(PY) bench/run.py $(B)
+
+clean:
+	rm -rf build

@@ -1,0 +1,10 @@
+#include "bindings.hpp"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instead.";
+  using namespace isthmus::bindings;
+  register_exceptions(m);
+  bind_runtime(m);
+  bind_http(m);
+  bind_sandbox(m);
+}

@@ -1,0 +1,9 @@
+# System libraries (Debian packages installed by scripts/install-deps.sh).
+find_package(Threads REQUIRED)
+find_package(CURL REQUIRED)
+find_package(OpenSSL REQUIRED)
+find_package(ZLIB REQUIRED)
+find_package(SQLite3 REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+# Boost 1.74 ships a CMake config; Asio and Beast are header-only.
+find_package(Boost 1.74 REQUIRED CONFIG)

@@ -1,0 +1,43 @@
+// The project's error category. Core async operations complete with an std::error_code from
+// it; the Python boundary (bindings/exceptions.cpp) maps each code to one exception class.
+#pragma once
+
+#include <string>
+#include <system_error>
+
+namespace isthmus {
+
+enum class errc {
+  ok = 0,
+  invalid_url,         // the URL does not parse
+  unsupported_scheme,  // not http or https
+  resolve_failed,      // the host name did not resolve
+  connect_failed,      // refused, unreachable
+  tls_error,           // handshake or certificate verification failed
+  timeout,             // connect or total deadline passed
+  transport_error,     // connection broke mid-request or mid-body
+  protocol_error,      // the peer spoke invalid HTTP
+  decoding_error,      // content-encoding could not be decoded
+  too_many_redirects,
+  invalid_header,      // a header name or value the client refuses to send (CR/LF, empty name)
+  body_too_large,      // response exceeded the configured maximum
+  cancelled,           // the caller cancelled the operation
+  shutting_down,       // the engine or client is closing
+  invalid_argument,    // a configuration value is out of range
+  internal,            // a bug: reported, never swallowed
+};
+
+const std::error_category& category() noexcept;
+std::error_code make_error_code(errc e) noexcept;
+
+// Thrown only by synchronous facades (and translated to Python in one place).
+class Error : public std::system_error {
+ public:
+  Error(std::error_code ec, const std::string& what) : std::system_error(ec, what) {}
+  Error(errc e, const std::string& what) : std::system_error(make_error_code(e), what) {}
+};
+
+}  // namespace isthmus
+
+template <>
+struct std::is_error_code_enum<isthmus::errc> : std::true_type {};

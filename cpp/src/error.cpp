@@ -1,0 +1,42 @@
+#include "isthmus/error.hpp"
+
+namespace isthmus {
+namespace {
+
+class Category final : public std::error_category {
+ public:
+  const char* name() const noexcept override { return "isthmus"; }
+  std::string message(int ev) const override {
+    switch (static_cast<errc>(ev)) {
+      case errc::ok: return "ok";
+      case errc::invalid_url: return "invalid URL";
+      case errc::unsupported_scheme: return "unsupported URL scheme";
+      case errc::resolve_failed: return "could not resolve host";
+      case errc::connect_failed: return "could not connect";
+      case errc::tls_error: return "TLS error";
+      case errc::timeout: return "timed out";
+      case errc::transport_error: return "connection broken during transfer";
+      case errc::protocol_error: return "invalid HTTP from peer";
+      case errc::decoding_error: return "could not decode response body";
+      case errc::too_many_redirects: return "too many redirects";
+      case errc::invalid_header: return "invalid header";
+      case errc::body_too_large: return "response body too large";
+      case errc::cancelled: return "cancelled";
+      case errc::shutting_down: return "shutting down";
+      case errc::invalid_argument: return "invalid argument";
+      case errc::internal: return "internal error";
+    }
+    return "unknown isthmus error";
+  }
+};
+
+}  // namespace
+
+const std::error_category& category() noexcept {
+  static const Category instance;
+  return instance;
+}
+
+std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), category()}; }
+
+}  // namespace isthmus
