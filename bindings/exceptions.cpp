@@ -1,7 +1,70 @@
+#include "exceptions.hpp"
+
 #include "bindings.hpp"
+#include "isthmus/error.hpp"
+
+namespace py = pybind11;
 
 namespace isthmus::bindings {
+namespace {
 
-void register_exceptions(pybind11::module_& m) {}
+const char* class_name(const std::error_code& ec) {
+  if (ec.category() != isthmus::category()) return "IsthmusError";
+  switch (static_cast<errc>(ec.value())) {
+    case errc::invalid_url: return "InvalidURL";
+    case errc::unsupported_scheme: return "UnsupportedScheme";
+    case errc::resolve_failed: return "ResolveError";
+    case errc::connect_failed: return "ConnectError";
+    case errc::tls_error: return "TLSError";
+    case errc::timeout: return "TimeoutError";
+    case errc::transport_error: return "ReadError";
+    case errc::protocol_error: return "ProtocolError";
+    case errc::decoding_error: return "DecodingError";
+    case errc::too_many_redirects: return "TooManyRedirects";
+    case errc::invalid_header: return "InvalidHeader";
+    case errc::body_too_large: return "BodyTooLarge";
+    case errc::cancelled: return "Cancelled";
+    case errc::shutting_down: return "ClientClosed";
+    case errc::invalid_argument: return "ConfigError";
+    case errc::ok:
+    case errc::internal: break;
+  }
+  return "IsthmusError";
+}
+
+bool is_request_error(const std::string& name) {
+  return name != "IsthmusError" && name != "ConfigError";
+}
+
+}  // namespace
+
+py::object make_exception(const std::error_code& ec, const std::string& message,
+                          const std::string& method, const std::string& url) {
+  py::module_ errors = py::module_::import("isthmus.errors");
+  const std::string name = class_name(ec);
+  py::object cls = errors.attr(name.c_str());
+  if (!is_request_error(name)) return cls(message);
+  py::object py_method = method.empty() ? py::none() : py::object(py::str(method));
+  py::object py_url = url.empty() ? py::none() : py::object(py::str(url));
+  return cls(message, py::arg("method") = py_method, py::arg("url") = py_url);
+}
+
+void raise_error(const std::error_code& ec, const std::string& message, const std::string& method,
+                 const std::string& url) {
+  py::object exc = make_exception(ec, message, method, url);
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  throw py::error_already_set();
+}
+
+void register_exceptions(py::module_& m) {
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const isthmus::Error& e) {
+      py::object exc = make_exception(e.code(), e.what());
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    }
+  });
+}
 
 }  // namespace isthmus::bindings

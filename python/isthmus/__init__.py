@@ -1,13 +1,77 @@
-"""isthmus: an integration engine for B2B product teams."""
+"""isthmus: an integration engine for B2B product teams.
+
+A C++ core does the fast, careful parts of talking to other products' APIs; this package is
+its Python face. Start with ``isthmus.Client`` and ``isthmus.Sandbox``.
+"""
 
 from __future__ import annotations
 
 import atexit as _atexit
 
 from isthmus import _core
+from isthmus.errors import (
+    AuthError,
+    BodyTooLarge,
+    Cancelled,
+    ClientClosed,
+    ClientError,
+    ConfigError,
+    ConnectError,
+    DecodingError,
+    HTTPStatusError,
+    InvalidHeader,
+    InvalidURL,
+    IsthmusError,
+    JSONDecodeError,
+    ProtocolError,
+    RateLimited,
+    ReadError,
+    RequestError,
+    ResolveError,
+    ServerError,
+    TimeoutError,
+    TLSError,
+    TooManyRedirects,
+    TransportError,
+    UnsupportedScheme,
+)
+from isthmus.http import AsyncClient, Client, Headers, Request, Response
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "__version__",
+    # HTTP
+    "Client",
+    "AsyncClient",
+    "Request",
+    "Response",
+    "Headers",
+    # errors
+    "IsthmusError",
+    "ConfigError",
+    "RequestError",
+    "InvalidURL",
+    "UnsupportedScheme",
+    "InvalidHeader",
+    "TransportError",
+    "ConnectError",
+    "ResolveError",
+    "TLSError",
+    "ReadError",
+    "ProtocolError",
+    "BodyTooLarge",
+    "TimeoutError",
+    "TooManyRedirects",
+    "DecodingError",
+    "JSONDecodeError",
+    "ClientClosed",
+    "Cancelled",
+    "HTTPStatusError",
+    "ClientError",
+    "AuthError",
+    "RateLimited",
+    "ServerError",
+]
 
 _atexit.register(_core.shutdown)

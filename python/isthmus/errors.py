@@ -1,0 +1,178 @@
+"""Every exception isthmus raises, grouped by what went wrong.
+
+Each class also subclasses the builtin a Python user would reach for first
+(``ValueError``, ``ConnectionError``, ``TimeoutError``), so ``except TimeoutError``
+catches an isthmus timeout. The core's error codes are mapped onto these classes in one
+place, ``bindings/exceptions.cpp``. Messages name the request (method and URL, with
+credentials and secret query values replaced by ``***``) and never carry a secret.
+"""
+
+from __future__ import annotations
+
+import builtins
+import email.utils
+import time
+from typing import Any, Optional
+
+__all__ = [
+    "IsthmusError",
+    "ConfigError",
+    "RequestError",
+    "InvalidURL",
+    "UnsupportedScheme",
+    "InvalidHeader",
+    "TransportError",
+    "ConnectError",
+    "ResolveError",
+    "TLSError",
+    "ReadError",
+    "ProtocolError",
+    "BodyTooLarge",
+    "TimeoutError",
+    "TooManyRedirects",
+    "DecodingError",
+    "JSONDecodeError",
+    "ClientClosed",
+    "Cancelled",
+    "HTTPStatusError",
+    "ClientError",
+    "AuthError",
+    "RateLimited",
+    "ServerError",
+]
+
+
+class IsthmusError(Exception):
+    """Base of every isthmus error."""
+
+
+class ConfigError(IsthmusError, ValueError):
+    """A configuration value is invalid. The message names the field, the value and what is valid."""
+
+
+class RequestError(IsthmusError):
+    """A request could not be completed. ``method`` and ``url`` (redacted) say which."""
+
+    def __init__(self, message: str, *, method: Optional[str] = None, url: Optional[str] = None):
+        super().__init__(message)
+        self.method = method
+        self.url = url
+
+
+class InvalidURL(RequestError, ValueError):
+    """The URL does not parse."""
+
+
+class UnsupportedScheme(InvalidURL):
+    """The URL's scheme is not http or https."""
+
+
+class InvalidHeader(RequestError, ValueError):
+    """A header name or value cannot be sent (empty name, CR or LF)."""
+
+
+class TransportError(RequestError, ConnectionError):
+    """The connection failed or broke."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made (refused, unreachable)."""
+
+
+class ResolveError(ConnectError):
+    """The host name did not resolve."""
+
+
+class TLSError(ConnectError):
+    """The TLS handshake or the certificate check failed."""
+
+
+class ReadError(TransportError):
+    """The connection broke while the request or the response body was in transit."""
+
+
+class ProtocolError(TransportError):
+    """The server answered with something that is not valid HTTP."""
+
+
+class BodyTooLarge(TransportError):
+    """The response body exceeded the configured maximum."""
+
+
+class TimeoutError(RequestError, builtins.TimeoutError):  # noqa: A001 - deliberate, like asyncio.TimeoutError
+    """A connect or total deadline passed."""
+
+
+class TooManyRedirects(RequestError):
+    """More redirects than the client allows."""
+
+
+class DecodingError(RequestError, ValueError):
+    """The response body could not be decoded (content encoding or charset)."""
+
+
+class JSONDecodeError(DecodingError):
+    """The response body is not valid JSON. ``excerpt`` shows where it broke."""
+
+    def __init__(self, message: str, *, method=None, url=None, excerpt: str = "", position: int = -1):
+        super().__init__(message, method=method, url=url)
+        self.excerpt = excerpt
+        self.position = position
+
+
+class ClientClosed(RequestError, RuntimeError):
+    """The client was closed; it sends nothing more."""
+
+
+class Cancelled(RequestError):
+    """The transfer was cancelled before it completed."""
+
+
+class HTTPStatusError(IsthmusError):
+    """Raised by ``Response.raise_for_status()`` for a 4xx or 5xx answer.
+
+    Carries ``status_code``, ``headers``, the ``response`` and a short, redacted ``body`` excerpt.
+    """
+
+    def __init__(self, message: str, *, response: Any):
+        super().__init__(message)
+        self.response = response
+        self.status_code: int = response.status_code
+        self.headers = response.headers
+        self.body: str = response._redacted_excerpt()
+
+
+class ClientError(HTTPStatusError):
+    """A 4xx answer."""
+
+
+class AuthError(ClientError, PermissionError):
+    """A 401 or 403 answer: the credentials were missing, wrong, expired or not enough."""
+
+
+class RateLimited(ClientError):
+    """A 429 answer. ``retry_after`` is the server's requested wait in seconds, when it gave one."""
+
+    def __init__(self, message: str, *, response: Any):
+        super().__init__(message, response=response)
+        self.retry_after: Optional[float] = parse_retry_after(response.headers.get("retry-after"))
+
+
+class ServerError(HTTPStatusError):
+    """A 5xx answer."""
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

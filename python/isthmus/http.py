@@ -1,0 +1,613 @@
+"""The HTTP client: ``Client`` (blocking), ``AsyncClient`` (asyncio) and ``Response``.
+
+Both clients hand every request to the C++ core, which drives libcurl from its own I/O
+thread; Python waits with the GIL released. ``Client.get_many`` sends a whole list of
+requests in one call, so fetching at volume costs no Python per request beyond building it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import http as _stdlib_http
+import itertools
+import json as _json
+import re
+import threading
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from typing import Any, Optional, Sequence, Union
+from urllib.parse import urlencode, urlsplit
+
+from isthmus import _core, errors
+
+__all__ = ["Client", "AsyncClient", "Response", "Request", "Headers"]
+
+HeaderInput = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
+ParamsInput = Union[Mapping[str, Any], Sequence[tuple[str, Any]], None]
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# Values of these JSON keys are blanked out of body excerpts shown in errors and reprs.
+_SECRET_JSON = re.compile(
+    r'("(?:[^"]*(?:token|secret|password|passwd|api_?key|authorization|credential)[^"]*)"\s*:\s*)"[^"]*"',
+    re.IGNORECASE,
+)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password and secret-looking query values replaced by ``***``."""
+    return _core.redact_url(url)
+
+
+class Headers(MutableMapping[str, str]):
+    """Case-insensitive HTTP headers that keep order and repeated names.
+
+    ``headers["content-type"]`` gives the first value; ``get_list(name)`` gives every value.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: HeaderInput = None):
+        self._items: list[tuple[str, str]] = []
+        if items is None:
+            return
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for name, value in pairs:
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise errors.ConfigError(
+                    f"headers: name and value must be str, got {type(name).__name__}: {type(value).__name__}"
+                )
+            self._items.append((name, value))
+
+    def __getitem__(self, name: str) -> str:
+        key = name.lower()
+        for k, v in self._items:
+            if k.lower() == key:
+                return v
+        raise KeyError(name)
+
+    def __setitem__(self, name: str, value: str) -> None:
+        self.__delitem__(name) if name in self else None
+        self._items.append((name, value))
+
+    def __delitem__(self, name: str) -> None:
+        key = name.lower()
+        kept = [(k, v) for k, v in self._items if k.lower() != key]
+        if len(kept) == len(self._items):
+            raise KeyError(name)
+        self._items = kept
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = name.lower()
+        return any(k.lower() == key for k, _ in self._items)
+
+    def __iter__(self) -> Iterator[str]:
+        seen = set()
+        for k, _ in self._items:
+            if k.lower() not in seen:
+                seen.add(k.lower())
+                yield k
+
+    def __len__(self) -> int:
+        return len({k.lower() for k, _ in self._items})
+
+    def get_list(self, name: str) -> list[str]:
+        key = name.lower()
+        return [v for k, v in self._items if k.lower() == key]
+
+    def multi_items(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return {k.lower(): v for k, v in self.items()} == {k.lower(): v for k, v in other.items()}
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        shown = [(k, "***" if k.lower() in _SENSITIVE_HEADERS else v) for k, v in self._items]
+        return f"Headers({shown!r})"
+
+
+_SENSITIVE_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key"}
+)
+
+
+def _merge_url(base_url: Optional[str], url: str) -> str:
+    if "://" in url or not base_url:
+        return url
+    if not url:
+        return base_url
+    return base_url.rstrip("/") + "/" + url.lstrip("/")
+
+
+def _encode_params(params: ParamsInput) -> str:
+    if not params:
+        return ""
+    pairs = params.items() if isinstance(params, Mapping) else params
+    flat: list[tuple[str, str]] = []
+    for key, value in pairs:
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if v is None:
+                continue
+            if isinstance(v, bool):
+                v = "true" if v else "false"
+            flat.append((str(key), str(v)))
+    return urlencode(flat)
+
+
+class Request:
+    """A request ready to send: method, absolute URL, headers and body bytes."""
+
+    __slots__ = ("method", "url", "headers", "content", "timeout")
+
+    def __init__(self, method: str, url: str, *, headers: HeaderInput = None,
+                 content: Optional[bytes] = None, timeout: Optional[float] = None):
+        method = method.upper() if isinstance(method, str) else method
+        if method not in _METHODS:
+            raise errors.ConfigError(f"method: {method!r} is not one of {', '.join(sorted(_METHODS))}")
+        self.method = method
+        self.url = url
+        self.headers = headers if isinstance(headers, Headers) else Headers(headers)
+        self.content = content
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {redact_url(self.url)}>"
+
+
+class Response:
+    """An HTTP response. A 4xx or 5xx status raises only through ``raise_for_status()``."""
+
+    __slots__ = ("_raw", "request", "_content", "_headers")
+
+    def __init__(self, raw: Any, request: Request):
+        self._raw = raw
+        self.request = request
+        self._content: Optional[bytes] = None
+        self._headers: Optional[Headers] = None
+
+    @property
+    def status_code(self) -> int:
+        return self._raw.status
+
+    @property
+    def reason_phrase(self) -> str:
+        try:
+            return _stdlib_http.HTTPStatus(self.status_code).phrase
+        except ValueError:
+            return ""
+
+    @property
+    def http_version(self) -> str:
+        return "HTTP/" + self._raw.http_version
+
+    @property
+    def headers(self) -> Headers:
+        if self._headers is None:
+            self._headers = Headers(self._raw.headers)
+        return self._headers
+
+    @property
+    def url(self) -> str:
+        """The final URL, after redirects."""
+        return self._raw.url
+
+    @property
+    def redirects(self) -> int:
+        return self._raw.redirects
+
+    @property
+    def elapsed(self) -> datetime.timedelta:
+        return datetime.timedelta(seconds=self._raw.elapsed)
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            self._content = self._raw.take_body()
+        return self._content
+
+    @property
+    def encoding(self) -> str:
+        ctype = self.headers.get("content-type", "")
+        match = re.search(r"charset=\"?([\w.:-]+)", ctype, re.IGNORECASE)
+        return match.group(1) if match else "utf-8"
+
+    @property
+    def text(self) -> str:
+        try:
+            return self.content.decode(self.encoding, errors="replace")
+        except LookupError:
+            return self.content.decode("utf-8", errors="replace")
+
+    def json(self, **kwargs: Any) -> Any:
+        """The body parsed as JSON; ``isthmus.JSONDecodeError`` (a ``ValueError``) if it is not."""
+        try:
+            return _json.loads(self.content, **kwargs)
+        except ValueError as exc:
+            pos = getattr(exc, "pos", -1)
+            text = self.content[max(0, pos - 40): pos + 40].decode("utf-8", "replace") if pos >= 0 else ""
+            raise errors.JSONDecodeError(
+                f"invalid JSON in the response to {self.request.method} {redact_url(self.url)}: {exc}",
+                method=self.request.method, url=redact_url(self.url),
+                excerpt=_SECRET_JSON.sub(r'\1"***"', text), position=pos,
+            ) from None
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def is_error(self) -> bool:
+        return self.status_code >= 400
+
+    def raise_for_status(self) -> "Response":
+        """Return the response if its status is below 400; raise the matching HTTPStatusError."""
+        status = self.status_code
+        if status < 400:
+            return self
+        if status == 429:
+            cls: type[errors.HTTPStatusError] = errors.RateLimited
+        elif status in (401, 403):
+            cls = errors.AuthError
+        elif status < 500:
+            cls = errors.ClientError
+        else:
+            cls = errors.ServerError
+        raise cls(f"{status} {self.reason_phrase} for {self.request.method} {redact_url(self.url)}",
+                  response=self)
+
+    def _redacted_excerpt(self, limit: int = 500) -> str:
+        return _SECRET_JSON.sub(r'\1"***"', self.text[:limit])
+
+    def __repr__(self) -> str:
+        return f"<Response [{self.status_code} {self.reason_phrase}] {self.request.method} {redact_url(self.url)}>"
+
+    def _repr_html_(self) -> str:
+        import html
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{html.escape('***' if k.lower() in _SENSITIVE_HEADERS else v)}</td></tr>"
+            for k, v in self.headers.multi_items()
+        )
+        return (
+            f"<div><b>{self.status_code} {html.escape(self.reason_phrase)}</b> "
+            f"{html.escape(self.request.method)} {html.escape(redact_url(self.url))} "
+            f"({self._raw.elapsed * 1000:.1f} ms, {len(self.content):,} bytes)"
+            f"<table>{rows}</table><pre>{html.escape(self._redacted_excerpt(2000))}</pre></div>"
+        )
+
+
+def _check_positive(field: str, value: Any, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise errors.ConfigError(f"{field}: {value!r} is not valid; expected a number greater than 0")
+
+
+class _ClientBase:
+    """What Client and AsyncClient share: configuration, URL and request building."""
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        *,
+        headers: HeaderInput = None,
+        params: ParamsInput = None,
+        timeout: float = 30.0,
+        connect_timeout: float = 10.0,
+        max_connections: int = 32,
+        follow_redirects: bool = True,
+        max_redirects: int = 10,
+        verify: Union[bool, str] = True,
+        http2: bool = True,
+        user_agent: Optional[str] = None,
+        max_body_bytes: Optional[int] = None,
+    ):
+        if base_url is not None:
+            if not isinstance(base_url, str):
+                raise errors.ConfigError(f"base_url: {base_url!r} is not a string")
+            if urlsplit(base_url).scheme not in ("http", "https"):
+                raise errors.UnsupportedScheme(
+                    f"base_url: {redact_url(base_url)!r} must start with http:// or https://",
+                    url=redact_url(base_url))
+        _check_positive("timeout", timeout)
+        _check_positive("connect_timeout", connect_timeout)
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise errors.ConfigError(f"max_connections: {max_connections!r} is not valid; expected an int >= 1")
+        if isinstance(max_redirects, bool) or not isinstance(max_redirects, int) or max_redirects < 0:
+            raise errors.ConfigError(f"max_redirects: {max_redirects!r} is not valid; expected an int >= 0")
+        if not isinstance(verify, (bool, str)):
+            raise errors.ConfigError(f"verify: {verify!r} is not valid; expected True, False or a CA bundle path")
+        _check_positive("max_body_bytes", max_body_bytes, allow_none=True)
+        self.base_url = base_url
+        self.headers = Headers(headers)
+        self.params = params
+        self.timeout = float(timeout)
+        self.max_connections = max_connections
+        self._closed = False
+        self._core = _core.HttpClient(
+            timeout=float(timeout),
+            connect_timeout=float(connect_timeout),
+            max_connections_per_host=max_connections,
+            max_connections=0,
+            follow_redirects=bool(follow_redirects),
+            max_redirects=max_redirects,
+            verify=verify is not False,
+            ca_bundle=verify if isinstance(verify, str) else "",
+            http2=bool(http2),
+            user_agent=user_agent or "isthmus/0.1",
+            max_body_bytes=int(max_body_bytes or 0),
+        )
+
+    def build_request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        json: Any = None,
+        data: Union[bytes, str, Mapping[str, Any], None] = None,
+        timeout: Optional[float] = None,
+    ) -> Request:
+        """The Request that ``request()`` would send, with the client's defaults merged in."""
+        if not isinstance(url, str):
+            raise errors.InvalidURL(f"url: {url!r} is not a string")
+        full = _merge_url(self.base_url, url)
+        query = _encode_params(self.params) if self.params else ""
+        extra = _encode_params(params)
+        query = "&".join(q for q in (query, extra) if q)
+        if query:
+            full += ("&" if "?" in full else "?") + query
+        merged = Headers(self.headers.multi_items())
+        for name, value in Headers(headers).multi_items():
+            merged[name] = value
+        content: Optional[bytes] = None
+        if json is not None and data is not None:
+            raise errors.ConfigError("json and data: give one body, not both")
+        if json is not None:
+            content = _json.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+            if "content-type" not in merged:
+                merged["Content-Type"] = "application/json"
+        elif isinstance(data, Mapping):
+            content = _encode_params(data).encode()
+            if "content-type" not in merged:
+                merged["Content-Type"] = "application/x-www-form-urlencoded"
+        elif isinstance(data, str):
+            content = data.encode()
+        elif data is not None:
+            content = bytes(data)
+        if timeout is not None:
+            _check_positive("timeout", timeout)
+        return Request(method, full, headers=merged, content=content, timeout=timeout)
+
+    def _coerce(self, item: Union[str, Request]) -> Request:
+        return item if isinstance(item, Request) else self.build_request("GET", item)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise errors.ClientClosed("the client is closed")
+
+    def __repr__(self) -> str:
+        base = redact_url(self.base_url) if self.base_url else None
+        return f"<{type(self).__name__} base_url={base!r} max_connections={self.max_connections}>"
+
+
+def _unwrap(raw: Any, request: Request) -> Response:
+    if not raw.ok:
+        raise raw.exception(request.method, redact_url(request.url))
+    return Response(raw, request)
+
+
+class Client(_ClientBase):
+    """A blocking HTTP client, safe to share between Python threads.
+
+    >>> with isthmus.Client("https://api.example.com", headers={"Accept": "application/json"}) as c:
+    ...     c.get("/v1/contacts", params={"limit": 100}).raise_for_status().json()
+    """
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        return self.send(self.build_request(method, url, **kwargs))
+
+    def send(self, request: Request) -> Response:
+        self._check_open()
+        raw = self._core.request(
+            request.method, request.url, request.headers.multi_items(), request.content,
+            request.timeout or 0.0, -1, [],
+        )
+        return _unwrap(raw, request)
+
+    def get(self, url: str, **kwargs: Any) -> Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> Response:
+        return self.request("PUT", url, **kwargs)
+
+    def patch(self, url: str, **kwargs: Any) -> Response:
+        return self.request("PATCH", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> Response:
+        return self.request("DELETE", url, **kwargs)
+
+    def head(self, url: str, **kwargs: Any) -> Response:
+        return self.request("HEAD", url, **kwargs)
+
+    def get_many(
+        self,
+        paths_or_requests: Iterable[Union[str, Request]],
+        *,
+        concurrency: Optional[int] = None,
+        return_exceptions: bool = False,
+    ) -> list[Union[Response, Exception]]:
+        """Send many requests in one call; responses come back in the order given.
+
+        Strings are GET paths (or absolute URLs); ``Request`` objects go as built. At most
+        ``concurrency`` (default ``max_connections``) are in flight. A request that fails
+        raises its error once all are done, or, with ``return_exceptions=True``, stands in
+        the list as the exception.
+        """
+        self._check_open()
+        concurrency = self.max_connections if concurrency is None else concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
+        requests = [self._coerce(item) for item in paths_or_requests]
+        raws = self._core.request_many(
+            [(r.method, r.url, r.headers.multi_items(), r.content, r.timeout or 0.0) for r in requests],
+            concurrency,
+        )
+        out: list[Union[Response, Exception]] = []
+        first_error: Optional[Exception] = None
+        for raw, request in zip(raws, requests):
+            if raw.ok:
+                out.append(Response(raw, request))
+            else:
+                exc = raw.exception(request.method, redact_url(request.url))
+                if first_error is None:
+                    first_error = exc
+                out.append(exc)
+        if first_error is not None and not return_exceptions:
+            raise first_error
+        return out
+
+    def close(self) -> None:
+        """Cancel what is in flight and release connections. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._core.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncClient(_ClientBase):
+    """The same API as ``Client``, with awaitables; for asyncio and Jupyter.
+
+    Cancelling the task that awaits a request cancels the transfer in the core.
+    """
+
+    def __init__(self, base_url: Optional[str] = None, **kwargs: Any):
+        super().__init__(base_url, **kwargs)
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._queue: Any = None
+        self._futures: dict[int, tuple[asyncio.Future, Request]] = {}
+        self._tokens = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        if self._loop is not None and not self._loop.is_closed() and self._futures:
+            raise errors.ConfigError("AsyncClient: in use by another event loop; create one client per loop")
+        if self._queue is not None:
+            self._queue.close()
+        self._loop = loop
+
+        def notify(loop: asyncio.AbstractEventLoop = loop) -> None:
+            try:
+                loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed; nobody is waiting any more
+                pass
+
+        self._queue = _core.CompletionQueue(notify)
+
+    def _drain(self) -> None:
+        for token, raw in self._queue.take():
+            entry = self._futures.pop(token, None)
+            if entry is None:
+                continue
+            future, request = entry
+            if future.done():
+                continue
+            if raw.ok:
+                future.set_result(Response(raw, request))
+            else:
+                future.set_exception(raw.exception(request.method, redact_url(request.url)))
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        return await self.send(self.build_request(method, url, **kwargs))
+
+    async def send(self, request: Request) -> Response:
+        self._check_open()
+        self._bind_loop()
+        token = next(self._tokens)
+        future = self._loop.create_future()
+        self._futures[token] = (future, request)
+        transfer = self._core.send_async(
+            self._queue, token, request.method, request.url, request.headers.multi_items(),
+            request.content, request.timeout or 0.0, -1, [],
+        )
+        try:
+            return await future
+        except asyncio.CancelledError:
+            self._futures.pop(token, None)
+            self._core.cancel(transfer)
+            raise
+
+    async def get(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("GET", url, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("POST", url, **kwargs)
+
+    async def put(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("PUT", url, **kwargs)
+
+    async def patch(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("PATCH", url, **kwargs)
+
+    async def delete(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("DELETE", url, **kwargs)
+
+    async def head(self, url: str, **kwargs: Any) -> Response:
+        return await self.request("HEAD", url, **kwargs)
+
+    async def get_many(
+        self,
+        paths_or_requests: Iterable[Union[str, Request]],
+        *,
+        concurrency: Optional[int] = None,
+        return_exceptions: bool = False,
+    ) -> list[Union[Response, BaseException]]:
+        """Like ``Client.get_many``, awaited: at most ``concurrency`` in flight, results in order."""
+        concurrency = self.max_connections if concurrency is None else concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
+        requests = [self._coerce(item) for item in paths_or_requests]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(req: Request) -> Response:
+            async with gate:
+                return await self.send(req)
+
+        return await asyncio.gather(*(one(r) for r in requests), return_exceptions=return_exceptions)
+
+    async def aclose(self) -> None:
+        """Cancel what is in flight and release connections. Idempotent."""
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._core.close()
+        if self._queue is not None:
+            self._queue.close()
+        for future, _ in self._futures.values():
+            if not future.done():
+                future.cancel()
+        self._futures.clear()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
