@@ -1,0 +1,373 @@
+"""The HTTP client against the sandbox: a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import threading
+
+import pytest
+
+import isthmus
+from conftest import wait_until
+
+
+def connections(sb):
+    return sb.stats()["connections"]
+
+
+# --- basics -------------------------------------------------------------------------------
+
+def test_get_json(client):
+    r = client.get("/json")
+    assert r.status_code == 200
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert r.headers["content-type"] == r.headers["CONTENT-TYPE"]
+    assert isinstance(r.json(), dict)
+    assert r.url.endswith("/json")
+    assert r.elapsed.total_seconds() > 0
+    assert r.http_version in ("HTTP/1.1", "HTTP/2")
+
+
+def test_post_json_params_and_headers(sandbox):
+    with isthmus.Client(sandbox.url, headers={"X-Team": "core"}, params={"tenant": 42}) as c:
+        r = c.post("/echo", params={"page": 2, "tags": ["a", "b"], "flag": True},
+                   json={"name": "Zoë", "n": 1}, headers={"X-Request": "one"})
+    body = r.json()
+    assert body["method"] == "POST"
+    assert body["query"]["tenant"] in ("42", ["42"])
+    assert body["query"]["page"] in ("2", ["2"])
+    assert body["query"]["flag"] in ("true", ["true"])
+    assert body["headers"]["x-team"] == "core"
+    assert body["headers"]["x-request"] == "one"
+    assert body["headers"]["content-type"] == "application/json"
+    assert body["body"] == '{"name":"Zoë","n":1}'
+
+
+@pytest.mark.parametrize("method", ["put", "patch", "delete"])
+def test_other_methods(client, method):
+    r = getattr(client, method)("/echo", data=b"payload")
+    assert r.json()["method"] == method.upper()
+
+
+def test_form_data(client):
+    r = client.post("/echo", data={"a": "1", "b": "x y"})
+    body = r.json()
+    assert body["headers"]["content-type"] == "application/x-www-form-urlencoded"
+    assert body["body"] == "a=1&b=x+y"
+
+
+def test_status_codes_do_not_raise_until_asked(client):
+    r = client.get("/status/404")
+    assert r.status_code == 404 and r.is_error
+    with pytest.raises(isthmus.ClientError) as info:
+        r.raise_for_status()
+    assert info.value.status_code == 404
+    assert client.get("/status/204").raise_for_status().status_code == 204
+
+
+@pytest.mark.parametrize("status,cls,builtin", [
+    (401, isthmus.AuthError, PermissionError),
+    (403, isthmus.AuthError, PermissionError),
+    (429, isthmus.RateLimited, isthmus.ClientError),
+    (500, isthmus.ServerError, isthmus.HTTPStatusError),
+    (503, isthmus.ServerError, isthmus.HTTPStatusError),
+])
+def test_raise_for_status_classes(client, status, cls, builtin):
+    r = client.get(f"/status/{status}")
+    with pytest.raises(cls) as info:
+        r.raise_for_status()
+    assert isinstance(info.value, builtin)
+    assert str(status) in str(info.value)
+
+
+# --- connections ----------------------------------------------------------------------------
+
+def test_keep_alive_reuses_connections(fresh_sandbox):
+    with isthmus.Client(fresh_sandbox.url) as c:
+        for _ in range(200):
+            assert c.get("/json").status_code == 200
+        opened = c._core.connections_opened
+    assert connections(fresh_sandbox)["accepted"] <= 2
+    assert opened <= 2
+
+
+def test_get_many_reuses_connections(fresh_sandbox):
+    with isthmus.Client(fresh_sandbox.url, max_connections=8) as c:
+        rs = c.get_many(["/json"] * 2000, concurrency=8)
+    assert all(r.status_code == 200 for r in rs)
+    assert connections(fresh_sandbox)["accepted"] <= 8
+
+
+def test_per_host_connection_cap(fresh_sandbox):
+    with isthmus.Client(fresh_sandbox.url, max_connections=2) as c:
+        rs = c.get_many(["/delay/30"] * 20, concurrency=20)
+    assert [r.status_code for r in rs] == [200] * 20
+    stats = connections(fresh_sandbox)
+    assert stats["max_open"] <= 2
+    assert stats["accepted"] <= 2
+
+
+# --- get_many -------------------------------------------------------------------------------
+
+def test_get_many_keeps_order(client):
+    rs = client.get_many([f"/echo?i={i}" for i in range(500)], concurrency=32)
+    seen = [r.json()["query"]["i"] for r in rs]
+    assert [s if isinstance(s, str) else s[0] for s in seen] == [str(i) for i in range(500)]
+
+
+def test_get_many_accepts_requests(client):
+    reqs = [client.build_request("POST", "/echo", json={"i": i}) for i in range(20)]
+    rs = client.get_many(reqs, concurrency=4)
+    assert [r.json()["body"] for r in rs] == [f'{{"i":{i}}}' for i in range(20)]
+
+
+def test_get_many_errors(client, closed_port):
+    items = ["/json", f"http://127.0.0.1:{closed_port}/x", "/json"]
+    with pytest.raises(isthmus.ConnectError):
+        client.get_many(items)
+    out = client.get_many(items, return_exceptions=True)
+    assert out[0].status_code == 200 and out[2].status_code == 200
+    assert isinstance(out[1], isthmus.ConnectError)
+
+
+def test_get_many_rejects_bad_concurrency(client):
+    with pytest.raises(ValueError, match="concurrency"):
+        client.get_many(["/json"], concurrency=0)
+
+
+# --- redirects ------------------------------------------------------------------------------
+
+def test_follows_redirects(client):
+    r = client.get("/redirect/3")
+    assert r.status_code == 200
+    assert r.redirects == 3
+    assert r.url.endswith("/redirect/0")
+
+
+def test_too_many_redirects(sandbox):
+    with isthmus.Client(sandbox.url, max_redirects=2) as c:
+        with pytest.raises(isthmus.TooManyRedirects):
+            c.get("/redirect/3")
+
+
+def test_redirects_can_be_off(sandbox):
+    with isthmus.Client(sandbox.url, follow_redirects=False) as c:
+        r = c.get("/redirect/1")
+    assert r.status_code == 302
+    assert "location" in r.headers
+
+
+def test_303_becomes_get_and_307_keeps_method(client):
+    r = client.post("/redirect-to", params={"url": "/echo", "status": 303}, data=b"x")
+    assert r.json()["method"] == "GET"
+    r = client.post("/redirect-to", params={"url": "/echo", "status": 307}, data=b"keep")
+    assert r.json()["method"] == "POST" and r.json()["body"] == "keep"
+
+
+def test_credentials_stay_on_the_same_host(client):
+    r = client.get("/redirect-to", params={"url": "/echo"}, headers={"Authorization": "Bearer s3cret"})
+    assert r.json()["headers"]["authorization"] == "Bearer s3cret"
+
+
+def test_credentials_never_follow_to_another_host(client, sandbox):
+    other = sandbox.url.replace("127.0.0.1", "127.0.0.2") + "/echo"
+    r = client.get("/redirect-to", params={"url": other},
+                   headers={"Authorization": "Bearer s3cret", "Cookie": "sid=1", "X-Other": "kept"})
+    seen = r.json()["headers"]
+    assert r.url.startswith("http://127.0.0.2")
+    assert "authorization" not in seen and "cookie" not in seen
+    assert seen["x-other"] == "kept"
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path,encoding", [("/gzip", "gzip"), ("/deflate", "deflate")])
+def test_compressed_bodies_are_decoded(client, path, encoding):
+    r = client.get(path)
+    assert r.headers["content-encoding"] == encoding
+    assert isinstance(r.json(), dict)
+
+
+def test_large_body(client):
+    size = 100 * 1024 * 1024 + 7
+    r = client.get(f"/bytes/{size}", timeout=60)
+    assert len(r.content) == size
+    assert r.content[:1000] == client.get("/bytes/1000").content
+
+
+def test_large_upload(client):
+    payload = bytes(range(256)) * (8 * 1024 * 4)  # 8 MiB
+    r = client.post("/echo", data=payload, timeout=60)
+    assert r.json()["body_length"] == len(payload)
+
+
+# --- failures ---------------------------------------------------------------------------------
+
+def test_refused_connection(closed_port):
+    with isthmus.Client() as c:
+        with pytest.raises(isthmus.ConnectError) as info:
+            c.get(f"http://127.0.0.1:{closed_port}/")
+    assert isinstance(info.value, ConnectionError)
+    assert f"127.0.0.1:{closed_port}" in str(info.value.url)
+
+
+def test_unresolvable_host():
+    with isthmus.Client(timeout=10) as c:
+        with pytest.raises(isthmus.ResolveError):
+            c.get("http://no-such-host.invalid/")
+
+
+def test_timeout(client):
+    with pytest.raises(isthmus.TimeoutError) as info:
+        client.get("/delay/5000", timeout=0.2)
+    assert isinstance(info.value, builtins.TimeoutError)
+
+
+def test_stalled_server_times_out(client):
+    with pytest.raises(TimeoutError):
+        client.get("/stall", timeout=0.3)
+
+
+def test_server_closing_mid_body(client):
+    with pytest.raises(isthmus.ReadError) as info:
+        client.get("/truncated")
+    assert isinstance(info.value, ConnectionError)
+
+
+def test_connection_reset(client):
+    with pytest.raises(isthmus.TransportError):
+        client.get("/reset")
+
+
+def test_invalid_json(client):
+    r = client.get("/malformed-json")
+    with pytest.raises(isthmus.JSONDecodeError) as info:
+        r.json()
+    assert isinstance(info.value, ValueError)
+    assert "/malformed-json" in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://exa mple.com/", "http://[::1/", "http://:80/", "not a url"])
+def test_malformed_url(url):
+    with isthmus.Client() as c:
+        with pytest.raises(isthmus.InvalidURL) as info:
+            c.get(url)
+    assert isinstance(info.value, ValueError)
+
+
+def test_unknown_scheme():
+    with isthmus.Client() as c:
+        with pytest.raises(isthmus.UnsupportedScheme):
+            c.get("ftp://127.0.0.1/file")
+    with pytest.raises(isthmus.UnsupportedScheme):
+        isthmus.Client("gopher://example.com")
+
+
+def test_header_injection_is_refused(client):
+    with pytest.raises(isthmus.InvalidHeader):
+        client.get("/echo", headers={"X-A": "a\r\nInjected: 1"})
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    ({"timeout": 0}, "timeout"), ({"timeout": -1}, "timeout"), ({"max_connections": 0}, "max_connections"),
+    ({"connect_timeout": "fast"}, "connect_timeout"), ({"verify": 3}, "verify"),
+])
+def test_bad_configuration_names_the_field(kwargs, field):
+    with pytest.raises(isthmus.ConfigError, match=field):
+        isthmus.Client("http://127.0.0.1", **kwargs)
+
+
+def test_secrets_are_redacted_from_errors(closed_port):
+    url = f"http://user:hunter2@127.0.0.1:{closed_port}/x?api_key=SECRETKEY&page=2"
+    with isthmus.Client() as c:
+        with pytest.raises(isthmus.ConnectError) as info:
+            c.get(url, headers={"Authorization": "Bearer TOPSECRET"})
+    text = str(info.value) + repr(info.value) + str(info.value.url)
+    for secret in ("hunter2", "SECRETKEY", "TOPSECRET"):
+        assert secret not in text
+    assert "page=2" in info.value.url
+
+
+def test_response_repr_redacts(client):
+    r = client.get("/echo", params={"access_token": "abc123"})
+    assert "abc123" not in repr(r)
+    assert "abc123" not in repr(r.request)
+
+
+def test_closed_client_refuses(sandbox):
+    c = isthmus.Client(sandbox.url)
+    c.close()
+    c.close()
+    with pytest.raises(isthmus.ClientClosed):
+        c.get("/json")
+
+
+# --- threads and asyncio ----------------------------------------------------------------------
+
+def test_many_threads_share_one_client(client):
+    results: dict[int, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def worker(t: int) -> None:
+        try:
+            results[t] = [client.get("/echo", params={"t": t, "i": i}).json()["query"]["i"] for i in range(50)]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert all(results[t] == [str(i) for i in range(50)] for t in range(8))
+
+
+def test_async_client(sandbox):
+    async def main():
+        async with isthmus.AsyncClient(sandbox.url) as c:
+            rs = await asyncio.gather(*(c.get("/echo", params={"i": i}) for i in range(200)))
+            return [r.json()["query"]["i"] for r in rs]
+
+    assert asyncio.run(main()) == [str(i) for i in range(200)]
+
+
+def test_async_get_many_and_errors(sandbox, closed_port):
+    async def main():
+        async with isthmus.AsyncClient(sandbox.url) as c:
+            rs = await c.get_many(["/json"] * 50, concurrency=8)
+            assert all(r.status_code == 200 for r in rs)
+            with pytest.raises(isthmus.ConnectError):
+                await c.get(f"http://127.0.0.1:{closed_port}/")
+            with pytest.raises(isthmus.TimeoutError):
+                await c.get("/delay/3000", timeout=0.2)
+
+    asyncio.run(main())
+
+
+def test_async_cancel_cancels_the_transfer(fresh_sandbox):
+    async def main():
+        async with isthmus.AsyncClient(fresh_sandbox.url, timeout=30) as c:
+            task = asyncio.create_task(c.get("/stall"))
+            await asyncio.to_thread(wait_until, lambda: connections(fresh_sandbox)["open"] == 1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # The core dropped the transfer, so the server sees its connection close.
+            await asyncio.to_thread(wait_until, lambda: connections(fresh_sandbox)["open"] == 0)
+            # The client still works afterwards.
+            assert (await c.get("/json")).status_code == 200
+
+    asyncio.run(main())
+
+
+def test_async_client_survives_a_second_event_loop(sandbox):
+    c = isthmus.AsyncClient(sandbox.url)
+
+    async def one():
+        return (await c.get("/json")).status_code
+
+    assert asyncio.run(one()) == 200
+    assert asyncio.run(one()) == 200
+    c.close()
