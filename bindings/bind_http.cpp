@@ -75,14 +75,17 @@ struct Waiter {
 };
 
 struct HttpClient {
+  // The raw client owns connections; `transport` is the top of the stack requests go through
+  // (auth, limits and retries wrap the raw client, each a Transport).
   std::shared_ptr<http::Client> client;
+  std::shared_ptr<http::Transport> transport;
 
   Response request(Request req) {
     auto w = std::make_shared<Waiter>();
     std::uint64_t id = 0;
     {
       py::gil_scoped_release release;
-      id = client->send(std::move(req), [w](std::error_code, Response r) {
+      id = transport->send(std::move(req), [w](std::error_code, Response r) {
         std::lock_guard lock(w->m);
         w->response = std::move(r);
         w->done = true;
@@ -90,7 +93,7 @@ struct HttpClient {
       });
     }
     if (!wait_interruptibly(w->m, w->cv, [&] { return w->done; })) {
-      client->cancel(id);
+      transport->cancel(id);
       py::gil_scoped_release release;
       std::unique_lock lock(w->m);
       w->cv.wait(lock, [&] { return w->done; });
@@ -119,7 +122,7 @@ struct HttpClient {
     b->ids.assign(n, 0);
     if (n == 0) return {};
     if (concurrency == 0) concurrency = 1;
-    auto transport = client;
+    auto transport = this->transport;
 
     // Starts request i; its completion starts the next one, so the window stays full.
     auto start = std::make_shared<std::function<void(std::size_t)>>();
@@ -296,7 +299,9 @@ void bind_http(py::module_& m) {
              o.http2 = http2;
              o.user_agent = std::move(user_agent);
              o.max_body_bytes = max_body_bytes;
-             return HttpClient{std::make_shared<http::Client>(Engine::shared(), std::move(o))};
+             auto client = std::make_shared<http::Client>(Engine::shared(), std::move(o));
+             std::shared_ptr<http::Transport> top = client;
+             return HttpClient{client, top};
            }),
            py::arg("timeout"), py::arg("connect_timeout"), py::arg("max_connections_per_host"),
            py::arg("max_connections"), py::arg("follow_redirects"), py::arg("max_redirects"),
@@ -335,14 +340,14 @@ void bind_http(py::module_& m) {
                                         timeout, follow, std::move(sensitive));
              auto core = queue.core();
              py::gil_scoped_release release;
-             return self.client->send(std::move(req), [core, token](std::error_code, Response r) {
+             return self.transport->send(std::move(req), [core, token](std::error_code, Response r) {
                core->push(token, std::move(r));
              });
            },
            py::arg("queue"), py::arg("token"), py::arg("method"), py::arg("url"),
            py::arg("headers"), py::arg("body"), py::arg("timeout"), py::arg("follow_redirects"),
            py::arg("sensitive_headers"))
-      .def("cancel", [](HttpClient& self, std::uint64_t id) { self.client->cancel(id); })
+      .def("cancel", [](HttpClient& self, std::uint64_t id) { self.transport->cancel(id); })
       .def("close", [](HttpClient& self) {
         py::gil_scoped_release release;
         self.client->close();
