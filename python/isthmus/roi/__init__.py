@@ -10,7 +10,6 @@
 The defaults are named constants here, so an analysis can state the assumptions it used.
 """
 
-from __future__ import annotations
 
 from isthmus.roi.case import HORIZON_YEARS, LOADED_WEEKLY_COST, ROI_BAR, IntegrationCase
 from isthmus.roi.economics import RunEconomics
