@@ -44,7 +44,13 @@ def _colours(frame: pd.DataFrame) -> list[str]:
     return [_TIER_COLOURS[t] for t in frame["tier"]]
 
 
-def _legend(ax, frame: pd.DataFrame) -> None:
+def _short_money(x: float) -> str:
+    if abs(x) >= 1_000_000:
+        return f"${x / 1_000_000:g}M"
+    return f"${x / 1_000:g}k" if abs(x) >= 1_000 else f"${x:g}"
+
+
+def _legend(ax, frame: pd.DataFrame, loc: str = "best") -> None:
     from matplotlib.patches import Patch
 
     handles = [ax.get_lines()[0]] if ax.get_lines() else []
@@ -52,7 +58,7 @@ def _legend(ax, frame: pd.DataFrame) -> None:
         handles += [Patch(color=_TIER_COLOURS[t], label=t) for t in TIERS
                     if (frame["tier"] == t).any()]
     if handles:
-        ax.legend(handles=handles, loc="lower right", fontsize="small")
+        ax.legend(handles=handles, loc=loc, fontsize="small", framealpha=0.9)
 
 
 def roi_chart(cases: Cases, ax=None):
@@ -69,7 +75,7 @@ def roi_chart(cases: Cases, ax=None):
     ax.set_xscale("log")
     ax.set_xlabel("ROI multiple (value ÷ cost, log scale)")
     ax.set_title("ROI per integration")
-    _legend(ax, frame)
+    _legend(ax, frame, loc="lower right")
     return ax
 
 
@@ -82,7 +88,10 @@ def pareto_chart(cases: Cases, ax=None):
     ax.bar(positions, frame["value"], color=_colours(frame))
     ax.set_xticks(list(positions))
     ax.set_xticklabels(frame["name"], rotation=60, ha="right", fontsize="small")
-    ax.set_ylabel("value ($)")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _short_money(v)))
+    ax.set_ylabel("value")
     ax.set_title("Where the value is")
     share = ax.twinx()
     cumulative = frame["value"].cumsum() / frame["value"].sum() * 100
@@ -90,7 +99,7 @@ def pareto_chart(cases: Cases, ax=None):
                markersize=3, label="cumulative share of value")
     share.set_ylim(0, 105)
     share.set_ylabel("cumulative share of value (%)")
-    _legend(share, frame)
+    _legend(share, frame, loc="center right")
     return ax
 
 
