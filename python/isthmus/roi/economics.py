@@ -1,0 +1,141 @@
+"""What a real run costs: the bridge from pipeline runs to the ROI model.
+
+`RunEconomics` turns the totals of one finished run into rates a product manager can plan
+with: dollars, API calls and 429s per 1,000 records, the share of the API quota used and the
+share of the run spent waiting on rate limits.
+
+`isthmus.Pipeline` runs will feed it: `RunEconomics.from_summary(run.summary())`. Until
+pipelines exist, build it from plain numbers, or from any dict with the summary keys below.
+An `IntegrationCase` takes it (with `records_per_year`) to price its running cost from
+measurements instead of guesses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from isthmus.roi._checks import number
+
+#: Keys `from_summary` requires in a run summary.
+SUMMARY_KEYS = ("records_written", "requests", "responses_429", "wait_seconds",
+                "duration_seconds")
+
+_PER = 1_000  # records per unit of the per-record rates
+
+
+@dataclass(frozen=True)
+class RunEconomics:
+    """The totals of one finished run, and the per-1,000-record rates derived from them.
+
+    Parameters
+    ----------
+    records_written:
+        Records the sink accepted. Must be greater than 0: every rate divides by it.
+    requests:
+        HTTP requests sent to the other product's API, retries included.
+    responses_429:
+        Responses that said "slow down" (HTTP 429).
+    wait_seconds:
+        Time the run spent waiting on rate limits (limiter reservations and Retry-After).
+    duration_seconds:
+        Wall-clock length of the run.
+    cost_per_request:
+        Dollars the other API charges per call (0 for APIs that do not bill per call).
+    cost_per_hour:
+        Dollars per hour of the machines that ran it (compute, queue, storage).
+    quota:
+        Requests the API allows in the period the run used, if it has such a quota; then
+        `quota_used` is the share of it this run consumed.
+
+    Assumptions: the run's cost is `requests * cost_per_request + hours * cost_per_hour`;
+    people's time is not in it (that is the `IntegrationCase` maintenance and support).
+    """
+
+    records_written: float
+    requests: float
+    responses_429: float = 0.0
+    wait_seconds: float = 0.0
+    duration_seconds: float = 0.0
+    cost_per_request: float = 0.0
+    cost_per_hour: float = 0.0
+    quota: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise in place once
+        set_(self, "records_written", number("records_written", self.records_written, positive=True))
+        for field in ("requests", "responses_429", "wait_seconds", "duration_seconds",
+                      "cost_per_request", "cost_per_hour"):
+            set_(self, field, number(field, getattr(self, field)))
+        if self.responses_429 > self.requests:
+            raise ValueError(f"responses_429: cannot exceed requests ({self.requests:g}), "
+                             f"got {self.responses_429:g}")
+        if self.wait_seconds > self.duration_seconds:
+            raise ValueError(f"wait_seconds: cannot exceed duration_seconds "
+                             f"({self.duration_seconds:g}), got {self.wait_seconds:g}")
+        if self.quota is not None:
+            set_(self, "quota", number("quota", self.quota, positive=True))
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any], *, cost_per_request: float = 0.0,
+                     cost_per_hour: float = 0.0) -> "RunEconomics":
+        """Build from a run summary dict.
+
+        Required keys: ``records_written``, ``requests``, ``responses_429``,
+        ``wait_seconds``, ``duration_seconds``. Optional: ``quota``. Other keys (a
+        pipeline summary carries more) are ignored. Prices are not part of a run, so they
+        come as keyword arguments.
+        """
+        if not isinstance(summary, Mapping):
+            raise ValueError(f"summary: expected a dict, got {type(summary).__name__}")
+        missing = [k for k in SUMMARY_KEYS if k not in summary]
+        if missing:
+            raise ValueError(f"summary: missing key(s) {', '.join(missing)}; "
+                             f"expected {', '.join(SUMMARY_KEYS)}")
+        return cls(**{k: summary[k] for k in SUMMARY_KEYS}, quota=summary.get("quota"),
+                   cost_per_request=cost_per_request, cost_per_hour=cost_per_hour)
+
+    @property
+    def cost(self) -> float:
+        """Dollars the run cost: API fees plus machine time."""
+        return self.requests * self.cost_per_request + self.duration_seconds / 3600 * self.cost_per_hour
+
+    @property
+    def cost_per_1000_records(self) -> float:
+        return self.cost / self.records_written * _PER
+
+    @property
+    def requests_per_1000_records(self) -> float:
+        return self.requests / self.records_written * _PER
+
+    @property
+    def responses_429_per_1000_records(self) -> float:
+        return self.responses_429 / self.records_written * _PER
+
+    @property
+    def quota_used(self) -> float:
+        """Share of the API quota the run used; NaN when the API has no quota."""
+        return math.nan if self.quota is None else self.requests / self.quota
+
+    @property
+    def waiting_share(self) -> float:
+        """Share of the run's wall-clock time spent waiting on rate limits."""
+        return self.wait_seconds / self.duration_seconds if self.duration_seconds else 0.0
+
+    def yearly_cost(self, records_per_year: float) -> float:
+        """Running cost of moving `records_per_year` at this run's cost per record."""
+        records = number("records_per_year", records_per_year)
+        return self.cost_per_1000_records * records / _PER
+
+    def to_dict(self) -> dict:
+        return {
+            "records_written": self.records_written,
+            "cost": self.cost,
+            "cost_per_1000_records": self.cost_per_1000_records,
+            "requests_per_1000_records": self.requests_per_1000_records,
+            "responses_429_per_1000_records": self.responses_429_per_1000_records,
+            "quota_used": self.quota_used,
+            "waiting_share": self.waiting_share,
+        }
