@@ -145,12 +145,15 @@ class Nginx:
             raise Skip("nginx not found (Debian: apt-get install nginx-light)")
         self._tmp = tempfile.TemporaryDirectory(prefix="isthmus-bench-nginx-")
         tmp = Path(self._tmp.name)
-        (tmp / "www").mkdir()
+        # Started as root, nginx's worker runs as nobody and must be able to read the files.
+        tmp.chmod(0o755)
+        (tmp / "www").mkdir(mode=0o755)
         locations = []
         for path, body in self.files.items():
             target = tmp / "www" / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(body)
+            target.chmod(0o644)
             # Exact-match location so the extension-less file still gets the right type.
             locations.append(f"        location = {path} {{ default_type {self.content_type}; }}")
         self.port = free_port()
