@@ -46,9 +46,8 @@ def _stop_all() -> None:
 
 def _on_signal(signum: int, _frame: Any) -> None:
     _stop_all()
-    # Re-raise the default behaviour so the exit status still says "killed by signal".
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    # Unwinding (rather than dying here) lets the with-blocks remove their temp dirs.
+    raise SystemExit(128 + signum)
 
 
 atexit.register(_stop_all)
@@ -251,6 +250,10 @@ def run_client(argv: Sequence[str], timeout: float = 900.0, env: dict[str, str] 
                 pid, status, rusage = os.wait4(proc.pid, 0)
                 break
             time.sleep(0.02)
+    except BaseException:
+        # Ctrl-C does not reach a child in its own session; stop it ourselves.
+        _terminate(proc)
+        raise
     finally:
         _live.pop(proc.pid, None)
     wall = time.monotonic() - start
@@ -318,7 +321,7 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], references: Iterable
         cells = [row["tool"], _fmt(row.get("value"))]
         for name in refs:
             r = ratio(row.get("value"), by_tool[name]["value"])
-            cells.append(f"{r:.2f}x" if r is not None else "-")
+            cells.append("-" if r is None else f"{r:.3f}x" if r < 0.1 else f"{r:.2f}x")
         cells += [_fmt(row.get("cpu_s_per_1k"), 3), _fmt(row.get("peak_rss_mb"), 1),
                   _fmt(row.get("requests")), row.get("note", "")]
         table.append(cells)
