@@ -296,4 +296,8 @@ def _wrk_version() -> str | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers and clients stopped", file=sys.stderr)
+        sys.exit(130)
