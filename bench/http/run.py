@@ -116,7 +116,8 @@ def run_python_client(tool: str, url: str, a: argparse.Namespace, total: int, ex
                       warmup: int | None = None) -> dict[str, Any]:
     argv = [sys.executable, str(HERE / "clients.py"), tool, "--url", url, "--path", PATH,
             "--total", str(total), "--concurrency", str(a.concurrency),
-            "--warmup", str(a.warmup if warmup is None else warmup), "--expect-bytes", str(expect)]
+            "--warmup", str(a.warmup if warmup is None else warmup), "--expect-bytes", str(expect),
+            "--async-pattern", a.async_pattern]
     run = common.run_client(argv, timeout=a.timeout)
     if run.returncode == EXIT_SKIP:
         raise Skip(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "not available")
@@ -200,6 +201,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--total-of", action="append", default=[], metavar="TOOL=N",
                    help="requests for one tool; defaults: " + ", ".join(f"{k}={v:,}" for k, v in SLOW_TOTALS.items()))
     p.add_argument("--warmup", type=int, default=None, help="untimed requests first (default 4 x concurrency)")
+    p.add_argument("--async-pattern", choices=["workers", "gather"], default="workers",
+                   help="asyncio clients: 64 worker tasks (default) or gather of every request "
+                        "under a semaphore")
     p.add_argument("--wrk-duration", type=int, default=5, help="seconds wrk runs (default 5)")
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated, from: " + ",".join(TOOLS))
     p.add_argument("--servers", default=",".join(SERVERS), help="comma-separated, from: " + ",".join(SERVERS))
@@ -278,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAILED {f['tool']} on {f['server']}: {f['error']}")
 
     settings = {"concurrency": a.concurrency, "total": a.total, "path": PATH, "warmup": a.warmup,
-                "wrk_duration_s": a.wrk_duration, "body_bytes_nginx": len(document()),
+                "wrk_duration_s": a.wrk_duration, "async_pattern": a.async_pattern, "body_bytes_nginx": len(document()),
                 "totals": {t: total_for(t, a) for t in a.tools if t != "wrk"}}
     path = common.write_results(NAME, rows, machine=machine, settings=settings, skipped=skipped,
                                 failed=failed, flat_memory=flat)
