@@ -183,7 +183,7 @@ def flat_memory(url: str, a: argparse.Namespace, expect: int) -> dict[str, Any]:
     for n in a.flat_memory:
         print(f"  isthmus get_many {n:,} requests, peak RSS ...", end=" ", flush=True)
         row = run_python_client("isthmus", url, a, n, expect, warmup=0)
-        runs.append({"tool": f"isthmus-{n // 1000}k-rss", "requests": n,
+        runs.append({"tool": f"isthmus-{n / 1000:g}k-rss", "requests": n,
                      "peak_rss_mb": row["peak_rss_mb"], "value": row["value"]})
         print(f"{row['peak_rss_mb']} MB", flush=True)
     out: dict[str, Any] = {"server": "nginx", "runs": runs}
