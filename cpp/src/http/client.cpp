@@ -443,7 +443,10 @@ void Client::Impl::configure(Transfer& t) {
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");  // every decoder curl was built with
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    options_.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  // Waiting for a connection to reveal whether it multiplexes only pays off where HTTP/2 can
+  // be negotiated (ALPN over TLS); on plain http it would queue requests behind a slow one.
+  const bool tls = r.url.size() > 5 && iequals(std::string_view(r.url).substr(0, 6), "https:");
+  if (options_.http2 && tls) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options_.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options_.verify ? 2L : 0L);
   if (!options_.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, options_.ca_bundle.c_str());
