@@ -135,9 +135,10 @@ errc map_curl_code(CURLcode rc, bool body_limit_hit) {
     case CURLE_USE_SSL_FAILED: return errc::tls_error;
     case CURLE_BAD_CONTENT_ENCODING: return errc::decoding_error;
     case CURLE_WEIRD_SERVER_REPLY:
+    // Schemes are checked before curl sees a URL; curl reports an HTTP/0.9 reply this way.
+    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_HTTP_RETURNED_ERROR: return errc::protocol_error;
     case CURLE_URL_MALFORMAT: return errc::invalid_url;
-    case CURLE_UNSUPPORTED_PROTOCOL: return errc::unsupported_scheme;
     case CURLE_FILESIZE_EXCEEDED: return errc::body_too_large;
     case CURLE_WRITE_ERROR: return body_limit_hit ? errc::body_too_large : errc::internal;
     case CURLE_OUT_OF_MEMORY:
