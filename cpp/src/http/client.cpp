@@ -135,9 +135,10 @@ errc map_curl_code(CURLcode rc, bool body_limit_hit) {
     case CURLE_USE_SSL_FAILED: return errc::tls_error;
     case CURLE_BAD_CONTENT_ENCODING: return errc::decoding_error;
     case CURLE_WEIRD_SERVER_REPLY:
+    // Schemes are checked before curl sees a URL; curl reports an HTTP/0.9 reply this way.
+    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_HTTP_RETURNED_ERROR: return errc::protocol_error;
     case CURLE_URL_MALFORMAT: return errc::invalid_url;
-    case CURLE_UNSUPPORTED_PROTOCOL: return errc::unsupported_scheme;
     case CURLE_FILESIZE_EXCEEDED: return errc::body_too_large;
     case CURLE_WRITE_ERROR: return body_limit_hit ? errc::body_too_large : errc::internal;
     case CURLE_OUT_OF_MEMORY:
@@ -443,7 +444,10 @@ void Client::Impl::configure(Transfer& t) {
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");  // every decoder curl was built with
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    options_.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+  // Waiting for a connection to reveal whether it multiplexes only pays off where HTTP/2 can
+  // be negotiated (ALPN over TLS); on plain http it would queue requests behind a slow one.
+  const bool tls = r.url.size() > 5 && iequals(std::string_view(r.url).substr(0, 6), "https:");
+  if (options_.http2 && tls) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options_.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options_.verify ? 2L : 0L);
   if (!options_.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, options_.ca_bundle.c_str());
