@@ -111,6 +111,8 @@ def validate_options(options: Dict[str, Any]) -> Dict[str, Any]:
         config[field] = value
     for field, (default, _ok, _valid) in SANDBOX_OPTIONS.items():
         config.setdefault(field, default)
+    if "default_page_size" not in options:
+        config["default_page_size"] = min(config["default_page_size"], config["max_page_size"])
     if config["default_page_size"] > config["max_page_size"]:
         raise ValueError(f"sandbox option default_page_size={config['default_page_size']!r} is invalid: "
                          f"expected at most max_page_size={config['max_page_size']}")

@@ -174,8 +174,10 @@ Config parse_config(const std::string& json_text) {
     else if (k == "max_arrivals") c.max_arrivals = get_uint(k, v, 0, 100000000);
     else invalid(k, v, "a known option (see docs/sandbox.md)");
   }
-  if (c.default_page_size > c.max_page_size)
-    invalid("default_page_size", j["default_page_size"], "at most max_page_size=" + std::to_string(c.max_page_size));
+  if (c.default_page_size > c.max_page_size) {
+    if (!j.contains("default_page_size")) c.default_page_size = c.max_page_size;
+    else invalid("default_page_size", j["default_page_size"], "at most max_page_size=" + std::to_string(c.max_page_size));
+  }
   return c;
 }
 
