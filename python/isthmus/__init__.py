@@ -36,6 +36,7 @@ from isthmus.errors import (
     UnsupportedScheme,
 )
 from isthmus.http import AsyncClient, Client, Headers, Request, Response
+from isthmus.sandbox import Sandbox
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,8 @@ __all__ = [
     "Request",
     "Response",
     "Headers",
+    # sandbox
+    "Sandbox",
     # errors
     "IsthmusError",
     "ConfigError",
