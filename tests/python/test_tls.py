@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -34,7 +35,10 @@ def tls_server(tmp_path_factory):
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()
+    # As root, nginx's workers would drop to a user who cannot read pytest's private tmp dir.
+    user = "user root;" if os.geteuid() == 0 else ""
     (d / "nginx.conf").write_text(f"""
+{user}
 daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 256; }}
 http {{
