@@ -92,9 +92,9 @@ def collect(api, first_url, style, params=None, headers=None):
                 return ids
             url, params = r.links["next"]["url"], {}
         elif style == "offset":
-            if not body["data"]:
-                return ids
             params["offset"] = body["meta"]["offset"] + len(body["data"])
+            if params["offset"] >= body["meta"]["total"]:
+                return ids
         elif style == "page":
             if page >= body["meta"]["total_pages"]:
                 return ids
@@ -389,3 +389,51 @@ def test_cli_parser_and_serving():
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=10) == 0
+        proc.stdout.close()
+
+
+def test_webhooks_are_signed_and_retried_with_backoff():
+    import http.server
+    import threading
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict((k.lower(), v) for k, v in self.headers.items()), body, time.time()))
+            self.send_response(500 if len(received) <= 2 else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with Sandbox(webhook_backoff=0.1, webhook_max_attempts=5) as api:
+            reg = requests.post(api.url + "/v1/webhooks",
+                                json={"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook"})
+            assert reg.status_code == 201
+            secret = base64.b64decode(reg.json()["secret"][len("whsec_"):])
+            assert requests.post(api.url + "/v1/contacts", json={"id": "w1", "name": "Zoë"}).status_code == 201
+            deadline = time.time() + 10
+            while time.time() < deadline and api.stats()["webhooks"].get("delivered", 0) < 1:
+                time.sleep(0.05)
+            st = api.stats()["webhooks"]
+            assert st == {"delivered": 1, "failed_attempts": 2}
+            assert len(received) == 3
+            headers, body, _ = received[-1]
+            signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+            expected = base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
+            assert headers["webhook-signature"] == "v1," + expected
+            event = json.loads(body)
+            assert event["type"] == "contacts.created" and event["data"]["name"] == "Zoë"
+            assert received[0][0]["webhook-id"] == received[2][0]["webhook-id"]
+            # Backoff: 0.1 s then 0.2 s between attempts.
+            assert received[1][2] - received[0][2] >= 0.09 and received[2][2] - received[1][2] >= 0.19
+    finally:
+        receiver.shutdown()
+        receiver.server_close()

@@ -440,8 +440,8 @@ static std::optional<Reply> check_rate(const Config& c, Router::State& s, Stats&
       reset = tat - now;
     } else if (!quota_hit) {
       g.tat = tat + interval;
-      double slack = tolerance - (g.tat - now);
-      remaining = slack < -1e-9 ? 0 : static_cast<std::uint64_t>(std::floor(slack / interval + 1e-9)) + 1;
+      double slack = tolerance - (g.tat - now);  // wall-clock doubles: allow for rounding below
+      remaining = slack < -1e-4 * interval ? 0 : static_cast<std::uint64_t>(std::floor(slack / interval + 1e-4)) + 1;
       remaining = std::min<std::uint64_t>(remaining, c.burst);
       reset = g.tat - now;
     } else {
