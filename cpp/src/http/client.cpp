@@ -226,6 +226,7 @@ class Client::Impl {
   // Strand only, from here on.
   void start(std::unique_ptr<Transfer> t);
   void begin_hop(Transfer& t);
+  void prepare_easy(CURL* easy);
   void configure(Transfer& t);
   void drain();
   void on_hop_done(Transfer& t, CURLcode rc);
@@ -264,6 +265,7 @@ class Client::Impl {
   std::atomic<bool> shut_down_{false};
 
   CURLM* multi_ = nullptr;
+  bool run_now_posted_ = false;
   std::unordered_map<curl_socket_t, std::shared_ptr<SocketState>> sockets_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Transfer>> transfers_;
   std::vector<CURL*> easy_pool_;
@@ -421,22 +423,13 @@ void Client::Impl::begin_hop(Transfer& t) {
     return fail(t, errc::internal, curl_multi_strerror(rc));
 }
 
-void Client::Impl::configure(Transfer& t) {
-  CURL* e = t.easy;
-  const Request& r = t.request;
-  curl_easy_reset(e);
-  t.error[0] = '\0';
-  t.is_head = r.method == "HEAD";
-
-  curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
-  curl_easy_setopt(e, CURLOPT_URL, r.url.c_str());
+// Options that never change for this client are set once per pooled handle; configure()
+// sets everything that varies per hop, so a reused handle needs no curl_easy_reset.
+void Client::Impl::prepare_easy(CURL* e) {
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.error);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::write_cb);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::header_cb);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &Impl::open_cb);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &Impl::close_cb);
@@ -444,20 +437,39 @@ void Client::Impl::configure(Transfer& t) {
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");  // every decoder curl was built with
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    options_.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1);
-  // Waiting for a connection to reveal whether it multiplexes only pays off where HTTP/2 can
-  // be negotiated (ALPN over TLS); on plain http it would queue requests behind a slow one.
-  const bool tls = r.url.size() > 5 && iequals(std::string_view(r.url).substr(0, 6), "https:");
-  if (options_.http2 && tls) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options_.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options_.verify ? 2L : 0L);
   if (!options_.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, options_.ca_bundle.c_str());
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::max(1.0, options_.connect_timeout * 1000)));
+  curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
+  if (options_.max_body_bytes > 0)
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options_.max_body_bytes));
+}
+
+void Client::Impl::configure(Transfer& t) {
+  CURL* e = t.easy;
+  const Request& r = t.request;
+  t.error[0] = '\0';
+  t.is_head = r.method == "HEAD";
+
+  curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
+  curl_easy_setopt(e, CURLOPT_URL, r.url.c_str());
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.error);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
+  // Waiting for a connection to reveal whether it multiplexes only pays off where HTTP/2 can
+  // be negotiated (ALPN over TLS); on plain http it would queue requests behind a slow one.
+  const bool tls = r.url.size() > 5 && iequals(std::string_view(r.url).substr(0, 6), "https:");
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, options_.http2 && tls ? 1L : 0L);
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(t.deadline - Clock::now());
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::max<long long>(1, left.count())));
-  curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
-  if (t.max_body > 0)
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(t.max_body));
+
+  // Undo whatever method the handle's previous transfer used.
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, static_cast<char*>(nullptr));
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, static_cast<char*>(nullptr));
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(-1));
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
 
   const bool has_body = r.body != nullptr;
   if (t.is_head) {
@@ -577,7 +589,19 @@ int Client::Impl::timer_cb(CURLM*, long timeout_ms, void* userp) {
     self->timer_.cancel();
     return 0;
   }
-  // Even a 0 ms timeout goes through the timer: curl must not be re-entered from here.
+  // curl must not be re-entered from here. "Now" is the common case (every new transfer) and
+  // is posted, coalesced, rather than re-arming the timer: each re-arm is a timerfd syscall.
+  // Whatever else is armed may fire too; a spurious timeout action is harmless.
+  if (timeout_ms == 0) {
+    if (!self->run_now_posted_) {
+      self->run_now_posted_ = true;
+      asio::post(self->strand_, [self, tok = self->token()] {
+        self->run_now_posted_ = false;
+        self->on_timer();
+      });
+    }
+    return 0;
+  }
   self->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
   self->timer_.async_wait(asio::bind_executor(
       self->strand_, [self, tok = self->token()](boost::system::error_code ec) {
@@ -759,7 +783,11 @@ void Client::Impl::finish(Transfer& t, std::error_code ec, std::string message) 
 }
 
 CURL* Client::Impl::acquire_easy() {
-  if (easy_pool_.empty()) return curl_easy_init();
+  if (easy_pool_.empty()) {
+    CURL* e = curl_easy_init();
+    if (e) prepare_easy(e);
+    return e;
+  }
   CURL* e = easy_pool_.back();
   easy_pool_.pop_back();
   return e;
@@ -767,6 +795,11 @@ CURL* Client::Impl::acquire_easy() {
 
 void Client::Impl::release_easy(CURL* easy) {
   if (multi_ && easy_pool_.size() < kEasyPoolSize) {
+    // The transfer that owned these is gone; no dangling pointers wait in the pool.
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, static_cast<curl_slist*>(nullptr));
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, static_cast<char*>(nullptr));
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, static_cast<char*>(nullptr));
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, static_cast<void*>(nullptr));
     easy_pool_.push_back(easy);
   } else {
     curl_easy_cleanup(easy);
