@@ -39,6 +39,12 @@ namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kEasyPoolSize = 256;
+// curl enforces a transfer's deadline itself, except while the transfer waits for a free
+// connection (the per-host or total cap). A sweep catches those, a little after curl would,
+// so that curl's own, more precise message wins when it is the one that can act.
+constexpr auto kDeadlineSlack = std::chrono::milliseconds(20);
+// Beyond this a timeout means "none"; it also keeps time_point arithmetic from overflowing.
+constexpr double kMaxTimeoutSeconds = 1e7;
 // A Content-Length is only a hint from the peer: never reserve more than this up front.
 constexpr std::int64_t kMaxReserve = std::int64_t{1} << 30;
 
@@ -241,6 +247,8 @@ class Client::Impl {
                 boost::system::error_code ec);
   void forget_socket(curl_socket_t fd);
   void on_timer();
+  void arm_deadline(Clock::time_point deadline);
+  void on_deadline();
 
   CURL* acquire_easy();
   void release_easy(CURL* easy);
@@ -258,6 +266,8 @@ class Client::Impl {
   asio::io_context& io_;
   asio::strand<asio::io_context::executor_type> strand_;
   asio::steady_timer timer_;
+  asio::steady_timer deadline_timer_;
+  Clock::time_point deadline_armed_ = Clock::time_point::max();
   std::shared_ptr<Quiesce> quiesce_ = std::make_shared<Quiesce>();
   std::atomic<std::uint64_t> next_id_{0};
   std::atomic<std::uint64_t> connections_opened_{0};
@@ -276,7 +286,8 @@ Client::Impl::Impl(std::shared_ptr<Engine> engine, ClientOptions options)
       options_(std::move(options)),
       io_(engine_ ? engine_->impl().io() : throw Error(errc::invalid_argument, "engine is null")),
       strand_(asio::make_strand(io_)),
-      timer_(io_) {
+      timer_(io_),
+      deadline_timer_(io_) {
   auto bad = [](const char* field, auto value, const char* valid) {
     throw Error(errc::invalid_argument, std::string("ClientOptions.") + field + " = " +
                                             std::to_string(value) + ": must be " + valid);
@@ -317,7 +328,8 @@ std::uint64_t Client::Impl::send(Request request, Completion done) {
   auto t = std::make_unique<Transfer>();
   t->id = id;
   t->started = Clock::now();
-  const double timeout = request.timeout > 0 ? request.timeout : options_.timeout;
+  const double timeout =
+      std::min(kMaxTimeoutSeconds, request.timeout > 0 ? request.timeout : options_.timeout);
   t->deadline = t->started + std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::duration<double>(timeout));
   t->follow = request.follow_redirects < 0 ? options_.follow_redirects
@@ -396,6 +408,7 @@ void Client::Impl::teardown() {
   }
   sockets_.clear();
   timer_.cancel();
+  deadline_timer_.cancel();
 }
 
 void Client::Impl::cancel_all(errc reason) {
@@ -413,7 +426,40 @@ void Client::Impl::start(std::unique_ptr<Transfer> owned) {
     return fail(t, errc::cancelled, "client closed before the request started");
   t.easy = acquire_easy();
   if (!t.easy) return fail(t, errc::internal, "curl_easy_init failed");
+  arm_deadline(t.deadline);
   begin_hop(t);
+}
+
+void Client::Impl::arm_deadline(Clock::time_point deadline) {
+  const auto when = deadline + kDeadlineSlack;
+  // Steady state: new deadlines lie after the armed one, so this is a comparison, no syscall.
+  if (when >= deadline_armed_) return;
+  deadline_armed_ = when;
+  deadline_timer_.expires_at(when);
+  deadline_timer_.async_wait(
+      asio::bind_executor(strand_, [this, tok = token()](boost::system::error_code ec) {
+        if (!ec) on_deadline();
+      }));
+}
+
+void Client::Impl::on_deadline() {
+  deadline_armed_ = Clock::time_point::max();
+  if (!multi_) return;
+  const auto now = Clock::now();
+  std::vector<Transfer*> expired;
+  auto next = Clock::time_point::max();
+  for (auto& [id, t] : transfers_) {
+    if (t->deadline + kDeadlineSlack <= now) {
+      expired.push_back(t.get());
+    } else {
+      next = std::min(next, t->deadline);
+    }
+  }
+  for (Transfer* t : expired) {
+    curl_multi_remove_handle(multi_, t->easy);
+    fail(*t, errc::timeout, "timed out waiting for a free connection");
+  }
+  if (next != Clock::time_point::max()) arm_deadline(next);
 }
 
 void Client::Impl::begin_hop(Transfer& t) {
