@@ -193,6 +193,27 @@ TEST_F(ClientTest, TotalTimeoutFromRequestOverridesClientDefault) {
   EXPECT_LT(r.elapsed, 10.0);
 }
 
+TEST_F(ClientTest, TimeoutCoversWaitingForAConnection) {
+  ClientOptions options;
+  options.max_connections_per_host = 1;
+  Client client(engine_, options);
+  std::promise<std::error_code> first_done;
+  Request slow = get(server_.url("/stall"));
+  slow.timeout = 20;
+  const auto slow_id = client.send(slow, [&](std::error_code ec, Response) { first_done.set_value(ec); });
+  while (server_.requests() == 0) std::this_thread::yield();
+  // Queued behind the stalled request for the only connection: its own deadline must still hold.
+  Request queued = get(server_.url("/json"));
+  queued.timeout = 0.3;
+  auto [ec, r] = fetch(client, queued);
+  EXPECT_EQ(ec, errc::timeout) << r.error_message;
+  auto first = first_done.get_future();
+  EXPECT_EQ(first.wait_for(std::chrono::seconds(0)), std::future_status::timeout)
+      << "the queued request only timed out once the connection came free";
+  client.cancel(slow_id);
+  EXPECT_EQ(first.get(), errc::cancelled);
+}
+
 TEST_F(ClientTest, RefusedConnection) {
   Client client(engine_);
   auto [ec, r] = fetch(client, get("http://127.0.0.1:" + std::to_string(testing::closed_port()) + "/"));
