@@ -154,6 +154,13 @@ class Request:
         self.content = content
         self.timeout = timeout
 
+    @classmethod
+    def _get(cls, url: str, headers: Headers) -> "Request":
+        # The fast path of get_many: nothing to validate that build_request has not already.
+        r = cls.__new__(cls)
+        r.method, r.url, r.headers, r.content, r.timeout = "GET", url, headers, None, None
+        return r
+
     def __repr__(self) -> str:
         return f"<Request {self.method} {redact_url(self.url)}>"
 
@@ -383,8 +390,23 @@ class _ClientBase:
             _check_positive("timeout", timeout)
         return Request(method, full, headers=merged, content=content, timeout=timeout)
 
-    def _coerce(self, item: Union[str, Request]) -> Request:
-        return item if isinstance(item, Request) else self.build_request("GET", item)
+    def _coerce_all(self, items: Iterable[Union[str, Request]]) -> list[Request]:
+        """Requests for get_many: a path becomes a GET built once from the client's defaults."""
+        query = _encode_params(self.params) if self.params else ""
+        headers = Headers(self.headers.multi_items())
+        out: list[Request] = []
+        append = out.append
+        for item in items:
+            if isinstance(item, Request):
+                append(item)
+            elif isinstance(item, str):
+                url = _merge_url(self.base_url, item)
+                if query:
+                    url += ("&" if "?" in url else "?") + query
+                append(Request._get(url, headers))  # headers shared: never mutated after build
+            else:
+                raise errors.InvalidURL(f"url: {item!r} is neither a path string nor a Request")
+        return out
 
     def _check_open(self) -> None:
         if self._closed:
@@ -455,11 +477,15 @@ class Client(_ClientBase):
         concurrency = self.max_connections if concurrency is None else concurrency
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
-        requests = [self._coerce(item) for item in paths_or_requests]
-        raws = self._core.request_many(
-            [(r.method, r.url, r.headers.multi_items(), r.content, r.timeout or 0.0) for r in requests],
-            concurrency,
-        )
+        requests = self._coerce_all(paths_or_requests)
+        shared: dict[int, list[tuple[str, str]]] = {}
+        items = []
+        for r in requests:
+            hdrs = shared.get(id(r.headers))
+            if hdrs is None:
+                hdrs = shared[id(r.headers)] = r.headers.multi_items()
+            items.append((r.method, r.url, hdrs, r.content, r.timeout or 0.0))
+        raws = self._core.request_many(items, concurrency)
         out: list[Union[Response, Exception]] = []
         first_error: Optional[Exception] = None
         for raw, request in zip(raws, requests):
@@ -581,7 +607,7 @@ class AsyncClient(_ClientBase):
         concurrency = self.max_connections if concurrency is None else concurrency
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
-        requests = [self._coerce(item) for item in paths_or_requests]
+        requests = self._coerce_all(paths_or_requests)
         gate = asyncio.Semaphore(concurrency)
 
         async def one(req: Request) -> Response:
