@@ -500,6 +500,28 @@ class Client(_ClientBase):
             raise first_error
         return out
 
+    def iter_many(
+        self,
+        paths_or_requests: Iterable[Union[str, Request]],
+        *,
+        concurrency: Optional[int] = None,
+        chunk_size: Optional[int] = None,
+        return_exceptions: bool = False,
+    ) -> Iterator[Union[Response, Exception]]:
+        """Like ``get_many``, but yields responses in order as they are ready, holding at most
+        ``chunk_size`` (default 16 x concurrency) at a time: memory stays flat however long
+        the input, which may itself be a lazy iterator."""
+        concurrency = self.max_connections if concurrency is None else concurrency
+        chunk_size = 16 * concurrency if chunk_size is None else chunk_size
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise errors.ConfigError(f"chunk_size: {chunk_size!r} is not valid; expected an int >= 1")
+        items = iter(paths_or_requests)
+        while True:
+            chunk = list(itertools.islice(items, chunk_size))
+            if not chunk:
+                return
+            yield from self.get_many(chunk, concurrency=concurrency, return_exceptions=return_exceptions)
+
     def close(self) -> None:
         """Cancel what is in flight and release connections. Idempotent."""
         if not self._closed:

@@ -116,6 +116,12 @@ def test_get_many_keeps_order(client):
     assert [s if isinstance(s, str) else s[0] for s in seen] == [str(i) for i in range(500)]
 
 
+def test_iter_many_streams_in_order(client):
+    paths = (f"/echo?i={i}" for i in range(300))  # a lazy input
+    seen = [r.json()["query"]["i"] for r in client.iter_many(paths, concurrency=8, chunk_size=50)]
+    assert seen == [str(i) for i in range(300)]
+
+
 def test_get_many_accepts_requests(client):
     reqs = [client.build_request("POST", "/echo", json={"i": i}) for i in range(20)]
     rs = client.get_many(reqs, concurrency=4)
