@@ -129,10 +129,22 @@ def run_isthmus(a: argparse.Namespace, ph: Phases) -> None:
     isthmus = _isthmus()
     if not hasattr(isthmus, "Client"):
         skip("isthmus.Client is missing from this build")
-    client = isthmus.Client(a.url)
+    client = isthmus.Client(a.url, max_connections=a.concurrency)
 
     def batch(n: int, tally: Tally) -> None:
         for r in client.get_many([a.path] * n, concurrency=a.concurrency):
+            tally.check(r.status_code, r.content)
+
+    ph.run(batch)
+
+
+def run_isthmus_iter(a: argparse.Namespace, ph: Phases) -> None:
+    """iter_many: the same requests, streamed in order, holding a bounded number of responses."""
+    isthmus = _isthmus()
+    client = isthmus.Client(a.url, max_connections=a.concurrency)
+
+    def batch(n: int, tally: Tally) -> None:
+        for r in client.iter_many(itertools.repeat(a.path, n), concurrency=a.concurrency):
             tally.check(r.status_code, r.content)
 
     ph.run(batch)
@@ -144,7 +156,7 @@ def run_isthmus_async(a: argparse.Namespace, ph: Phases) -> None:
         skip("isthmus.AsyncClient is missing from this build")
 
     async def main() -> None:
-        async with isthmus.AsyncClient(a.url) as client:
+        async with isthmus.AsyncClient(a.url, max_connections=a.concurrency) as client:
             async def batch(n: int, tally: Tally) -> None:
                 async def one() -> None:
                     r = await client.get(a.path)
@@ -241,6 +253,7 @@ def run_requests(a: argparse.Namespace, ph: Phases) -> None:
 
 TOOLS: dict[str, Callable[[argparse.Namespace, Phases], None]] = {
     "isthmus": run_isthmus,
+    "isthmus-iter": run_isthmus_iter,
     "isthmus-async": run_isthmus_async,
     "aiohttp": run_aiohttp,
     "httpx": run_httpx,

@@ -178,19 +178,23 @@ def bench_server(server: str, url: str, a: argparse.Namespace, rows: list, skipp
 
 
 def flat_memory(url: str, a: argparse.Namespace, expect: int) -> dict[str, Any]:
-    """Peak RSS of isthmus get_many at two sizes: how memory grows with the batch."""
-    runs = []
-    for n in a.flat_memory:
-        print(f"  isthmus get_many {n:,} requests, peak RSS ...", end=" ", flush=True)
-        row = run_python_client("isthmus", url, a, n, expect, warmup=0)
-        runs.append({"tool": f"isthmus-{n / 1000:g}k-rss", "requests": n,
-                     "peak_rss_mb": row["peak_rss_mb"], "value": row["value"]})
-        print(f"{row['peak_rss_mb']} MB", flush=True)
-    out: dict[str, Any] = {"server": "nginx", "runs": runs}
-    if len(runs) >= 2 and runs[-1]["requests"] > runs[0]["requests"]:
-        grown = runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"]
-        out["growth_mb"] = round(grown, 1)
-        out["growth_bytes_per_request"] = round(grown * 1024 * 1024 / (runs[-1]["requests"] - runs[0]["requests"]))
+    """Peak RSS at two batch sizes: get_many (keeps every response it returns) and iter_many
+    (streams them), to show how memory grows with the number of requests."""
+    out: dict[str, Any] = {"server": "nginx", "runs": []}
+    for tool, how in (("isthmus", "get_many"), ("isthmus-iter", "iter_many")):
+        runs = []
+        for n in a.flat_memory:
+            print(f"  isthmus {how} {n:,} requests, peak RSS ...", end=" ", flush=True)
+            row = run_python_client(tool, url, a, n, expect, warmup=0)
+            runs.append({"tool": f"{tool}-{n / 1000:g}k-rss", "requests": n,
+                         "peak_rss_mb": row["peak_rss_mb"], "value": row["value"]})
+            print(f"{row['peak_rss_mb']} MB", flush=True)
+        out["runs"] += runs
+        if len(runs) >= 2 and runs[-1]["requests"] > runs[0]["requests"]:
+            grown = runs[-1]["peak_rss_mb"] - runs[0]["peak_rss_mb"]
+            out[f"{how}_growth_mb"] = round(grown, 1)
+            out[f"{how}_growth_bytes_per_request"] = round(
+                grown * 1024 * 1024 / (runs[-1]["requests"] - runs[0]["requests"]))
     return out
 
 
@@ -271,11 +275,13 @@ def main(argv: list[str] | None = None) -> int:
                                if server == "nginx" else f"{server}: {a.concurrency} in flight",
                                mine, references=("wrk", "aiohttp"))
     if flat and flat.get("runs"):
-        print("\nflat memory, isthmus get_many against nginx:")
+        print("\nflat memory against nginx (get_many returns every response; iter_many streams):")
         for r in flat["runs"]:
             print(f"  {r['tool']:<18} {r['requests']:>9,} requests  peak RSS {r['peak_rss_mb']:>7.1f} MB")
-        if "growth_bytes_per_request" in flat:
-            print(f"  growth: {flat['growth_mb']} MB, {flat['growth_bytes_per_request']} B per extra request")
+        for how in ("get_many", "iter_many"):
+            if f"{how}_growth_bytes_per_request" in flat:
+                print(f"  {how} growth: {flat[how + '_growth_mb']} MB, "
+                      f"{flat[how + '_growth_bytes_per_request']} B per extra request")
     for s in skipped:
         print(f"skipped {s['tool']} on {s['server']}: {s['reason']}")
     for f in failed:
