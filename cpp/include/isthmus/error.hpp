@@ -31,10 +31,16 @@ const std::error_category& category() noexcept;
 std::error_code make_error_code(errc e) noexcept;
 
 // Thrown only by synchronous facades (and translated to Python in one place).
+// what() is the message as given (std::system_error would append the code's description).
 class Error : public std::system_error {
  public:
-  Error(std::error_code ec, const std::string& what) : std::system_error(ec, what) {}
-  Error(errc e, const std::string& what) : std::system_error(make_error_code(e), what) {}
+  Error(std::error_code ec, std::string message)
+      : std::system_error(ec), message_(std::move(message)) {}
+  Error(errc e, std::string message) : Error(make_error_code(e), std::move(message)) {}
+  const char* what() const noexcept override { return message_.c_str(); }
+
+ private:
+  std::string message_;
 };
 
 }  // namespace isthmus
