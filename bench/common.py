@@ -98,7 +98,7 @@ def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | Non
 _NGINX_CONF = """\
 daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {workers};
 pid {tmp}/nginx.pid;
 error_log {tmp}/error.log warn;
 events {{ worker_connections 1024; }}
@@ -124,12 +124,30 @@ class Nginx:
     """nginx on 127.0.0.1 serving `files` ({"/path": bytes}) from a temp dir.
 
     `with Nginx({"/json": body}) as ng: ng.url` -- stopped on exit, on SIGTERM, and at
-    interpreter exit, whichever comes first.
+    interpreter exit, whichever comes first. `workers` is nginx's worker_processes.
+
+    A path may carry a query (`"/v1/items?limit=1"`): the body is then answered for exactly
+    that path and query string, so a load generator can send the same request line to nginx
+    as to the server it is compared with. A path cannot be served both with and without one.
     """
 
-    def __init__(self, files: dict[str, bytes], content_type: str = "application/json"):
+    # Files for paths with a query live under this directory of the web root, one directory
+    # per path, named after the raw query string.
+    _QUERY_DIR = "_by_query"
+
+    def __init__(self, files: dict[str, bytes], content_type: str = "application/json",
+                 workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        plain = {p for p in files if "?" not in p}
+        for path in files:
+            base, _, query = path.partition("?")
+            if query and (base in plain or "/" in query):
+                raise ValueError(f"nginx cannot serve {path!r}: the query holds a '/' or "
+                                 f"{base!r} is also served without a query")
         self.files = files
         self.content_type = content_type
+        self.workers = workers
         self.port = 0
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._proc: subprocess.Popen | None = None
@@ -148,16 +166,29 @@ class Nginx:
         tmp.chmod(0o755)
         (tmp / "www").mkdir(mode=0o755)
         locations = []
+        by_query: set[str] = set()
         for path, body in self.files.items():
-            target = tmp / "www" / path.lstrip("/")
-            target.parent.mkdir(parents=True, exist_ok=True)
+            base, _, query = path.partition("?")
+            if query:
+                # /v1/items?limit=1 -> www/_by_query/v1/items/limit=1, found via $args below.
+                target = tmp / "www" / self._QUERY_DIR / base.lstrip("/") / query
+            else:
+                target = tmp / "www" / path.lstrip("/")
+            for d in reversed(target.relative_to(tmp / "www").parents[:-1]):
+                (tmp / "www" / d).mkdir(mode=0o755, exist_ok=True)
             target.write_bytes(body)
             target.chmod(0o644)
-            # Exact-match location so the extension-less file still gets the right type.
-            locations.append(f"        location = {path} {{ default_type {self.content_type}; }}")
+            if not query:
+                # Exact-match location so the extension-less file still gets the right type.
+                locations.append(f"        location = {path} {{ default_type {self.content_type}; }}")
+            elif base not in by_query:
+                by_query.add(base)
+                locations.append(f"        location = {base} {{ default_type {self.content_type}; "
+                                 f"try_files /{self._QUERY_DIR}{base}/$args =404; }}")
         self.port = free_port()
         conf = tmp / "nginx.conf"
-        conf.write_text(_NGINX_CONF.format(tmp=tmp, port=self.port, locations="\n".join(locations)))
+        conf.write_text(_NGINX_CONF.format(tmp=tmp, port=self.port, workers=self.workers,
+                                           locations="\n".join(locations)))
         # -e: the default error log under /var/log may not be writable; -p keeps paths in tmp.
         self._proc = subprocess.Popen(
             [exe, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],
@@ -173,6 +204,12 @@ class Nginx:
             raise RuntimeError(f"nginx did not start: {err.strip()}")
         return self
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds nginx's master and workers have used so far."""
+        if self._proc is None:
+            return 0.0
+        return process_tree_cpu_s(self._proc.pid)
+
     def __exit__(self, *exc: Any) -> None:
         if self._proc is not None:
             _terminate(self._proc)
@@ -182,6 +219,30 @@ class Nginx:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants, from /proc.
+
+    Children that already exited are not counted, so read it before and after a run of a
+    server whose processes stay up (nginx's workers do).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                # The name (field 2) may hold spaces; fields after it are plain numbers.
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tick
 
 
 def nginx_version() -> str | None:
@@ -309,21 +370,27 @@ def ratio(value: float | None, reference: float | None) -> float | None:
     return value / reference
 
 
+# (header, row key, decimals) of the columns after the ratios, before `note`.
+DEFAULT_COLUMNS = (("cpu s/1k req", "cpu_s_per_1k", 3), ("peak RSS MB", "peak_rss_mb", 1),
+                   ("requests", "requests", 0))
+
+
 def print_table(title: str, rows: Sequence[dict[str, Any]], references: Iterable[str] = ("wrk",),
-                unit: str = "requests/s", file=None) -> None:
-    """One line per tool: value, ratio to each reference row present, CPU per 1k, peak RSS."""
+                unit: str = "requests/s", file=None,
+                columns: Sequence[tuple[str, str, int]] = DEFAULT_COLUMNS) -> None:
+    """One line per tool: value, ratio to each reference row present, then `columns`
+    (by default CPU per 1k requests, peak RSS and requests) and the note."""
     file = file or sys.stdout
     by_tool = {r["tool"]: r for r in rows if r.get("value")}
     refs = [name for name in references if name in by_tool]
-    header = ["tool", unit] + [f"vs {name}" for name in refs] + ["cpu s/1k req", "peak RSS MB", "requests", "note"]
+    header = ["tool", unit] + [f"vs {name}" for name in refs] + [c[0] for c in columns] + ["note"]
     table = []
     for row in rows:
         cells = [row["tool"], _fmt(row.get("value"))]
         for name in refs:
             r = ratio(row.get("value"), by_tool[name]["value"])
             cells.append("-" if r is None else f"{r:.3f}x" if r < 0.1 else f"{r:.2f}x")
-        cells += [_fmt(row.get("cpu_s_per_1k"), 3), _fmt(row.get("peak_rss_mb"), 1),
-                  _fmt(row.get("requests")), row.get("note", "")]
+        cells += [_fmt(row.get(key), digits) for _, key, digits in columns] + [row.get("note", "")]
         table.append(cells)
     widths = [max(len(str(c)) for c in col) for col in zip(header, *table)]
     print(f"\n{title}", file=file)
