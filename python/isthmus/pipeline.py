@@ -276,7 +276,7 @@ class Stream:
     def __init__(self, client: Any, path: str, *, records: str = "data", paginator: Optional[Paginator] = None,
                  params: Optional[Dict[str, Any]] = None, incremental: Optional[Incremental] = None,
                  partitions: Optional[List[Dict[str, Any]]] = None, key: str = "id",
-                 attempts: int = 6, parser: str = "core", name: Optional[str] = None):
+                 attempts: int = 6, parser: str = "python", name: Optional[str] = None):
         if paginator is not None and not isinstance(paginator, Paginator):
             raise errors.ConfigError(f"paginator: {paginator!r} is not an isthmus.Paginator")
         if parser not in ("core", "python"):
