@@ -478,7 +478,8 @@ class _Progress:
         try:
             from IPython import get_ipython  # type: ignore
             shell = get_ipython()
-            if shell is not None and "Kernel" in type(shell).__name__ or "ZMQ" in type(shell).__name__:
+            # A Jupyter kernel's shell is ZMQInteractiveShell; the terminal IPython's is not.
+            if shell is not None and "ZMQ" in type(shell).__name__:
                 from IPython.display import HTML, display  # type: ignore
                 self.mode, self._HTML = "jupyter", HTML
                 self.handle = display(HTML(""), display_id=True)
