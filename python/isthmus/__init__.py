@@ -27,6 +27,8 @@ from isthmus.errors import (
     ReadError,
     RequestError,
     ResolveError,
+    PipelineError,
+    ReconciliationError,
     ServerError,
     TimeoutError,
     TLSError,
@@ -35,7 +37,20 @@ from isthmus.errors import (
     UnsupportedScheme,
 )
 from isthmus.http import AsyncClient, Client, Headers, Request, Response
+from isthmus.pipeline import (
+    CursorPaginator,
+    Incremental,
+    LinkHeaderPaginator,
+    NextUrlPaginator,
+    OffsetPaginator,
+    PageNumberPaginator,
+    Paginator,
+    Pipeline,
+    Run,
+    Stream,
+)
 from isthmus.sandbox import Sandbox
+from isthmus.sinks import CallableSink, HttpSink, JsonlSink, Sink, SqliteSink
 
 __version__ = "0.1.0"
 
@@ -49,6 +64,22 @@ __all__ = [
     "Headers",
     # sandbox
     "Sandbox",
+    # pipeline
+    "Stream",
+    "Paginator",
+    "CursorPaginator",
+    "OffsetPaginator",
+    "PageNumberPaginator",
+    "LinkHeaderPaginator",
+    "NextUrlPaginator",
+    "Incremental",
+    "Pipeline",
+    "Run",
+    "Sink",
+    "HttpSink",
+    "JsonlSink",
+    "SqliteSink",
+    "CallableSink",
     # errors
     "IsthmusError",
     "ConfigError",
@@ -74,6 +105,8 @@ __all__ = [
     "AuthError",
     "RateLimited",
     "ServerError",
+    "PipelineError",
+    "ReconciliationError",
 ]
 
 _atexit.register(_core.shutdown)

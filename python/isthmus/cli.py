@@ -1,4 +1,4 @@
-"""The `isthmus` command. Subcommands: `sandbox` (more, such as `run` and `dlq`, plug in here)."""
+"""The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `dlq list|show|replay`."""
 
 from __future__ import annotations
 
@@ -97,11 +97,110 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("run", help="run a pipeline file to the end of its stream",
+                       description="Run the pipeline declared in a YAML file (see docs/pipeline.md), "
+                                   "resuming from its last checkpoint, and print its summary.")
+    p.add_argument("pipeline", help="the pipeline's YAML file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from isthmus import errors
+    from isthmus.config import load_pipeline
+
+    try:
+        pipeline = load_pipeline(args.pipeline)
+        run = pipeline.run(progress=not args.no_progress)
+    except errors.ConfigError as e:
+        print(f"isthmus run: {e}", file=sys.stderr)
+        return 2
+    except errors.PipelineError as e:
+        print(f"isthmus run: {e}", file=sys.stderr)
+        return 1
+    print(run)
+    print(json.dumps(run.summary(), indent=2))
+    return 0
+
+
+def _add_dlq(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("dlq", help="list, show and replay dead letters",
+                       description="Dead letters of a pipeline: records that failed in map or sink.")
+    dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION")
+    dsub.required = True
+    ls = dsub.add_parser("list", help="one line per dead letter")
+    ls.add_argument("pipeline", help="the pipeline's YAML file, or its state .db file")
+    ls.add_argument("--where", help="an SQL condition on the columns, e.g. \"stage = 'sink'\"")
+    ls.add_argument("--all", action="store_true", help="include resolved (replayed) ones")
+    ls.set_defaults(func=_dlq_list)
+    show = dsub.add_parser("show", help="one dead letter in full: record, error, traceback, response")
+    show.add_argument("pipeline")
+    show.add_argument("id", type=int)
+    show.set_defaults(func=_dlq_show)
+    rp = dsub.add_parser("replay", help="send dead letters through map and sink again")
+    rp.add_argument("pipeline", help="the pipeline's YAML file (the sink to send to)")
+    rp.add_argument("--where")
+    rp.set_defaults(func=_dlq_replay)
+
+
+def _dlq_rows(args: argparse.Namespace, include_resolved: bool = False) -> List[Dict[str, Any]]:
+    from isthmus.store import StateStore
+
+    if args.pipeline.endswith((".yaml", ".yml", ".json")):
+        from isthmus.config import load_pipeline
+        pipe = load_pipeline(args.pipeline)
+        return pipe.store.dead_letters(pipe.name, where=getattr(args, "where", None),
+                                       include_resolved=include_resolved)
+    return StateStore(args.pipeline).dead_letters(where=getattr(args, "where", None),
+                                                  include_resolved=include_resolved)
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    import time as _time
+
+    rows = _dlq_rows(args, args.all)
+    print(f"{'id':>6}  {'stage':<5}  {'status':>6}  {'attempts':>8}  {'last seen (UTC)':<19}  {'record':<20}  error")
+    for r in rows:
+        seen = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r["last_seen"]))
+        print(f"{r['id']:>6}  {r['stage']:<5}  {r['http_status'] or '-':>6}  {r['attempts']:>8}  {seen:<19}  "
+              f"{r['record_key'][:20]:<20}  {r['error'][:100]}")
+    print(f"{len(rows)} dead letter(s)")
+    return 0
+
+
+def _dlq_show(args: argparse.Namespace) -> int:
+    rows = [r for r in _dlq_rows(args, True) if r["id"] == args.id]
+    if not rows:
+        print(f"isthmus dlq show: no dead letter with id {args.id}", file=sys.stderr)
+        return 1
+    r = rows[0]
+    for k in ("id", "record_key", "stage", "error", "http_status", "attempts", "run_id"):
+        print(f"{k:<17} {r[k]}")
+    print("record:")
+    print(json.dumps(r["record"], indent=2, ensure_ascii=False))
+    if r.get("response_excerpt"):
+        print("response excerpt:\n" + r["response_excerpt"])
+    if r.get("traceback"):
+        print(r["traceback"].rstrip())
+    return 0
+
+
+def _dlq_replay(args: argparse.Namespace) -> int:
+    from isthmus.config import load_pipeline
+
+    result = load_pipeline(args.pipeline).replay_dead_letters(where=args.where)
+    print(json.dumps(result))
+    return 0 if result["failed"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isthmus", description="isthmus integration engine")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_sandbox(sub)
+    _add_run(sub)
+    _add_dlq(sub)
     return parser
 
 

@@ -39,6 +39,8 @@ __all__ = [
     "AuthError",
     "RateLimited",
     "ServerError",
+    "PipelineError",
+    "ReconciliationError",
 ]
 
 
@@ -176,3 +178,14 @@ def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Opti
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class PipelineError(IsthmusError, RuntimeError):
+    """A pipeline cannot go on: a paginator loops, a page lacks its records, a sink keeps failing.
+
+    Records a sink had accepted stay checkpointed; a rerun resumes after them.
+    """
+
+
+class ReconciliationError(PipelineError):
+    """A run's counts do not add up: read != written + dead-lettered + dropped + skipped."""

@@ -1,0 +1,59 @@
+// One page of a paginated API, parsed once in the core: the records array found by a dotted
+// path ("data", "result.items", "" for a bare array) and scalar fields by path (a next cursor,
+// a total). The JSON library stays private to the core; callers walk records through
+// JsonVisitor, which is how the bindings build Python objects in bulk.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+namespace isthmus::pipeline {
+
+class JsonVisitor {
+ public:
+  virtual ~JsonVisitor() = default;
+  virtual void null() = 0;
+  virtual void boolean(bool v) = 0;
+  virtual void integer(std::int64_t v) = 0;
+  virtual void unsigned_integer(std::uint64_t v) = 0;
+  virtual void number(double v) = 0;
+  virtual void string(std::string_view v) = 0;
+  virtual void begin_array(std::size_t size) = 0;
+  virtual void end_array() = 0;
+  virtual void begin_object(std::size_t size) = 0;
+  virtual void key(std::string_view k) = 0;
+  virtual void end_object() = 0;
+};
+
+class Page {
+ public:
+  enum class Records { ok, missing, not_an_array };
+
+  // Parses a body; on failure returns nullptr and sets `error` to a message with the offset.
+  static std::unique_ptr<Page> parse(std::string_view body, std::string& error);
+
+  ~Page();
+  Page(const Page&) = delete;
+  Page& operator=(const Page&) = delete;
+
+  // Whether `path` leads to an array, and its length when it does.
+  Records find_records(std::string_view path, std::size_t& count) const;
+
+  // Walks the array at `path` as one array value; a no-op unless find_records() says ok.
+  void visit_records(std::string_view path, JsonVisitor& visitor) const;
+
+  // A scalar at `path` as text (strings as they are, numbers in decimal, true/false);
+  // nullopt when the path is missing, null, or an object or array.
+  std::optional<std::string> text(std::string_view path) const;
+
+ private:
+  struct Impl;
+  explicit Page(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace isthmus::pipeline

@@ -1,0 +1,79 @@
+#include "isthmus/pipeline/page.hpp"
+
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace isthmus::pipeline {
+namespace {
+
+// Renders what the visitor sees back as compact text, to compare with the input.
+class Printer : public JsonVisitor {
+ public:
+  std::string out;
+  std::vector<bool> first{true};
+  void sep() {
+    if (!first.back() && (out.empty() || out.back() != ':')) out += ',';
+    first.back() = false;
+  }
+  void null() override { sep(); out += "null"; }
+  void boolean(bool v) override { sep(); out += v ? "true" : "false"; }
+  void integer(std::int64_t v) override { sep(); out += std::to_string(v); }
+  void unsigned_integer(std::uint64_t v) override { sep(); out += std::to_string(v) + "u"; }
+  void number(double v) override { sep(); out += "d"; }
+  void string(std::string_view v) override { sep(); out += '"'; out += v; out += '"'; }
+  void begin_array(std::size_t) override { sep(); out += '['; first.push_back(true); }
+  void end_array() override { first.pop_back(); out += ']'; }
+  void begin_object(std::size_t) override { sep(); out += '{'; first.push_back(true); }
+  void key(std::string_view k) override { sep(); out += '"'; out += k; out += "\":"; first.back() = true; }
+  void end_object() override { first.pop_back(); out += '}'; }
+};
+
+TEST(Page, FindsRecordsAndFieldsByPath) {
+  std::string err;
+  auto page = Page::parse(R"({"data":[{"id":"a","n":-1},{"id":"b","n":2.5}],
+                              "meta":{"next_cursor":"c2","total":2,"more":true,"none":null}})", err);
+  ASSERT_TRUE(page) << err;
+  std::size_t n = 0;
+  EXPECT_EQ(page->find_records("data", n), Page::Records::ok);
+  EXPECT_EQ(n, 2u);
+  EXPECT_EQ(page->text("meta.next_cursor"), "c2");
+  EXPECT_EQ(page->text("meta.total"), "2");
+  EXPECT_EQ(page->text("meta.more"), "true");
+  EXPECT_EQ(page->text("meta.none"), std::nullopt);
+  EXPECT_EQ(page->text("meta.absent"), std::nullopt);
+  EXPECT_EQ(page->text("data.1.id"), "b");
+  Printer p;
+  page->visit_records("data", p);
+  EXPECT_EQ(p.out, R"([{"id":"a","n":-1},{"id":"b","n":d}])");
+}
+
+TEST(Page, SaysWhyRecordsAreNotThere) {
+  std::string err;
+  auto page = Page::parse(R"({"data":{"id":1},"items":[]})", err);
+  ASSERT_TRUE(page);
+  std::size_t n = 99;
+  EXPECT_EQ(page->find_records("results", n), Page::Records::missing);
+  EXPECT_EQ(page->find_records("data", n), Page::Records::not_an_array);
+  EXPECT_EQ(page->find_records("items", n), Page::Records::ok);
+  EXPECT_EQ(n, 0u);
+}
+
+TEST(Page, BareArrayIsTheEmptyPath) {
+  std::string err;
+  auto page = Page::parse(R"([1, 2, 3])", err);
+  ASSERT_TRUE(page);
+  std::size_t n = 0;
+  EXPECT_EQ(page->find_records("", n), Page::Records::ok);
+  EXPECT_EQ(n, 3u);
+}
+
+TEST(Page, MalformedBodyIsAnErrorWithItsPlace) {
+  std::string err;
+  EXPECT_EQ(Page::parse(R"({"data": [1, 2)", err), nullptr);
+  EXPECT_NE(err.find("parse error"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace isthmus::pipeline

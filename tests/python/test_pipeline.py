@@ -1,0 +1,286 @@
+"""Pipelines end to end against real sandboxes: the destination's own counts are the truth."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import isthmus
+
+N = 1000
+
+PAGINATORS = {
+    "cursor": lambda: isthmus.CursorPaginator("meta.next_cursor", param="cursor"),
+    "next_url": lambda: isthmus.NextUrlPaginator("next"),
+    "link": lambda: isthmus.LinkHeaderPaginator(),
+    "offset": lambda: isthmus.OffsetPaginator(limit=100, total="meta.total", window=4),
+    "page": lambda: isthmus.PageNumberPaginator(size_param="per_page", size=100, total_pages="meta.total_pages"),
+}
+
+
+def slim(r):
+    return {"id": r["id"], "email": r.get("email")}
+
+
+@pytest.fixture
+def dest():
+    with isthmus.Sandbox() as sb, isthmus.Client(sb.url) as c:
+        yield sb, c
+
+
+def received(sb):
+    return sb.stats()["records_received"].get("contacts", {"unique": 0, "duplicate": 0})
+
+
+@pytest.mark.parametrize("style", sorted(PAGINATORS))
+def test_every_pagination_style_delivers_every_record_exactly_once(style, dest, tmp_path):
+    dst, dclient = dest
+    with isthmus.Sandbox(records=N, pagination=style) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", records="data", paginator=PAGINATORS[style](),
+                                params={"limit": 100} if style in ("cursor", "next_url", "link") else None)
+        run = isthmus.Pipeline(stream, map=slim, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch"),
+                               state=str(tmp_path / "s.db")).run()
+    assert run.counts["read"] == N and run.counts["written"] == N
+    assert received(dst) == {"unique": N, "duplicate": 0, "idempotent_replays": 0}
+
+
+def test_offset_without_total_stops_at_the_first_empty_page(dest, tmp_path):
+    dst, dclient = dest
+    with isthmus.Sandbox(records=N + 37, pagination="offset", max_page_size=50) as src, \
+            isthmus.Client(src.url) as client:
+        # Asks for 100 per page; the server clamps to 50, and the stream steps by what it serves.
+        stream = isthmus.Stream(client, "/v1/contacts",
+                                paginator=isthmus.OffsetPaginator(limit=100, total=None, window=3))
+        run = isthmus.Pipeline(stream, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch"),
+                               state=str(tmp_path / "s.db")).run()
+    assert run.counts["read"] == N + 37
+    assert received(dst)["unique"] == N + 37 and received(dst)["duplicate"] == 0
+
+
+def test_core_and_python_parsers_give_the_same_records(tmp_path):
+    with isthmus.Sandbox(records=250) as src, isthmus.Client(src.url) as client:
+        got = {}
+        for parser in ("core", "python"):
+            out = []
+            stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                    params={"limit": 100}, parser=parser)
+            isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend),
+                             state=str(tmp_path / f"{parser}.db")).run()
+            got[parser] = out
+    assert len(got["core"]) == 250
+    assert got["core"] == got["python"]
+
+
+CRASHING_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import isthmus
+    src_url, dst_url, state, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    seen = 0
+    def mapping(r):
+        global seen
+        seen += 1
+        if seen == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
+        return {"id": r["id"]}
+    client, dclient = isthmus.Client(src_url), isthmus.Client(dst_url)
+    stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 50})
+    isthmus.Pipeline(stream, map=mapping, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch", batch_size=25),
+                     state=state, checkpoint_every=100).run()
+""")
+
+
+def test_a_killed_run_resumes_and_loses_nothing(dest, tmp_path):
+    dst, dclient = dest
+    state = str(tmp_path / "s.db")
+    with isthmus.Sandbox(records=N) as src:
+        child = subprocess.run([sys.executable, "-c", CRASHING_CHILD, src.url, dst.url, state, "640"],
+                               capture_output=True, timeout=60)
+        assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+        before = received(dst)
+        assert 0 < before["unique"] < N  # it really died part way
+        with isthmus.Client(src.url) as client:
+            stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                    params={"limit": 50})
+            run = isthmus.Pipeline(stream, map=lambda r: {"id": r["id"]},
+                                   sink=isthmus.HttpSink(dclient, "/v1/contacts/batch", batch_size=25),
+                                   state=state, checkpoint_every=100).run()
+    after = received(dst)
+    assert after["unique"] == N  # every record arrived
+    assert run.counts["read"] < N  # resumed from the checkpoint, not from the start
+    # Only what was sent after the last checkpoint is sent again (and the idempotency keys
+    # turn resent batches into replays, not duplicates).
+    assert after["duplicate"] + after["idempotent_replays"] <= 150
+    runs = isthmus.Pipeline(stream, sink=isthmus.JsonlSink(str(tmp_path / "x")), state=state).runs()
+    assert list(runs["status"]) == ["running", "completed"]  # the killed run never finished
+
+
+def test_mapping_errors_and_wrong_types_dead_letter_and_the_run_reconciles(dest, tmp_path):
+    dst, dclient = dest
+
+    def mapping(r):
+        n = int(r["id"][4:])
+        if n % 10 == 1:
+            raise KeyError("no_such_field")
+        if n % 10 == 2:
+            return [r["id"]]  # the wrong type
+        if n % 10 == 3:
+            return None  # dropped on purpose
+        return slim(r)
+
+    with isthmus.Sandbox(records=N) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        pipe = isthmus.Pipeline(stream, map=mapping, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch"),
+                                state=str(tmp_path / "s.db"))
+        run = pipe.run()
+    s = run.summary()
+    assert (s["read"], s["written"], s["dead_lettered"], s["dropped"]) == (N, 700, 200, 100)
+    assert s["reconciled"] and received(dst)["unique"] == 700
+    df = run.dead_letters()
+    assert len(df) == 200 and set(df["stage"]) == {"map"}
+    row = df[df["record_key"] == "con_0000000011"].iloc[0]
+    assert "KeyError" in row["error"] and "no_such_field" in row["traceback"]
+    assert row["record"]["id"] == "con_0000000011"
+    wrong = df[df["record_key"] == "con_0000000012"].iloc[0]
+    assert wrong["error"] == "TypeError: map returned list, expected a dict or None"
+    assert "reconciled" in run._repr_html_() and "dead-lettered 200" in repr(run)
+
+
+def test_batch_map_narrows_an_exception_to_its_record(tmp_path):
+    def batch(records):
+        for r in records:
+            if r["id"] == "con_0000000042":
+                raise ValueError("bad record 42")
+        return [slim(r) for r in records if not r["id"].endswith("0")]
+
+    out = []
+    with isthmus.Sandbox(records=300) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        run = isthmus.Pipeline(stream, map=batch, batch=True, sink=isthmus.CallableSink(out.extend),
+                               state=str(tmp_path / "s.db")).run()
+    assert run.counts["dead_lettered"] == 1 and run.counts["dropped"] == 30
+    assert len(out) == 269 and run.dead_letters()["record_key"].tolist() == ["con_0000000042"]
+
+
+def test_sink_4xx_dead_letters_the_record_with_status_and_excerpt(tmp_path):
+    def mapping(r):
+        m = {"id": r["id"]}
+        if r["id"].endswith("5"):
+            m["blob"] = "x" * 5000  # too large for the destination: 413
+        return m
+
+    with isthmus.Sandbox(records=200) as src, isthmus.Sandbox(max_body_bytes=4096) as dst, \
+            isthmus.Client(src.url) as client, isthmus.Client(dst.url) as dclient:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        pipe = isthmus.Pipeline(stream, map=mapping,
+                                sink=isthmus.HttpSink(dclient, "/v1/contacts/batch", batch_size=10),
+                                state=str(tmp_path / "s.db"))
+        run = pipe.run()
+        assert received(dst)["unique"] == 180
+    assert run.counts["written"] == 180 and run.counts["dead_lettered"] == 20
+    df = pipe.dead_letters()
+    assert set(df["stage"]) == {"sink"} and set(df["http_status"]) == {413}
+    assert df["response_excerpt"].str.len().min() > 0
+    assert sorted(df["record_key"])[0] == "con_0000000005"
+
+
+def test_a_looping_paginator_raises_a_clear_error(tmp_path):
+    class StuckCursor(isthmus.Paginator):
+        """The Python hook: an odd API that hands back its first cursor forever."""
+        first = None
+
+        def fields(self):
+            return ["meta.next_cursor"]
+
+        def next(self, page):
+            self.first = self.first or page.fields["meta.next_cursor"]
+            return {"url": None, "params": {"limit": 50, "cursor": self.first}}
+
+    out = []
+    with isthmus.Sandbox(records=500) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=StuckCursor(), params={"limit": 50})
+        pipe = isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=str(tmp_path / "s.db"))
+        with pytest.raises(isthmus.PipelineError, match="paginator loops"):
+            pipe.run()
+    assert len(out) == 100  # both pages it did read were delivered before it stopped
+    assert pipe.runs()["status"].tolist() == ["failed"]
+
+
+def test_a_missing_records_path_names_the_path_and_what_is_there(tmp_path):
+    with isthmus.Sandbox(records=10) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", records="results", paginator=isthmus.CursorPaginator())
+        with pytest.raises(isthmus.PipelineError, match=r"'results' is missing .*top-level keys: data, meta"):
+            isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda r: None), state=str(tmp_path / "s.db")).run()
+
+
+def test_incremental_rerun_reads_only_the_boundary_and_skips_it(tmp_path):
+    out = []
+    state = str(tmp_path / "s.db")
+    with isthmus.Sandbox(records=300) as src, isthmus.Client(src.url) as client:
+        def pipeline():
+            stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100},
+                                    incremental=isthmus.Incremental("updated_at", "updated_since", lookback=0))
+            return isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=state)
+        first = pipeline().run()
+        second = pipeline().run()
+    assert first.counts["written"] == 300
+    # The inclusive updated_since brings back the newest record; it is unchanged, so skipped.
+    assert second.counts["read"] >= 1 and second.counts["written"] == 0
+    assert second.counts["skipped"] == second.counts["read"]
+    assert len(out) == 300
+
+
+def test_replay_delivers_dead_letters_once_the_mapping_is_fixed(dest, tmp_path):
+    dst, dclient = dest
+    broken = {"on": True}
+
+    def mapping(r):
+        if broken["on"] and r["id"].endswith("9"):
+            raise RuntimeError("upstream lookup failed")
+        return slim(r)
+
+    with isthmus.Sandbox(records=200) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        pipe = isthmus.Pipeline(stream, map=mapping, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch"),
+                                state=str(tmp_path / "s.db"))
+        pipe.run()
+        assert len(pipe.dead_letters()) == 20
+        assert pipe.replay_dead_letters(where="record_key LIKE '%19'") == {"replayed": 2, "delivered": 0, "failed": 2}
+        assert pipe.dead_letters()["attempts"].max() == 2
+        broken["on"] = False
+        assert pipe.replay_dead_letters()["delivered"] == 20
+    assert pipe.dead_letters().empty
+    assert received(dst) == {"unique": 200, "duplicate": 0, "idempotent_replays": 0}
+
+
+def test_reconciliation_raises_when_counts_do_not_add_up(tmp_path):
+    with isthmus.Sandbox(records=10) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator())
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda r: None), state=str(tmp_path / "s.db")).run()
+    run.counts["written"] -= 1
+    with pytest.raises(isthmus.ReconciliationError, match="read 10 != written 9"):
+        run.reconcile()
+
+
+def test_source_faults_are_retried_and_counted(dest, tmp_path):
+    dst, dclient = dest
+    faults = {"GET /v1/contacts": {"error_rate": {"503": 0.2}}}
+    with isthmus.Sandbox(records=N, faults=faults) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 50})
+        run = isthmus.Pipeline(stream, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch"),
+                               state=str(tmp_path / "s.db")).run()
+        assert src.stats()["faults"].get("status_503", 0) == run.counts["retries"] > 0
+    assert received(dst)["unique"] == N
+
+
+def test_bad_configuration_names_the_field():
+    with pytest.raises(isthmus.ConfigError, match="sink"):
+        isthmus.Pipeline(isthmus.Stream(None, "/x"), sink=object())
+    with pytest.raises(isthmus.ConfigError, match="batch_size"):
+        isthmus.HttpSink(None, "/x", batch_size=0)
+    with pytest.raises(isthmus.ConfigError, match="paginator"):
+        isthmus.Stream(None, "/x", paginator="cursor")
