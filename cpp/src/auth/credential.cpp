@@ -24,6 +24,7 @@ struct AuthenticatedTransport::State : std::enable_shared_from_this<State> {
   struct Exchange {
     std::uint64_t id = 0;
     http::Request original;
+    http::Request sent;  // as authorized: what should_resend must judge (its token)
     http::Completion done;
     std::mutex m;
     std::uint64_t inner_id = 0;
@@ -47,6 +48,7 @@ struct AuthenticatedTransport::State : std::enable_shared_from_this<State> {
       }
       // Cancelled while a token was being fetched: nothing was sent, say so.
       if (cancelled) return self->finish(ex, errc::cancelled, "cancelled");
+      ex->sent = req;  // headers only; the body is shared, not copied
       std::uint64_t id = self->inner->send(
           std::move(req), [self, ex](std::error_code ec, http::Response r) {
             self->on_response(ex, ec, std::move(r));
@@ -70,7 +72,7 @@ struct AuthenticatedTransport::State : std::enable_shared_from_this<State> {
       if (!ec && !ex->resent && !ex->cancelled) again = true;
     }
     // should_resend runs outside our lock: the credential takes its own.
-    if (again && credential->should_resend(ex->original, r)) {
+    if (again && credential->should_resend(ex->sent, r)) {
       ex->resent = true;
       return start(ex);
     }
