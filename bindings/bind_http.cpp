@@ -11,6 +11,7 @@
 
 #include "bindings.hpp"
 #include "exceptions.hpp"
+#include "isthmus/auth/credential.hpp"
 #include "isthmus/error.hpp"
 #include "isthmus/http/client.hpp"
 #include "isthmus/http/url.hpp"
@@ -76,13 +77,31 @@ struct Waiter {
 
 struct HttpClient {
   std::shared_ptr<http::Client> client;
+  // What requests go through: the client itself, or an AuthenticatedTransport in front of it.
+  std::shared_ptr<http::Transport> transport;
+
+  HttpClient(std::shared_ptr<http::Client> c, std::shared_ptr<auth::Credential> credential)
+      : client(c),
+        transport(credential ? std::shared_ptr<http::Transport>(
+                                   std::make_shared<auth::AuthenticatedTransport>(c, credential))
+                             : std::shared_ptr<http::Transport>(c)) {}
+  HttpClient(HttpClient&&) = default;
+
+  // Dropping the client waits for transfers in flight; their completions (a token hook, say)
+  // may need the GIL, so let go of it meanwhile.
+  ~HttpClient() {
+    if (!client || !Py_IsInitialized() || !PyGILState_Check()) return;
+    py::gil_scoped_release release;
+    transport.reset();
+    client.reset();
+  }
 
   Response request(Request req) {
     auto w = std::make_shared<Waiter>();
     std::uint64_t id = 0;
     {
       py::gil_scoped_release release;
-      id = client->send(std::move(req), [w](std::error_code, Response r) {
+      id = transport->send(std::move(req), [w](std::error_code, Response r) {
         std::lock_guard lock(w->m);
         w->response = std::move(r);
         w->done = true;
@@ -90,7 +109,7 @@ struct HttpClient {
       });
     }
     if (!wait_interruptibly(w->m, w->cv, [&] { return w->done; })) {
-      client->cancel(id);
+      transport->cancel(id);
       py::gil_scoped_release release;
       std::unique_lock lock(w->m);
       w->cv.wait(lock, [&] { return w->done; });
@@ -119,7 +138,7 @@ struct HttpClient {
     b->ids.assign(n, 0);
     if (n == 0) return {};
     if (concurrency == 0) concurrency = 1;
-    auto transport = client;
+    auto transport = this->transport;
 
     // Starts request i; its completion starts the next one, so the window stays full.
     auto start = std::make_shared<std::function<void(std::size_t)>>();
@@ -283,7 +302,7 @@ void bind_http(py::module_& m) {
       .def(py::init([](double timeout, double connect_timeout, int max_connections_per_host,
                        int max_connections, bool follow_redirects, int max_redirects, bool verify,
                        std::string ca_bundle, bool http2, std::string user_agent,
-                       std::int64_t max_body_bytes) {
+                       std::int64_t max_body_bytes, std::shared_ptr<auth::Credential> credential) {
              http::ClientOptions o;
              o.timeout = timeout;
              o.connect_timeout = connect_timeout;
@@ -296,12 +315,13 @@ void bind_http(py::module_& m) {
              o.http2 = http2;
              o.user_agent = std::move(user_agent);
              o.max_body_bytes = max_body_bytes;
-             return HttpClient{std::make_shared<http::Client>(Engine::shared(), std::move(o))};
+             return HttpClient(std::make_shared<http::Client>(Engine::shared(), std::move(o)),
+                               std::move(credential));
            }),
            py::arg("timeout"), py::arg("connect_timeout"), py::arg("max_connections_per_host"),
            py::arg("max_connections"), py::arg("follow_redirects"), py::arg("max_redirects"),
            py::arg("verify"), py::arg("ca_bundle"), py::arg("http2"), py::arg("user_agent"),
-           py::arg("max_body_bytes"))
+           py::arg("max_body_bytes"), py::arg("credential") = nullptr)
       .def("request",
            [](HttpClient& self, std::string method, std::string url, http::Headers headers,
               py::object body, double timeout, int follow, std::vector<std::string> sensitive) {
@@ -335,14 +355,14 @@ void bind_http(py::module_& m) {
                                         timeout, follow, std::move(sensitive));
              auto core = queue.core();
              py::gil_scoped_release release;
-             return self.client->send(std::move(req), [core, token](std::error_code, Response r) {
+             return self.transport->send(std::move(req), [core, token](std::error_code, Response r) {
                core->push(token, std::move(r));
              });
            },
            py::arg("queue"), py::arg("token"), py::arg("method"), py::arg("url"),
            py::arg("headers"), py::arg("body"), py::arg("timeout"), py::arg("follow_redirects"),
            py::arg("sensitive_headers"))
-      .def("cancel", [](HttpClient& self, std::uint64_t id) { self.client->cancel(id); })
+      .def("cancel", [](HttpClient& self, std::uint64_t id) { self.transport->cancel(id); })
       .def("close", [](HttpClient& self) {
         py::gil_scoped_release release;
         self.client->close();

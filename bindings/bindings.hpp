@@ -9,5 +9,6 @@ void register_exceptions(pybind11::module_& m);
 void bind_runtime(pybind11::module_& m);
 void bind_http(pybind11::module_& m);
 void bind_sandbox(pybind11::module_& m);
+void bind_auth(pybind11::module_& m);
 
 }  // namespace isthmus::bindings

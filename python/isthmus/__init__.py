@@ -9,6 +9,20 @@ from __future__ import annotations
 import atexit as _atexit
 
 from isthmus import _core
+from isthmus.auth import (
+    ApiKey,
+    Auth,
+    AwsSigV4,
+    BasicAuth,
+    BearerToken,
+    HmacSigner,
+    JWTBearer,
+    OAuth2AuthorizationCode,
+    OAuth2ClientCredentials,
+    OAuth2RefreshToken,
+    TokenStore,
+    verify_webhook,
+)
 from isthmus.errors import (
     AuthError,
     BodyTooLarge,
@@ -31,9 +45,12 @@ from isthmus.errors import (
     ServerError,
     TimeoutError,
     TLSError,
+    TokenError,
+    TokenStoreError,
     TooManyRedirects,
     TransportError,
     UnsupportedScheme,
+    WebhookVerificationError,
 )
 from isthmus.http import AsyncClient, Client, Headers, Request, Response
 
@@ -47,6 +64,19 @@ __all__ = [
     "Request",
     "Response",
     "Headers",
+    # auth
+    "Auth",
+    "ApiKey",
+    "BasicAuth",
+    "BearerToken",
+    "OAuth2ClientCredentials",
+    "OAuth2RefreshToken",
+    "OAuth2AuthorizationCode",
+    "JWTBearer",
+    "HmacSigner",
+    "AwsSigV4",
+    "TokenStore",
+    "verify_webhook",
     # errors
     "IsthmusError",
     "ConfigError",
@@ -72,6 +102,9 @@ __all__ = [
     "AuthError",
     "RateLimited",
     "ServerError",
+    "TokenError",
+    "TokenStoreError",
+    "WebhookVerificationError",
 ]
 
 _atexit.register(_core.shutdown)

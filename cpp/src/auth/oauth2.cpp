@@ -191,7 +191,7 @@ struct OAuth2::State : std::enable_shared_from_this<State> {
         add_param(form, "client_secret", o.client_secret);
         break;
       case ClientAuth::none:
-        add_param(form, "client_id", o.client_id);
+        if (!o.client_id.empty()) add_param(form, "client_id", o.client_id);
         break;
     }
     r.body = std::make_shared<const std::string>(std::move(form));
