@@ -266,12 +266,12 @@ def test_jwt_bearer_assertions_verify_with_pyjwt():
     assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT", "kid": "k1"}
     assert rs.assertion() != token  # a fresh jti each time
 
-    hs = isthmus.JWTBearer("https://auth.example.com/token", issuer="me", secret="shared-secret")
-    claims = jwt.decode(hs.assertion(), "shared-secret", algorithms=["HS256"],
+    hs = isthmus.JWTBearer("https://auth.example.com/token", issuer="me", secret="a-shared-secret-of-at-least-32-bytes!")
+    claims = jwt.decode(hs.assertion(), "a-shared-secret-of-at-least-32-bytes!", algorithms=["HS256"],
                         audience="https://auth.example.com/token")
     assert claims["iss"] == claims["sub"] == "me"
     with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(hs.assertion(), "other-secret", algorithms=["HS256"],
+        jwt.decode(hs.assertion(), "another-secret-of-at-least-32-bytes!!", algorithms=["HS256"],
                    audience="https://auth.example.com/token")
 
 
