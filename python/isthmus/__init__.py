@@ -53,11 +53,14 @@ from isthmus.errors import (
     WebhookVerificationError,
 )
 from isthmus.http import AsyncClient, Client, Headers, Request, Response
+from isthmus.sandbox import Sandbox
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    # sandbox
+    "Sandbox",
     # HTTP
     "Client",
     "AsyncClient",
