@@ -249,7 +249,9 @@ void bind_auth(py::module_& m) {
              auto w = std::make_shared<Wait>();
              {
                py::gil_scoped_release release;
-               self.ensure_token(sync_transport(), [w](std::error_code ec) {
+               // Held until the fetch completes: dropping the client would cancel it.
+               auto via = sync_transport();
+               self.ensure_token(via, [w](std::error_code ec) {
                  std::lock_guard lock(w->m);
                  w->ec = ec;
                  w->done = true;

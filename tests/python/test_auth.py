@@ -200,7 +200,7 @@ def test_authorization_code_refuses_a_wrong_state():
 
 
 KILL_CHILD = textwrap.dedent("""
-    import sys, isthmus
+    import sys, time, isthmus
     url, token_url, client_id, client_secret, refresh_token, db, mode = sys.argv[1:]
 
     def hook(event):
@@ -212,6 +212,12 @@ KILL_CHILD = textwrap.dedent("""
 
     auth = isthmus.OAuth2RefreshToken(token_url, client_id, client_secret, refresh_token,
                                       store=isthmus.TokenStore.sqlite(db), on_token=hook)
+    if mode == "run":
+        # The access token the killed run stored is short-lived: once it has expired, the next
+        # request must refresh with the rotated refresh token from the store.
+        deadline = time.monotonic() + 30
+        while auth.expires_in is not None and auth.expires_in >= 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
     with isthmus.Client(url, auth=auth) as c:
         print("status", c.get("/v1/contacts").status_code, flush=True)
 """)
@@ -222,7 +228,7 @@ def test_rotation_survives_a_kill_between_receiving_and_using_a_new_refresh_toke
     script = tmp_path / "child.py"
     script.write_text(KILL_CHILD)
     env = dict(os.environ, ISTHMUS_TOKEN_KEY=token_key)
-    with oauth_sandbox(rotate_refresh_tokens=True) as api:
+    with oauth_sandbox(rotate_refresh_tokens=True, token_lifetime=1.0) as api:
         rt0 = authorization_code_refresh_token(api)
         args = [api.url, api.token_url, api.client_id, api.client_secret, rt0, db]
         child = subprocess.Popen([sys.executable, str(script), *args, "pause"], env=env,

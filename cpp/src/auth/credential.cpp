@@ -1,5 +1,6 @@
 #include "isthmus/auth/credential.hpp"
 
+#include <condition_variable>
 #include <mutex>
 #include <unordered_map>
 
@@ -17,8 +18,41 @@ void set_header(http::Headers& headers, std::string_view name, std::string value
 // ---- AuthenticatedTransport ----------------------------------------------------------------
 
 struct AuthenticatedTransport::State : std::enable_shared_from_this<State> {
-  std::shared_ptr<http::Transport> inner;
+  // Not owned (see the class comment): valid while the gate is open.
+  http::Transport* inner = nullptr;
   std::shared_ptr<Credential> credential;
+
+  // The gate: a count of threads using `inner`, and a flag the owner sets when it goes away.
+  // A count rather than a lock because a call into `inner` may complete synchronously and come
+  // back in through the same thread.
+  std::mutex gate_m;
+  std::condition_variable gate_cv;
+  int users = 0;
+  bool closed = false;
+
+  bool enter() {
+    std::lock_guard lock(gate_m);
+    if (closed) return false;
+    ++users;
+    return true;
+  }
+  void leave() {
+    std::lock_guard lock(gate_m);
+    if (--users == 0 && closed) gate_cv.notify_all();
+  }
+  void close() {
+    std::unique_lock lock(gate_m);
+    closed = true;
+    gate_cv.wait(lock, [&] { return users == 0; });
+  }
+  struct Entered {
+    State* s;
+    bool ok;
+    explicit Entered(State* st) : s(st), ok(st->enter()) {}
+    ~Entered() {
+      if (ok) s->leave();
+    }
+  };
 
   // One exchange: a request, authorized, sent, and possibly authorized and sent once more.
   struct Exchange {
@@ -39,7 +73,11 @@ struct AuthenticatedTransport::State : std::enable_shared_from_this<State> {
 
   void start(const std::shared_ptr<Exchange>& ex) {
     auto self = shared_from_this();
-    credential->authorize(ex->original, inner, [self, ex](std::error_code ec, http::Request req) {
+    Entered entered(this);
+    if (!entered.ok) return finish(ex, errc::shutting_down, "the client was closed");
+    // A non-owning handle: the credential uses `via` only during this call.
+    std::shared_ptr<http::Transport> via(std::shared_ptr<void>(), inner);
+    credential->authorize(ex->original, via, [self, ex](std::error_code ec, http::Request req) {
       if (ec) return self->finish(ex, ec, self->credential->failure_message());
       bool cancelled = false;
       {
@@ -49,6 +87,8 @@ struct AuthenticatedTransport::State : std::enable_shared_from_this<State> {
       // Cancelled while a token was being fetched: nothing was sent, say so.
       if (cancelled) return self->finish(ex, errc::cancelled, "cancelled");
       ex->sent = req;  // headers only; the body is shared, not copied
+      Entered entered(self.get());
+      if (!entered.ok) return self->finish(ex, errc::shutting_down, "the client was closed");
       std::uint64_t id = self->inner->send(
           std::move(req), [self, ex](std::error_code ec, http::Response r) {
             self->on_response(ex, ec, std::move(r));
@@ -99,16 +139,16 @@ struct AuthenticatedTransport::State : std::enable_shared_from_this<State> {
 
 AuthenticatedTransport::AuthenticatedTransport(std::shared_ptr<http::Transport> inner,
                                                std::shared_ptr<Credential> credential)
-    : state_(std::make_shared<State>()) {
-  if (!inner || !credential) throw Error(errc::invalid_argument, "transport and credential are required");
-  state_->inner = std::move(inner);
+    : inner_(std::move(inner)), state_(std::make_shared<State>()) {
+  if (!inner_ || !credential) throw Error(errc::invalid_argument, "transport and credential are required");
+  state_->inner = inner_.get();
   state_->credential = std::move(credential);
 }
 
-AuthenticatedTransport::~AuthenticatedTransport() = default;
+AuthenticatedTransport::~AuthenticatedTransport() { state_->close(); }
 
 const std::shared_ptr<http::Transport>& AuthenticatedTransport::inner() const noexcept {
-  return state_->inner;
+  return inner_;
 }
 
 std::uint64_t AuthenticatedTransport::send(http::Request request, http::Completion done) {
@@ -140,7 +180,7 @@ void AuthenticatedTransport::cancel(std::uint64_t id) {
     if (ex->in_inner) inner_id = ex->inner_id;
   }
   // Still waiting for a token: the authorize completion sees `cancelled` and completes.
-  if (inner_id) state_->inner->cancel(inner_id);
+  if (inner_id) inner_->cancel(inner_id);
 }
 
 // ---- static credentials -------------------------------------------------------------------

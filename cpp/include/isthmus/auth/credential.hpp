@@ -41,10 +41,14 @@ class Credential {
 
 // Sends each request through `inner` after `credential` authorized it; re-sends once when the
 // credential asks to, never more, so a server that keeps answering 401 cannot make us loop.
+// Completions never own `inner`: only this object does, so the inner client is never destroyed
+// on one of its own I/O threads. Exchanges still waiting when this object is destroyed complete
+// with errc::shutting_down instead of being sent.
 class AuthenticatedTransport final : public http::Transport {
  public:
   AuthenticatedTransport(std::shared_ptr<http::Transport> inner,
                          std::shared_ptr<Credential> credential);
+  // Waits for calls into `inner` that are under way on other threads (they are short).
   ~AuthenticatedTransport() override;
 
   std::uint64_t send(http::Request request, http::Completion done) override;
@@ -55,6 +59,7 @@ class AuthenticatedTransport final : public http::Transport {
   struct State;
 
  private:
+  std::shared_ptr<http::Transport> inner_;
   std::shared_ptr<State> state_;
 };
 
