@@ -231,13 +231,13 @@ def test_rotation_survives_a_kill_between_receiving_and_using_a_new_refresh_toke
     with oauth_sandbox(rotate_refresh_tokens=True, token_lifetime=1.0) as api:
         rt0 = authorization_code_refresh_token(api)
         args = [api.url, api.token_url, api.client_id, api.client_secret, rt0, db]
-        child = subprocess.Popen([sys.executable, str(script), *args, "pause"], env=env,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            assert child.stdout.readline().strip() == "stored"
-        finally:
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=30)
+        with subprocess.Popen([sys.executable, str(script), *args, "pause"], env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+            try:
+                assert child.stdout.readline().strip() == "stored"
+            finally:
+                child.send_signal(signal.SIGKILL)
+                child.wait(timeout=30)
         assert child.returncode == -signal.SIGKILL
         assert api.stats()["tokens"]["refreshed"] == 1  # rt0 is spent (single use)
 
