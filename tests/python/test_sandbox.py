@@ -92,9 +92,9 @@ def collect(api, first_url, style, params=None, headers=None):
                 return ids
             url, params = r.links["next"]["url"], {}
         elif style == "offset":
-            if not body["data"]:
-                return ids
             params["offset"] = body["meta"]["offset"] + len(body["data"])
+            if params["offset"] >= body["meta"]["total"]:
+                return ids
         elif style == "page":
             if page >= body["meta"]["total_pages"]:
                 return ids
@@ -389,3 +389,117 @@ def test_cli_parser_and_serving():
     finally:
         proc.send_signal(2)
         assert proc.wait(timeout=10) == 0
+        proc.stdout.close()
+
+
+def test_webhooks_are_signed_and_retried_with_backoff():
+    import http.server
+    import threading
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((dict((k.lower(), v) for k, v in self.headers.items()), body, time.time()))
+            self.send_response(500 if len(received) <= 2 else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with Sandbox(webhook_backoff=0.1, webhook_max_attempts=5) as api:
+            reg = requests.post(api.url + "/v1/webhooks",
+                                json={"url": f"http://127.0.0.1:{receiver.server_address[1]}/hook"})
+            assert reg.status_code == 201
+            secret = base64.b64decode(reg.json()["secret"][len("whsec_"):])
+            assert requests.post(api.url + "/v1/contacts", json={"id": "w1", "name": "Zoë"}).status_code == 201
+            deadline = time.time() + 10
+            while time.time() < deadline and api.stats()["webhooks"].get("delivered", 0) < 1:
+                time.sleep(0.05)
+            st = api.stats()["webhooks"]
+            assert st == {"delivered": 1, "failed_attempts": 2}
+            assert len(received) == 3
+            headers, body, _ = received[-1]
+            signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+            expected = base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
+            assert headers["webhook-signature"] == "v1," + expected
+            event = json.loads(body)
+            assert event["type"] == "contacts.created" and event["data"]["name"] == "Zoë"
+            assert received[0][0]["webhook-id"] == received[2][0]["webhook-id"]
+            # Backoff: 0.1 s then 0.2 s between attempts.
+            assert received[1][2] - received[0][2] >= 0.09 and received[2][2] - received[1][2] >= 0.19
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+@pytest.mark.parametrize("behavior", ["stall", "mixed"])
+def test_silent_overload_stalls(behavior):
+    with Sandbox(overload_capacity=2, overload_behavior=behavior, seed=1) as api:
+        outcomes = []
+        for _ in range(12):
+            try:
+                outcomes.append(requests.get(api.url + "/v1/deals?limit=1", timeout=0.3).status_code)
+            except requests.exceptions.ReadTimeout:
+                outcomes.append("stall")
+        assert 429 not in outcomes
+        faults = api.stats()["faults"]
+        assert faults.get("overload_stall", 0) == outcomes.count("stall") > 0
+        assert outcomes[:2] == [200, 200]  # within capacity
+        allowed = {200, "stall"} if behavior == "stall" else {200, "stall", 500, 502, 503}
+        assert set(outcomes) <= allowed
+
+
+@pytest.mark.parametrize("latency,low,high", [
+    ({"min": 50, "max": 120}, 0.05, 1.0),
+    ({"median": 60, "p99": 200}, 0.0, 3.0),
+])
+def test_latency_distributions(latency, low, high):
+    with Sandbox(faults={"GET /v1/companies": {"latency_ms": latency}}) as api:
+        s = requests.Session()
+        t0 = time.monotonic()
+        for _ in range(5):
+            assert s.get(api.url + "/v1/companies?limit=1").status_code == 200
+        elapsed = time.monotonic() - t0
+        assert 5 * low <= elapsed <= 5 * high
+        assert api.stats()["faults"]["latency"] == 5
+
+
+def test_server_options_credentials_and_limits():
+    with Sandbox(threads=2, auth="oauth2", client_id="my-app", client_secret="hunter2", default_page_size=7,
+                 max_body_bytes=2048, max_arrivals=3) as api:
+        assert api.client_id == "my-app"
+        tok = requests.post(api.token_url, data={"grant_type": "client_credentials"}, auth=("my-app", "hunter2"))
+        assert tok.status_code == 200
+        h = {"Authorization": "Bearer " + tok.json()["access_token"]}
+        assert len(requests.get(api.url + "/v1/contacts", headers=h).json()["data"]) == 7
+        big = requests.post(api.url + "/echo", data="x" * 5000)
+        assert big.status_code == 413
+        st = api.stats()
+        assert len(st["arrivals"]) == 3 and st["arrivals_dropped"] == 0
+        requests.get(api.url + "/json")
+        assert api.stats()["arrivals_dropped"] == 1
+    with socket_port() as port:
+        with Sandbox(port=port) as fixed:
+            assert fixed.url == f"http://127.0.0.1:{port}"
+
+
+class socket_port:
+    """A port that was free a moment ago."""
+
+    def __enter__(self):
+        import socket
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        return self.port
+
+    def __exit__(self, *exc):
+        return False

@@ -39,6 +39,12 @@ namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
 constexpr std::size_t kEasyPoolSize = 256;
+// curl enforces a transfer's deadline itself, except while the transfer waits for a free
+// connection (the per-host or total cap). A sweep catches those, a little after curl would,
+// so that curl's own, more precise message wins when it is the one that can act.
+constexpr auto kDeadlineSlack = std::chrono::milliseconds(20);
+// Beyond this a timeout means "none"; it also keeps time_point arithmetic from overflowing.
+constexpr double kMaxTimeoutSeconds = 1e7;
 // A Content-Length is only a hint from the peer: never reserve more than this up front.
 constexpr std::int64_t kMaxReserve = std::int64_t{1} << 30;
 
@@ -135,9 +141,10 @@ errc map_curl_code(CURLcode rc, bool body_limit_hit) {
     case CURLE_USE_SSL_FAILED: return errc::tls_error;
     case CURLE_BAD_CONTENT_ENCODING: return errc::decoding_error;
     case CURLE_WEIRD_SERVER_REPLY:
+    // Schemes are checked before curl sees a URL; curl reports an HTTP/0.9 reply this way.
+    case CURLE_UNSUPPORTED_PROTOCOL:
     case CURLE_HTTP_RETURNED_ERROR: return errc::protocol_error;
     case CURLE_URL_MALFORMAT: return errc::invalid_url;
-    case CURLE_UNSUPPORTED_PROTOCOL: return errc::unsupported_scheme;
     case CURLE_FILESIZE_EXCEEDED: return errc::body_too_large;
     case CURLE_WRITE_ERROR: return body_limit_hit ? errc::body_too_large : errc::internal;
     case CURLE_OUT_OF_MEMORY:
@@ -225,6 +232,7 @@ class Client::Impl {
   // Strand only, from here on.
   void start(std::unique_ptr<Transfer> t);
   void begin_hop(Transfer& t);
+  void prepare_easy(CURL* easy);
   void configure(Transfer& t);
   void drain();
   void on_hop_done(Transfer& t, CURLcode rc);
@@ -239,6 +247,8 @@ class Client::Impl {
                 boost::system::error_code ec);
   void forget_socket(curl_socket_t fd);
   void on_timer();
+  void arm_deadline(Clock::time_point deadline);
+  void on_deadline();
 
   CURL* acquire_easy();
   void release_easy(CURL* easy);
@@ -256,6 +266,8 @@ class Client::Impl {
   asio::io_context& io_;
   asio::strand<asio::io_context::executor_type> strand_;
   asio::steady_timer timer_;
+  asio::steady_timer deadline_timer_;
+  Clock::time_point deadline_armed_ = Clock::time_point::max();
   std::shared_ptr<Quiesce> quiesce_ = std::make_shared<Quiesce>();
   std::atomic<std::uint64_t> next_id_{0};
   std::atomic<std::uint64_t> connections_opened_{0};
@@ -263,6 +275,7 @@ class Client::Impl {
   std::atomic<bool> shut_down_{false};
 
   CURLM* multi_ = nullptr;
+  bool run_now_posted_ = false;
   std::unordered_map<curl_socket_t, std::shared_ptr<SocketState>> sockets_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Transfer>> transfers_;
   std::vector<CURL*> easy_pool_;
@@ -273,7 +286,8 @@ Client::Impl::Impl(std::shared_ptr<Engine> engine, ClientOptions options)
       options_(std::move(options)),
       io_(engine_ ? engine_->impl().io() : throw Error(errc::invalid_argument, "engine is null")),
       strand_(asio::make_strand(io_)),
-      timer_(io_) {
+      timer_(io_),
+      deadline_timer_(io_) {
   auto bad = [](const char* field, auto value, const char* valid) {
     throw Error(errc::invalid_argument, std::string("ClientOptions.") + field + " = " +
                                             std::to_string(value) + ": must be " + valid);
@@ -314,7 +328,8 @@ std::uint64_t Client::Impl::send(Request request, Completion done) {
   auto t = std::make_unique<Transfer>();
   t->id = id;
   t->started = Clock::now();
-  const double timeout = request.timeout > 0 ? request.timeout : options_.timeout;
+  const double timeout =
+      std::min(kMaxTimeoutSeconds, request.timeout > 0 ? request.timeout : options_.timeout);
   t->deadline = t->started + std::chrono::duration_cast<Clock::duration>(
                                  std::chrono::duration<double>(timeout));
   t->follow = request.follow_redirects < 0 ? options_.follow_redirects
@@ -393,6 +408,7 @@ void Client::Impl::teardown() {
   }
   sockets_.clear();
   timer_.cancel();
+  deadline_timer_.cancel();
 }
 
 void Client::Impl::cancel_all(errc reason) {
@@ -410,7 +426,40 @@ void Client::Impl::start(std::unique_ptr<Transfer> owned) {
     return fail(t, errc::cancelled, "client closed before the request started");
   t.easy = acquire_easy();
   if (!t.easy) return fail(t, errc::internal, "curl_easy_init failed");
+  arm_deadline(t.deadline);
   begin_hop(t);
+}
+
+void Client::Impl::arm_deadline(Clock::time_point deadline) {
+  const auto when = deadline + kDeadlineSlack;
+  // Steady state: new deadlines lie after the armed one, so this is a comparison, no syscall.
+  if (when >= deadline_armed_) return;
+  deadline_armed_ = when;
+  deadline_timer_.expires_at(when);
+  deadline_timer_.async_wait(
+      asio::bind_executor(strand_, [this, tok = token()](boost::system::error_code ec) {
+        if (!ec) on_deadline();
+      }));
+}
+
+void Client::Impl::on_deadline() {
+  deadline_armed_ = Clock::time_point::max();
+  if (!multi_) return;
+  const auto now = Clock::now();
+  std::vector<Transfer*> expired;
+  auto next = Clock::time_point::max();
+  for (auto& [id, t] : transfers_) {
+    if (t->deadline + kDeadlineSlack <= now) {
+      expired.push_back(t.get());
+    } else {
+      next = std::min(next, t->deadline);
+    }
+  }
+  for (Transfer* t : expired) {
+    curl_multi_remove_handle(multi_, t->easy);
+    fail(*t, errc::timeout, "timed out waiting for a free connection");
+  }
+  if (next != Clock::time_point::max()) arm_deadline(next);
 }
 
 void Client::Impl::begin_hop(Transfer& t) {
@@ -420,22 +469,13 @@ void Client::Impl::begin_hop(Transfer& t) {
     return fail(t, errc::internal, curl_multi_strerror(rc));
 }
 
-void Client::Impl::configure(Transfer& t) {
-  CURL* e = t.easy;
-  const Request& r = t.request;
-  curl_easy_reset(e);
-  t.error[0] = '\0';
-  t.is_head = r.method == "HEAD";
-
-  curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
-  curl_easy_setopt(e, CURLOPT_URL, r.url.c_str());
+// Options that never change for this client are set once per pooled handle; configure()
+// sets everything that varies per hop, so a reused handle needs no curl_easy_reset.
+void Client::Impl::prepare_easy(CURL* e) {
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.error);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, &Impl::write_cb);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
   curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, &Impl::header_cb);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETFUNCTION, &Impl::open_cb);
   curl_easy_setopt(e, CURLOPT_OPENSOCKETDATA, this);
   curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, &Impl::close_cb);
@@ -443,20 +483,39 @@ void Client::Impl::configure(Transfer& t) {
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");  // every decoder curl was built with
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                    options_.http2 ? CURL_HTTP_VERSION_2TLS : CURL_HTTP_VERSION_1_1);
-  // Waiting for a connection to reveal whether it multiplexes only pays off where HTTP/2 can
-  // be negotiated (ALPN over TLS); on plain http it would queue requests behind a slow one.
-  const bool tls = r.url.size() > 5 && iequals(std::string_view(r.url).substr(0, 6), "https:");
-  if (options_.http2 && tls) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, options_.verify ? 1L : 0L);
   curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, options_.verify ? 2L : 0L);
   if (!options_.ca_bundle.empty()) curl_easy_setopt(e, CURLOPT_CAINFO, options_.ca_bundle.c_str());
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                    static_cast<long>(std::max(1.0, options_.connect_timeout * 1000)));
+  curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
+  if (options_.max_body_bytes > 0)
+    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(options_.max_body_bytes));
+}
+
+void Client::Impl::configure(Transfer& t) {
+  CURL* e = t.easy;
+  const Request& r = t.request;
+  t.error[0] = '\0';
+  t.is_head = r.method == "HEAD";
+
+  curl_easy_setopt(e, CURLOPT_PRIVATE, &t);
+  curl_easy_setopt(e, CURLOPT_URL, r.url.c_str());
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, t.error);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, &t);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, &t);
+  // Waiting for a connection to reveal whether it multiplexes only pays off where HTTP/2 can
+  // be negotiated (ALPN over TLS); on plain http it would queue requests behind a slow one.
+  const bool tls = r.url.size() > 5 && iequals(std::string_view(r.url).substr(0, 6), "https:");
+  curl_easy_setopt(e, CURLOPT_PIPEWAIT, options_.http2 && tls ? 1L : 0L);
   const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(t.deadline - Clock::now());
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, static_cast<long>(std::max<long long>(1, left.count())));
-  curl_easy_setopt(e, CURLOPT_USERAGENT, options_.user_agent.c_str());
-  if (t.max_body > 0)
-    curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, static_cast<curl_off_t>(t.max_body));
+
+  // Undo whatever method the handle's previous transfer used.
+  curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, static_cast<char*>(nullptr));
+  curl_easy_setopt(e, CURLOPT_POSTFIELDS, static_cast<char*>(nullptr));
+  curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(-1));
+  curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
 
   const bool has_body = r.body != nullptr;
   if (t.is_head) {
@@ -576,7 +635,19 @@ int Client::Impl::timer_cb(CURLM*, long timeout_ms, void* userp) {
     self->timer_.cancel();
     return 0;
   }
-  // Even a 0 ms timeout goes through the timer: curl must not be re-entered from here.
+  // curl must not be re-entered from here. "Now" is the common case (every new transfer) and
+  // is posted, coalesced, rather than re-arming the timer: each re-arm is a timerfd syscall.
+  // Whatever else is armed may fire too; a spurious timeout action is harmless.
+  if (timeout_ms == 0) {
+    if (!self->run_now_posted_) {
+      self->run_now_posted_ = true;
+      asio::post(self->strand_, [self, tok = self->token()] {
+        self->run_now_posted_ = false;
+        self->on_timer();
+      });
+    }
+    return 0;
+  }
   self->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
   self->timer_.async_wait(asio::bind_executor(
       self->strand_, [self, tok = self->token()](boost::system::error_code ec) {
@@ -758,7 +829,11 @@ void Client::Impl::finish(Transfer& t, std::error_code ec, std::string message) 
 }
 
 CURL* Client::Impl::acquire_easy() {
-  if (easy_pool_.empty()) return curl_easy_init();
+  if (easy_pool_.empty()) {
+    CURL* e = curl_easy_init();
+    if (e) prepare_easy(e);
+    return e;
+  }
   CURL* e = easy_pool_.back();
   easy_pool_.pop_back();
   return e;
@@ -766,6 +841,11 @@ CURL* Client::Impl::acquire_easy() {
 
 void Client::Impl::release_easy(CURL* easy) {
   if (multi_ && easy_pool_.size() < kEasyPoolSize) {
+    // The transfer that owned these is gone; no dangling pointers wait in the pool.
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, static_cast<curl_slist*>(nullptr));
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, static_cast<char*>(nullptr));
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, static_cast<char*>(nullptr));
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, static_cast<void*>(nullptr));
     easy_pool_.push_back(easy);
   } else {
     curl_easy_cleanup(easy);

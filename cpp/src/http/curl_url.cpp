@@ -28,11 +28,13 @@ std::string get_part(CURLU* u, CURLUPart part, unsigned flags = 0) {
 // than as malformed.
 constexpr unsigned kParseFlags = CURLU_NON_SUPPORT_SCHEME;
 
-std::pair<std::error_code, std::string> check_parsed(CURLU* u, const std::string& shown) {
+// `url` is only for the message, redacted when (rarely) there is one.
+std::pair<std::error_code, std::string> check_parsed(CURLU* u, std::string_view url) {
   const std::string scheme = get_part(u, CURLUPART_SCHEME);
   if (!iequals(scheme, "http") && !iequals(scheme, "https"))
-    return {errc::unsupported_scheme, "scheme '" + scheme + "' is not http or https: " + shown};
-  if (get_part(u, CURLUPART_HOST).empty()) return {errc::invalid_url, "URL has no host: " + shown};
+    return {errc::unsupported_scheme, "scheme '" + scheme + "' is not http or https: " + redact_url(url)};
+  if (get_part(u, CURLUPART_HOST).empty())
+    return {errc::invalid_url, "URL has no host: " + redact_url(url)};
   return {};
 }
 
@@ -44,7 +46,7 @@ std::pair<std::error_code, std::string> check_url(const std::string& url) {
   if (CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, url.c_str(), kParseFlags); rc != CURLUE_OK)
     return {errc::invalid_url,
             std::string("malformed URL (") + curl_url_strerror(rc) + "): " + redact_url(url)};
-  return check_parsed(u.get(), redact_url(url));
+  return check_parsed(u.get(), url);
 }
 
 RedirectTarget resolve_redirect(const std::string& base, const std::string& location) {
@@ -64,7 +66,7 @@ RedirectTarget resolve_redirect(const std::string& base, const std::string& loca
     return out;
   }
   out.url = get_part(to.get(), CURLUPART_URL);
-  if (auto [ec, msg] = check_parsed(to.get(), redact_url(out.url)); ec) {
+  if (auto [ec, msg] = check_parsed(to.get(), out.url); ec) {
     out.error = ec;
     out.message = std::move(msg);
     return out;

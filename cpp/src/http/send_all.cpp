@@ -17,14 +17,19 @@ struct Batch {
   std::size_t in_flight = 0;
   std::size_t finished = 0;
   std::size_t window = 1;
-  bool pumping = false;       // one thread at a time refills the window
 };
 
-// Fills the window. A transport may complete inline from send(); the `pumping` flag turns
-// that recursion into another turn of this loop, so the stack stays flat for any batch size.
+// The batch this thread is filling right now, if any.
+thread_local const Batch* t_pumping = nullptr;
+
+// Fills the window. A transport may complete inline from send(); such a completion returns
+// at once and the enclosing loop takes the free slot, so the stack stays flat for any batch
+// size. Completions on other threads (the I/O thread) refill directly rather than handing
+// the work back to the caller's thread, which would cost a wake-up per request.
 void pump(Transport& transport, const std::shared_ptr<Batch>& b, std::unique_lock<std::mutex>& lock) {
-  if (b->pumping) return;
-  b->pumping = true;
+  if (t_pumping == b.get()) return;
+  const Batch* outer = t_pumping;
+  t_pumping = b.get();
   while (b->in_flight < b->window && b->next < b->requests.size()) {
     const std::size_t index = b->next++;
     ++b->in_flight;
@@ -45,7 +50,7 @@ void pump(Transport& transport, const std::shared_ptr<Batch>& b, std::unique_loc
     });
     lock.lock();
   }
-  b->pumping = false;
+  t_pumping = outer;
 }
 
 }  // namespace

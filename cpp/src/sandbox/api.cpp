@@ -13,6 +13,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <tuple>
 
 #include "sandbox/records.hpp"
 #include "sandbox/router.hpp"
@@ -172,6 +173,13 @@ class Router::State {
   std::uint64_t overload_count = 0;
   std::map<std::string, std::uint64_t, std::less<>> fault_counters;
 
+  struct Hook {
+    std::string id, url, host, path, secret;  // secret: raw bytes
+    std::uint16_t port = 80;
+  };
+  std::vector<Hook> hooks;
+  std::uint64_t hook_counter = 0, event_counter = 0;
+
   std::string new_token(std::uint64_t seed, std::string_view prefix) {
     return std::string(prefix) + hex(sha256(std::to_string(seed) + ":" + std::to_string(++token_counter) + ":" +
                                             std::to_string(now_seconds())))
@@ -185,6 +193,8 @@ void Router::init_state() { state_ = std::make_shared<State>(); }
 
 void Router::tick(double now) {
   if (config_.updates_per_second <= 0 || config_.records == 0) return;
+  std::vector<std::tuple<int, std::uint64_t, Change>> changed;
+  {
   std::lock_guard lock(state_->mutex);
   state_->update_carry += config_.updates_per_second;
   auto n = static_cast<std::uint64_t>(state_->update_carry);
@@ -199,8 +209,98 @@ void Router::tick(double now) {
     auto& c = state_->changes[res][index];
     c.version = c.version + 1;
     c.updated_ms = ms;
+    if (!state_->hooks.empty() && changed.size() < 1000) changed.emplace_back(res, index, c);
   }
   if (n) state_->has_changes = true;
+  }
+  for (auto& [res, index, c] : changed) {
+    std::string data;
+    append_record(data, config_.seed, res, index, config_.records, c.version, c.updated_ms);
+    emit(std::string(kResources[res].name) + ".updated", data);
+  }
+}
+
+void Router::emit(std::string_view type, const std::string& data_json) {
+  if (!send_webhook_) return;
+  std::vector<State::Hook> hooks;
+  std::uint64_t event = 0;
+  {
+    std::lock_guard lock(state_->mutex);
+    if (state_->hooks.empty()) return;
+    hooks = state_->hooks;
+    event = ++state_->event_counter;
+  }
+  double now = now_seconds();
+  std::string ts = std::to_string(static_cast<std::uint64_t>(now));
+  std::string body = "{\"type\":\"" + std::string(type) + "\",\"timestamp\":\"" +
+                     format_time(static_cast<std::uint64_t>(now * 1000)) + "\",\"data\":" + data_json + "}";
+  for (const auto& h : hooks) {
+    WebhookDelivery d;
+    d.url = h.url;
+    d.host = h.host;
+    d.port = h.port;
+    d.path = h.path;
+    d.body = body;
+    std::string id = "msg_" + std::to_string(config_.seed) + "_" + std::to_string(event);
+    // Standard Webhooks: v1,base64(HMAC-SHA256(secret, id.timestamp.body)).
+    d.headers = {{"webhook-id", id},
+                 {"webhook-timestamp", ts},
+                 {"webhook-signature", "v1," + base64(hmac_sha256(h.secret, id + "." + ts + "." + body), false)},
+                 {"Content-Type", "application/json"}};
+    send_webhook_(std::move(d));
+  }
+}
+
+Reply Router::webhooks(const Request& req, std::string_view tail) {
+  State& s = *state_;
+  if (req.method == "POST" && tail.empty()) {
+    json body = json::parse(req.body, nullptr, false);
+    if (!body.is_object() || !body.contains("url") || !body["url"].is_string())
+      return api_error(422, "bad_webhook", "body must be {\"url\": \"http://127.0.0.1:PORT/path\"}");
+    std::string url = body["url"];
+    // Only plain http to an IP literal (or localhost): the sandbox never resolves names.
+    if (url.rfind("http://", 0) != 0 || url.find_first_of("\r\n ") != std::string::npos)
+      return api_error(422, "bad_webhook", "url must be http://<ip>:<port>/<path>");
+    std::string rest = url.substr(7);
+    auto slash = rest.find('/');
+    std::string authority = rest.substr(0, slash);
+    std::string path = slash == std::string::npos ? "/" : rest.substr(slash);
+    auto colon = authority.rfind(':');
+    std::uint64_t port = 80;
+    std::string host = authority.substr(0, colon);
+    if (colon != std::string::npos && (!parse_u64(authority.substr(colon + 1), port) || port == 0 || port > 65535))
+      return api_error(422, "bad_webhook", "url has a bad port");
+    if (host == "localhost") host = "127.0.0.1";
+    State::Hook h;
+    {
+      std::lock_guard lock(s.mutex);
+      h.id = "wh_" + std::to_string(++s.hook_counter);
+      h.secret = sha256(std::to_string(config_.seed) + ":" + h.id + ":" + std::to_string(now_seconds()));
+      h.url = url;
+      h.host = host;
+      h.port = static_cast<std::uint16_t>(port);
+      h.path = path;
+      s.hooks.push_back(h);
+    }
+    return json_reply(201, json{{"id", h.id}, {"url", url}, {"secret", "whsec_" + base64(h.secret, false)}});
+  }
+  if (req.method == "GET" && tail.empty()) {
+    json list = json::array();
+    std::lock_guard lock(s.mutex);
+    for (const auto& h : s.hooks) list.push_back({{"id", h.id}, {"url", h.url}});
+    return json_reply(200, json{{"data", list}});
+  }
+  if (req.method == "DELETE" && !tail.empty()) {
+    std::lock_guard lock(s.mutex);
+    auto before = s.hooks.size();
+    std::erase_if(s.hooks, [&](const State::Hook& h) { return h.id == tail; });
+    if (s.hooks.size() == before) return api_error(404, "not_found", "no such webhook");
+    Reply r;
+    r.status = 204;
+    r.content_type.clear();
+    return r;
+  }
+  return api_error(405, "method_not_allowed", "POST /v1/webhooks, GET /v1/webhooks, DELETE /v1/webhooks/{id}");
 }
 
 // --- auth -------------------------------------------------------------------------------
@@ -340,8 +440,8 @@ static std::optional<Reply> check_rate(const Config& c, Router::State& s, Stats&
       reset = tat - now;
     } else if (!quota_hit) {
       g.tat = tat + interval;
-      double slack = tolerance - (g.tat - now);
-      remaining = slack < -1e-9 ? 0 : static_cast<std::uint64_t>(std::floor(slack / interval + 1e-9)) + 1;
+      double slack = tolerance - (g.tat - now);  // wall-clock doubles: allow for rounding below
+      remaining = slack < -1e-4 * interval ? 0 : static_cast<std::uint64_t>(std::floor(slack / interval + 1e-4)) + 1;
       remaining = std::min<std::uint64_t>(remaining, c.burst);
       reset = g.tat - now;
     } else {
@@ -443,10 +543,12 @@ bool Router::handle_api(const Request& req, Reply& out) {
   std::string_view name = rest.substr(0, slash);
   std::string_view tail = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
   int res = resource_index(name);
-  if (res < 0 || (slash != std::string_view::npos && tail.empty())) return false;
+  const bool hooks = name == "webhooks";
+  if ((res < 0 && !hooks) || (slash != std::string_view::npos && tail.empty())) return false;
   std::string method = req.method == "HEAD" ? "GET" : req.method;
-  std::string templ = "/v1/" + std::string(name) + (tail.empty() ? "" : tail == "batch" ? "/batch" : "/{id}");
-  out.endpoint = (method == "GET" || method == "POST" ? method : std::string("OTHER")) + " " + templ;
+  std::string templ = "/v1/" + std::string(name) + (tail.empty() ? "" : tail == "batch" && !hooks ? "/batch" : "/{id}");
+  out.endpoint = (method == "GET" || method == "POST" || (hooks && method == "DELETE") ? method : std::string("OTHER")) +
+                 " " + templ;
   std::string endpoint = out.endpoint;
 
   // Silent overload: above the hidden capacity, answer like a struggling backend.
@@ -533,7 +635,8 @@ bool Router::handle_api(const Request& req, Reply& out) {
     }
   }
 
-  if (method == "GET" && tail.empty()) out = list(req, res);
+  if (hooks) out = webhooks(req, tail);
+  else if (method == "GET" && tail.empty()) out = list(req, res);
   else if (method == "GET") out = get_one(res, tail);
   else if (method == "POST") out = write(req, res, tail == "batch");
   else {
@@ -770,8 +873,12 @@ Reply Router::write(const Request& req, int res, bool batch) {
       }
     }
     if (id.empty()) id = "sha256:" + hex(sha256(r->dump())).substr(0, 24);
-    if (stats_.record_received(name, id)) ++fresh;
-    else ++dup;
+    if (stats_.record_received(name, id)) {
+      ++fresh;
+      emit(std::string(name) + ".created", r->dump(-1, ' ', false, json::error_handler_t::replace));
+    } else {
+      ++dup;
+    }
     ids.push_back(id);
   }
   Reply out = batch ? json_reply(200, json{{"received", records.size()}, {"created", fresh}, {"duplicates", dup}, {"ids", ids}})

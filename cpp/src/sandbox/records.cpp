@@ -47,6 +47,18 @@ void add_u64(std::string& out, std::uint64_t v) {
   out.append(buf, p);
 }
 
+// Appends v zero-padded to at least `width` digits.
+void add_digits(std::string& out, std::uint64_t v, int width) {
+  char buf[24];
+  int n = 0;
+  do {
+    buf[n++] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v);
+  while (n < width) buf[n++] = '0';
+  while (n) out += buf[--n];
+}
+
 void add_field(std::string& out, std::string_view key, std::string_view value) {
   out += '"';
   out += key;
@@ -75,10 +87,10 @@ std::uint64_t hash3(std::uint64_t seed, std::uint64_t a, std::uint64_t b) {
 }
 
 std::string record_id(int resource, std::uint64_t index) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%s_%010llu", kResources[resource].prefix.data(),
-                static_cast<unsigned long long>(index + 1));
-  return buf;
+  std::string out(kResources[resource].prefix);
+  out += '_';
+  add_digits(out, index + 1, 10);
+  return out;
 }
 
 bool parse_record_id(int resource, std::string_view id, std::uint64_t& index) {
@@ -111,13 +123,36 @@ std::uint64_t first_index_since(std::uint64_t since_ms, std::uint64_t records) {
 }
 
 std::string format_time(std::uint64_t unix_ms) {
-  std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<unsigned>(unix_ms % 1000));
-  return buf;
+  // Days to civil date (Howard Hinnant's algorithm), without gmtime_r or printf: this runs
+  // twice per record served.
+  std::uint64_t secs = unix_ms / 1000;
+  std::int64_t z = static_cast<std::int64_t>(secs / 86400) + 719468;
+  std::uint64_t sod = secs % 86400;
+  std::int64_t era = z / 146097;
+  auto doe = static_cast<std::uint64_t>(z - era * 146097);
+  std::uint64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+  std::uint64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+  std::uint64_t mp = (5 * doy + 2) / 153;
+  std::uint64_t d = doy - (153 * mp + 2) / 5 + 1;
+  std::uint64_t m = mp < 10 ? mp + 3 : mp - 9;
+  std::uint64_t y = static_cast<std::uint64_t>(static_cast<std::int64_t>(yoe) + era * 400) + (m <= 2);
+  std::string out;
+  out.reserve(24);
+  add_digits(out, y, 4);
+  out += '-';
+  add_digits(out, m, 2);
+  out += '-';
+  add_digits(out, d, 2);
+  out += 'T';
+  add_digits(out, sod / 3600, 2);
+  out += ':';
+  add_digits(out, sod / 60 % 60, 2);
+  out += ':';
+  add_digits(out, sod % 60, 2);
+  out += '.';
+  add_digits(out, unix_ms % 1000, 3);
+  out += 'Z';
+  return out;
 }
 
 std::string http_date(std::uint64_t unix_seconds) {
@@ -199,9 +234,7 @@ void append_record(std::string& out, std::uint64_t seed, int resource, std::uint
       out += '.';
       add_u64(out, index + 1);
       out += "@example.com\",\"phone\":\"+1-555-";
-      char phone[8];
-      std::snprintf(phone, sizeof phone, "%04u", static_cast<unsigned>((h >> 16) % 10000));
-      out += phone;
+      add_digits(out, (h >> 16) % 10000, 4);
       out += "\",\"company_id\":\"";
       out += record_id(1, records ? (h >> 20) % records : 0);
       out += "\",\"address\":{";
@@ -252,9 +285,7 @@ void append_record(std::string& out, std::uint64_t seed, int resource, std::uint
       out += ",\"amount\":{\"value\":\"";
       add_u64(out, 100 + (h >> 12) % 500000);
       out += '.';
-      char cents[4];
-      std::snprintf(cents, sizeof cents, "%02u", static_cast<unsigned>((h >> 32) % 100));
-      out += cents;
+      add_digits(out, (h >> 32) % 100, 2);
       out += "\",";
       add_field(out, "currency", pick(kCurrency, h >> 40));
       out += "},\"company_id\":\"";

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -62,6 +63,14 @@ std::string_view reason_phrase(int status);
 // The deterministic byte stream of GET /bytes/{n}: byte i is pattern_block()[i % size].
 const std::string& pattern_block();
 
+// One signed webhook POST (Standard Webhooks headers already set); the server sends it.
+struct WebhookDelivery {
+  std::string url, host, path, body;
+  std::uint16_t port = 80;
+  std::vector<std::pair<std::string, std::string>> headers;
+  int attempt = 1;
+};
+
 class Router {
  public:
   explicit Router(Config config);
@@ -79,6 +88,10 @@ class Router {
   const Config& config() const { return config_; }
   // Called by the server's ticker (once per second) for time-driven work: record updates.
   void tick(double now);
+  // Who sends webhook deliveries (the server); called outside the router's locks.
+  void set_webhook_sender(std::function<void(WebhookDelivery)> send) { send_webhook_ = std::move(send); }
+  // Queues one event to every registered webhook.
+  void emit(std::string_view type, const std::string& data_json);
 
   class State;
 
@@ -92,6 +105,7 @@ class Router {
   Reply get_one(int resource, std::string_view id);
   Reply write(const Request& request, int resource, bool batch);
   Reply oauth(const Request& request, double now);
+  Reply webhooks(const Request& request, std::string_view tail);
 
   Config config_;
   Stats stats_;
@@ -99,7 +113,8 @@ class Router {
   std::string json_body_;
   std::string gzip_body_;
   std::string deflate_body_;
-  std::shared_ptr<State> state_;  // shared_ptr: State is complete only in api.cpp
+  std::shared_ptr<State> state_;
+  std::function<void(WebhookDelivery)> send_webhook_;  // shared_ptr: State is complete only in api.cpp
 };
 
 }  // namespace isthmus::sandbox

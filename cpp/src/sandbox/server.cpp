@@ -15,11 +15,15 @@
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/bind_handler.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/empty_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <chrono>
+#include <cmath>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -213,6 +217,54 @@ class Session : public std::enable_shared_from_this<Session> {
   char sink_[4096];
 };
 
+// One webhook delivery attempt: connect, POST, read the status; retries are scheduled by the
+// caller with exponential backoff.
+class WebhookCall : public std::enable_shared_from_this<WebhookCall> {
+ public:
+  using Done = std::function<void(bool ok, WebhookDelivery delivery)>;
+  WebhookCall(net::io_context& ioc, WebhookDelivery d, Done done)
+      : stream_(net::make_strand(ioc)), delivery_(std::move(d)), done_(std::move(done)) {}
+
+  void start() {
+    boost::system::error_code ec;
+    auto address = net::ip::make_address(delivery_.host, ec);
+    if (ec) return finish(false);
+    out_ = "POST " + delivery_.path + " HTTP/1.1\r\nHost: " + delivery_.host + ":" + std::to_string(delivery_.port) +
+           "\r\nUser-Agent: isthmus-sandbox-webhooks\r\nConnection: close\r\n";
+    for (const auto& [k, v] : delivery_.headers) out_ += k + ": " + v + "\r\n";
+    out_ += "Content-Length: " + std::to_string(delivery_.body.size()) + "\r\n\r\n" + delivery_.body;
+    stream_.expires_after(std::chrono::seconds(5));
+    stream_.async_connect(tcp::endpoint(address, delivery_.port), [self = shared_from_this()](beast::error_code ec) {
+      if (ec) return self->finish(false);
+      net::async_write(self->stream_, net::buffer(self->out_), [self](beast::error_code ec, std::size_t) {
+        if (ec) return self->finish(false);
+        self->parser_.emplace();
+        self->parser_->skip(false);
+        http::async_read(self->stream_, self->buffer_, *self->parser_, [self](beast::error_code ec, std::size_t) {
+          if (ec) return self->finish(false);
+          auto status = self->parser_->get().result_int();
+          self->finish(status >= 200 && status < 300);
+        });
+      });
+    });
+  }
+
+ private:
+  void finish(bool ok) {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    if (done_) done_(ok, std::move(delivery_));
+    done_ = nullptr;
+  }
+
+  beast::tcp_stream stream_;
+  WebhookDelivery delivery_;
+  Done done_;
+  std::string out_;
+  beast::flat_buffer buffer_;
+  std::optional<http::response_parser<http::string_body>> parser_;
+};
+
 }  // namespace
 
 class Server::Impl {
@@ -247,6 +299,9 @@ class Server::Impl {
     }
     bound_port = acceptor->local_endpoint().port();
     ticker.emplace(*ioc);
+    router->set_webhook_sender([this](WebhookDelivery d) {
+      net::post(*ioc, [this, d = std::move(d)]() mutable { send_webhook(std::move(d)); });
+    });
     do_accept();
     schedule_tick();
     started = true;
@@ -275,6 +330,22 @@ class Server::Impl {
       }
       do_accept();
     });
+  }
+
+  void send_webhook(WebhookDelivery d) {
+    auto call = std::make_shared<WebhookCall>(*ioc, std::move(d), [this](bool ok, WebhookDelivery d) {
+      if (ok) return router->stats().webhook("delivered");
+      router->stats().webhook("failed_attempts");
+      if (static_cast<std::uint64_t>(d.attempt) >= router->config().webhook_max_attempts)
+        return router->stats().webhook("gave_up");
+      auto delay = router->config().webhook_backoff * std::pow(2.0, d.attempt - 1);
+      ++d.attempt;
+      auto timer = std::make_shared<net::steady_timer>(*ioc, std::chrono::milliseconds(static_cast<std::int64_t>(delay * 1000)));
+      timer->async_wait([this, timer, d = std::move(d)](beast::error_code ec) mutable {
+        if (!ec) send_webhook(std::move(d));
+      });
+    });
+    call->start();
   }
 
   void schedule_tick() {

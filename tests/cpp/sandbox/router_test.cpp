@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <ctime>
 #include <random>
 
 #include "isthmus/error.hpp"
@@ -38,6 +39,23 @@ TEST(SandboxRecords, TimesRoundTrip) {
   EXPECT_EQ(ms, 1700000000000u);
   EXPECT_FALSE(parse_time("yesterday", ms));
   EXPECT_EQ(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+}
+
+TEST(SandboxRecords, FastTimeFormatMatchesGmtime) {
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 20000; ++i) {
+    std::uint64_t ms = rng() % 8000000000000ull;  // 1970 .. 2223
+    std::time_t secs = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<unsigned>(ms % 1000));
+    ASSERT_EQ(format_time(ms), buf) << ms;
+    std::uint64_t back = 0;
+    ASSERT_TRUE(parse_time(buf, back));
+    ASSERT_EQ(back, ms);
+  }
 }
 
 TEST(SandboxRecords, IdsAndSinceAreArithmetic) {
