@@ -7,8 +7,6 @@ import gzip
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 import time
 import urllib.parse
 
@@ -17,7 +15,6 @@ import requests
 
 import isthmus
 from isthmus import Sandbox
-from isthmus.cli import build_parser
 
 
 def endpoint_count(stats: dict, endpoint: str, status: int) -> int:
@@ -367,29 +364,6 @@ def test_malformed_http_gets_400(api):
         data = sock.recv(4096)
     assert data.startswith(b"HTTP/1.1 400") and b"malformed" in data
     assert endpoint_count(api.stats(), "(malformed request)", 400) == 1
-
-
-def test_cli_parser_and_serving():
-    args = build_parser().parse_args(["sandbox", "--port", "0", "--records", "5", "--auth", "oauth2"])
-    assert args.records == 5 and args.auth == "oauth2"
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from isthmus.cli import main; sys.exit(main())",
-                             "sandbox", "--port", "0", "--auth", "oauth2", "--records", "5"],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()
-        assert "serving on http://127.0.0.1:" in line
-        url = line.split()[4]
-        out = []
-        for _ in range(12):
-            out.append(proc.stdout.readline())
-            if "stats" in out[-1]:
-                break
-        assert any("client_secret" in o for o in out)
-        assert requests.get(url + "/json").status_code == 200
-    finally:
-        proc.send_signal(2)
-        assert proc.wait(timeout=10) == 0
-        proc.stdout.close()
 
 
 def test_webhooks_are_signed_and_retried_with_backoff():

@@ -123,6 +123,13 @@ std::uint64_t first_index_since(std::uint64_t since_ms, std::uint64_t records) {
 }
 
 std::string format_time(std::uint64_t unix_ms) {
+  std::string out;
+  out.reserve(24);
+  append_time(out, unix_ms);
+  return out;
+}
+
+void append_time(std::string& out, std::uint64_t unix_ms) {
   // Days to civil date (Howard Hinnant's algorithm), without gmtime_r or printf: this runs
   // twice per record served.
   std::uint64_t secs = unix_ms / 1000;
@@ -136,8 +143,6 @@ std::string format_time(std::uint64_t unix_ms) {
   std::uint64_t d = doy - (153 * mp + 2) / 5 + 1;
   std::uint64_t m = mp < 10 ? mp + 3 : mp - 9;
   std::uint64_t y = static_cast<std::uint64_t>(static_cast<std::int64_t>(yoe) + era * 400) + (m <= 2);
-  std::string out;
-  out.reserve(24);
   add_digits(out, y, 4);
   out += '-';
   add_digits(out, m, 2);
@@ -152,7 +157,6 @@ std::string format_time(std::uint64_t unix_ms) {
   out += '.';
   add_digits(out, unix_ms % 1000, 3);
   out += 'Z';
-  return out;
 }
 
 std::string http_date(std::uint64_t unix_seconds) {
@@ -299,9 +303,9 @@ void append_record(std::string& out, std::uint64_t seed, int resource, std::uint
   out += ",\"version\":";
   add_u64(out, version);
   out += ",\"created_at\":\"";
-  out += format_time(created_ms);
+  append_time(out, created_ms);
   out += "\",\"updated_at\":\"";
-  out += format_time(updated_ms);
+  append_time(out, updated_ms);
   out += "\"}";
 }
 

@@ -30,6 +30,7 @@ std::uint64_t base_updated_ms(std::uint64_t index, std::uint64_t records);
 std::uint64_t first_index_since(std::uint64_t since_ms, std::uint64_t records);
 
 std::string format_time(std::uint64_t unix_ms);  // RFC 3339, ms precision, UTC
+void append_time(std::string& out, std::uint64_t unix_ms);
 bool parse_time(std::string_view text, std::uint64_t& unix_ms);  // RFC 3339 or unix seconds
 std::string http_date(std::uint64_t unix_seconds);
 

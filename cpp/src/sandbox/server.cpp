@@ -21,6 +21,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -164,9 +165,14 @@ class Session : public std::enable_shared_from_this<Session> {
                            beast::bind_front_handler(&Session::on_written, shared_from_this()));
           return;
         }
+        // Head and body go out as two buffers: no copy of the body.
         out_ = serialize_head(reply_, reply_.body.size(), keep_alive_, version_);
-        if (!head_only_) out_ += reply_.body;
-        return write_out();
+        if (head_only_) return write_out();
+        {
+          std::array<net::const_buffer, 2> parts{net::buffer(out_), net::buffer(reply_.body)};
+          net::async_write(socket_, parts, beast::bind_front_handler(&Session::on_written, shared_from_this()));
+        }
+        return;
     }
   }
 

@@ -324,6 +324,78 @@ TEST_F(SandboxServer, ConnectionCloseIsHonoured) {
   EXPECT_TRUE(c.closed());
 }
 
+// A receiver that answers 500 to the first delivery and 204 to the next.
+TEST(SandboxWebhooks, DeliveredSignedAndRetried) {
+  net::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  auto hook_port = acceptor.local_endpoint().port();
+  std::vector<std::string> seen;
+  std::thread receiver([&] {
+    for (int i = 0; i < 2; ++i) {
+      tcp::socket s(io);
+      acceptor.accept(s);
+      std::string data;
+      char buf[4096];
+      boost::system::error_code ec;
+      while (data.find("\r\n\r\n") == std::string::npos || data.find("\"data\"") == std::string::npos) {
+        std::size_t n = s.read_some(net::buffer(buf), ec);
+        if (ec) break;
+        data.append(buf, n);
+      }
+      seen.push_back(data);
+      std::string answer = i == 0 ? "HTTP/1.1 500 No\r\nContent-Length: 0\r\n\r\n" : "HTTP/1.1 204 OK\r\n\r\n";
+      net::write(s, net::buffer(answer), ec);
+    }
+  });
+  Server server(Options{.threads = 2, .config_json = R"({"webhook_backoff": 0.05})"});
+  server.start();
+  Conn c(server.port());
+  std::string hook = R"({"url": "http://127.0.0.1:)" + std::to_string(hook_port) + R"(/in"})";
+  c.send("POST /v1/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(hook.size()) + "\r\n\r\n" + hook);
+  ASSERT_EQ(c.read_response().status, 201);
+  std::string rec = R"({"id": "r1"})";
+  c.send("POST /v1/contacts HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(rec.size()) + "\r\n\r\n" + rec);
+  ASSERT_EQ(c.read_response().status, 201);
+  receiver.join();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  json hooks;
+  while (std::chrono::steady_clock::now() < deadline) {
+    hooks = json::parse(server.stats_json())["webhooks"];
+    if (hooks.contains("delivered")) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(hooks["delivered"], 1);
+  EXPECT_EQ(hooks["failed_attempts"], 1);
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_NE(seen[1].find("webhook-signature: v1,"), std::string::npos);
+  EXPECT_NE(seen[1].find("contacts.created"), std::string::npos);
+}
+
+TEST(SandboxWebhooks, StopWhileRetryingIsClean) {
+  // Nothing listens on the hook port: every attempt fails and a retry timer is pending at stop.
+  net::io_context io;
+  tcp::acceptor probe(io, tcp::endpoint(net::ip::make_address("127.0.0.1"), 0));
+  auto dead_port = probe.local_endpoint().port();
+  probe.close();
+  Server server(Options{.config_json = R"({"webhook_backoff": 10})"});
+  server.start();
+  Conn c(server.port());
+  std::string hook = R"({"url": "http://127.0.0.1:)" + std::to_string(dead_port) + R"(/in"})";
+  c.send("POST /v1/webhooks HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(hook.size()) + "\r\n\r\n" + hook);
+  ASSERT_EQ(c.read_response().status, 201);
+  c.send("POST /v1/deals/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n[]");
+  ASSERT_EQ(c.read_response().status, 200);
+  std::string rec = R"([{"id": 1}, {"id": 2}])";
+  c.send("POST /v1/deals/batch HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(rec.size()) + "\r\n\r\n" + rec);
+  ASSERT_EQ(c.read_response().status, 200);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline &&
+         json::parse(server.stats_json())["webhooks"].value("failed_attempts", 0) < 2)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(json::parse(server.stats_json())["webhooks"]["failed_attempts"], 2);
+  server.stop();
+}
+
 TEST(SandboxOptions, BadConfigNamesTheField) {
   Server s(Options{.config_json = R"({"seed": "x"})"});
   try {
