@@ -489,3 +489,44 @@ def test_no_secret_in_any_log_line_repr_or_exception(caplog, token_key, tmp_path
         assert secret not in text
     # No sandbox access or refresh token either.
     assert not re.search(r"\b(at|rt)_[A-Za-z0-9_-]{6,}", text)
+
+
+def test_verify_webhooks_the_sandbox_delivers():
+    """End to end: register a webhook through an OAuth2 client, write a record, and verify
+    the signed delivery the sandbox makes (Standard Webhooks)."""
+    import http.server
+    import threading
+
+    got: dict = {}
+    arrived = threading.Event()
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if not arrived.is_set():
+                got.update(headers=list(self.headers.items()), body=body)
+                arrived.set()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with oauth_sandbox() as api:
+            auth = isthmus.OAuth2ClientCredentials(api.token_url, api.client_id, api.client_secret)
+            with isthmus.Client(api.url, auth=auth) as c:
+                hook = c.post("/v1/webhooks", json={"url": f"http://127.0.0.1:{server.server_port}/hook"})
+                assert hook.status_code == 201
+                secret = hook.json()["secret"]
+                assert c.post("/v1/contacts", json={"name": "Ada"}).status_code in (200, 201)
+                assert arrived.wait(10), "no webhook delivery"
+        isthmus.verify_webhook("standard", secret, got["headers"], got["body"])
+        with pytest.raises(isthmus.WebhookVerificationError) as e:
+            isthmus.verify_webhook("standard", secret, got["headers"], got["body"].replace(b"Ada", b"Eve"))
+        assert e.value.check == "signature"
+    finally:
+        server.shutdown()
+        server.server_close()
