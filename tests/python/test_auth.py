@@ -530,3 +530,11 @@ def test_verify_webhooks_the_sandbox_delivers():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_api_key_header_never_follows_a_redirect_to_another_host():
+    with isthmus.Sandbox() as here, isthmus.Sandbox(host="127.0.0.2") as elsewhere:
+        with isthmus.Client(here.url, auth=isthmus.ApiKey("k-SECRET", header="X-Custom-Key")) as c:
+            assert c.get("/echo").json()["headers"]["x-custom-key"] == "k-SECRET"
+            seen = c.get("/redirect-to", params={"url": elsewhere.url + "/echo"}).json()["headers"]
+    assert "x-custom-key" not in seen
