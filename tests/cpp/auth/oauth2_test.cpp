@@ -325,6 +325,35 @@ TEST(OAuth2, AuthorizationCodeIsExchangedOnceThenRefreshed) {
   EXPECT_NE(transport->token_body(1).find("grant_type=refresh_token&refresh_token=rt-1"), std::string::npos);
 }
 
+TEST(AuthenticatedTransport, CancelWhileWaitingForATokenSendsNothing) {
+  Clock clock;
+  auto transport = std::make_shared<FakeTransport>();
+  auto cred = OAuth2::create(client_credentials(clock));
+  AuthenticatedTransport at(transport, cred);
+  std::error_code got;
+  const auto id = at.send({.url = "https://api.example.com/"},
+                          [&](std::error_code ec, http::Response) { got = ec; });
+  at.cancel(id);
+  transport->answer(200, R"({"access_token":"tok-1","expires_in":600})");
+  EXPECT_EQ(got, make_error_code(errc::cancelled));
+  EXPECT_EQ(transport->api_requests, 0);
+}
+
+TEST(AuthenticatedTransport, DestroyedWhileWaitingForATokenCompletesWithShuttingDown) {
+  Clock clock;
+  auto transport = std::make_shared<FakeTransport>();
+  auto cred = OAuth2::create(client_credentials(clock));
+  std::error_code got;
+  {
+    AuthenticatedTransport at(transport, cred);
+    at.send({.url = "https://api.example.com/"}, [&](std::error_code ec, http::Response) { got = ec; });
+  }
+  // The token arrives after the authenticated transport is gone: nothing is sent through it.
+  transport->answer(200, R"({"access_token":"tok-1","expires_in":600})");
+  EXPECT_EQ(got, make_error_code(errc::shutting_down));
+  EXPECT_EQ(transport->api_requests, 0);
+}
+
 TEST(OAuth2, ValidatesOptions) {
   OAuth2Options o;
   o.client_id = "c";
