@@ -11,6 +11,7 @@
 
 #include "bindings.hpp"
 #include "exceptions.hpp"
+#include "isthmus/auth/credential.hpp"
 #include "isthmus/error.hpp"
 #include "isthmus/http/client.hpp"
 #include "isthmus/http/url.hpp"
@@ -79,6 +80,22 @@ struct HttpClient {
   // (auth, limits and retries wrap the raw client, each a Transport).
   std::shared_ptr<http::Client> client;
   std::shared_ptr<http::Transport> transport;
+
+  HttpClient(std::shared_ptr<http::Client> c, std::shared_ptr<auth::Credential> credential)
+      : client(c),
+        transport(credential ? std::shared_ptr<http::Transport>(
+                                   std::make_shared<auth::AuthenticatedTransport>(c, credential))
+                             : std::shared_ptr<http::Transport>(c)) {}
+  HttpClient(HttpClient&&) = default;
+
+  // Dropping the client waits for transfers in flight; their completions (a token hook, say)
+  // may need the GIL, so let go of it meanwhile.
+  ~HttpClient() {
+    if (!client || !Py_IsInitialized() || !PyGILState_Check()) return;
+    py::gil_scoped_release release;
+    transport.reset();
+    client.reset();
+  }
 
   Response request(Request req) {
     auto w = std::make_shared<Waiter>();
@@ -286,7 +303,7 @@ void bind_http(py::module_& m) {
       .def(py::init([](double timeout, double connect_timeout, int max_connections_per_host,
                        int max_connections, bool follow_redirects, int max_redirects, bool verify,
                        std::string ca_bundle, bool http2, std::string user_agent,
-                       std::int64_t max_body_bytes) {
+                       std::int64_t max_body_bytes, std::shared_ptr<auth::Credential> credential) {
              http::ClientOptions o;
              o.timeout = timeout;
              o.connect_timeout = connect_timeout;
@@ -299,14 +316,13 @@ void bind_http(py::module_& m) {
              o.http2 = http2;
              o.user_agent = std::move(user_agent);
              o.max_body_bytes = max_body_bytes;
-             auto client = std::make_shared<http::Client>(Engine::shared(), std::move(o));
-             std::shared_ptr<http::Transport> top = client;
-             return HttpClient{client, top};
+             return HttpClient(std::make_shared<http::Client>(Engine::shared(), std::move(o)),
+                               std::move(credential));
            }),
            py::arg("timeout"), py::arg("connect_timeout"), py::arg("max_connections_per_host"),
            py::arg("max_connections"), py::arg("follow_redirects"), py::arg("max_redirects"),
            py::arg("verify"), py::arg("ca_bundle"), py::arg("http2"), py::arg("user_agent"),
-           py::arg("max_body_bytes"))
+           py::arg("max_body_bytes"), py::arg("credential") = nullptr)
       .def("request",
            [](HttpClient& self, std::string method, std::string url, http::Headers headers,
               py::object body, double timeout, int follow, std::vector<std::string> sensitive) {

@@ -10,5 +10,6 @@ void bind_runtime(pybind11::module_& m);
 void bind_http(pybind11::module_& m);
 void bind_sandbox(pybind11::module_& m);
 void bind_pipeline(pybind11::module_& m);
+void bind_auth(pybind11::module_& m);
 
 }  // namespace isthmus::bindings

@@ -26,6 +26,11 @@ const char* class_name(const std::error_code& ec) {
     case errc::cancelled: return "Cancelled";
     case errc::shutting_down: return "ClientClosed";
     case errc::invalid_argument: return "ConfigError";
+    case errc::token_request_failed: return "TokenError";
+    case errc::token_store_error: return "TokenStoreError";
+    case errc::token_store_tampered: return "TokenStoreError";
+    case errc::webhook_invalid: return "WebhookVerificationError";
+    case errc::crypto_error: return "IsthmusError";
     case errc::ok:
     case errc::internal: break;
   }
@@ -33,7 +38,8 @@ const char* class_name(const std::error_code& ec) {
 }
 
 bool is_request_error(const std::string& name) {
-  return name != "IsthmusError" && name != "ConfigError";
+  return name != "IsthmusError" && name != "ConfigError" && name != "TokenStoreError" &&
+         name != "WebhookVerificationError";
 }
 
 }  // namespace

@@ -6,6 +6,7 @@ PYBIND11_MODULE(_core, m) {
   register_exceptions(m);
   bind_runtime(m);
   bind_http(m);
+  bind_auth(m);
   bind_sandbox(m);
   bind_pipeline(m);
 }

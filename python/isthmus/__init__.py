@@ -4,10 +4,23 @@ A C++ core does the fast, careful parts of talking to other products' APIs; this
 its Python face. Start with ``isthmus.Client`` and ``isthmus.Sandbox``.
 """
 
-
 import atexit as _atexit
 
 from isthmus import _core
+from isthmus.auth import (
+    ApiKey,
+    Auth,
+    AwsSigV4,
+    BasicAuth,
+    BearerToken,
+    HmacSigner,
+    JWTBearer,
+    OAuth2AuthorizationCode,
+    OAuth2ClientCredentials,
+    OAuth2RefreshToken,
+    TokenStore,
+    verify_webhook,
+)
 from isthmus.errors import (
     AuthError,
     BodyTooLarge,
@@ -32,9 +45,12 @@ from isthmus.errors import (
     ServerError,
     TimeoutError,
     TLSError,
+    TokenError,
+    TokenStoreError,
     TooManyRedirects,
     TransportError,
     UnsupportedScheme,
+    WebhookVerificationError,
 )
 from isthmus.http import AsyncClient, Client, Headers, Request, Response
 from isthmus.pipeline import (
@@ -56,6 +72,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    # sandbox
+    "Sandbox",
     # HTTP
     "Client",
     "AsyncClient",
@@ -80,6 +98,19 @@ __all__ = [
     "JsonlSink",
     "SqliteSink",
     "CallableSink",
+    # auth
+    "Auth",
+    "ApiKey",
+    "BasicAuth",
+    "BearerToken",
+    "OAuth2ClientCredentials",
+    "OAuth2RefreshToken",
+    "OAuth2AuthorizationCode",
+    "JWTBearer",
+    "HmacSigner",
+    "AwsSigV4",
+    "TokenStore",
+    "verify_webhook",
     # errors
     "IsthmusError",
     "ConfigError",
@@ -107,6 +138,9 @@ __all__ = [
     "ServerError",
     "PipelineError",
     "ReconciliationError",
+    "TokenError",
+    "TokenStoreError",
+    "WebhookVerificationError",
 ]
 
 _atexit.register(_core.shutdown)

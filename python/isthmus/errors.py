@@ -41,6 +41,9 @@ __all__ = [
     "ServerError",
     "PipelineError",
     "ReconciliationError",
+    "TokenError",
+    "TokenStoreError",
+    "WebhookVerificationError",
 ]
 
 
@@ -128,6 +131,28 @@ class ClientClosed(RequestError, RuntimeError):
 
 class Cancelled(RequestError):
     """The transfer was cancelled before it completed."""
+
+
+class TokenError(RequestError, PermissionError):
+    """No access token could be obtained: the token endpoint refused the credentials, answered
+    something unusable, or could not be reached. The message says which (with the OAuth2
+    ``error`` code when the server gave one) and never contains a secret."""
+
+
+class TokenStoreError(IsthmusError):
+    """The token store could not be used: no key (the message says how to make one), a key of
+    the wrong size, a record that fails authentication (wrong key or an altered file), or a
+    file that cannot be opened or written."""
+
+
+class WebhookVerificationError(IsthmusError, ValueError):
+    """An incoming webhook did not verify. ``check`` names what failed: ``"secret"``,
+    ``"header"`` (missing or malformed), ``"timestamp"`` (outside the replay window) or
+    ``"signature"``."""
+
+    def __init__(self, message: str, *, check: str):
+        super().__init__(message)
+        self.check = check
 
 
 class HTTPStatusError(IsthmusError):

@@ -311,6 +311,7 @@ class _ClientBase:
         http2: bool = True,
         user_agent: Optional[str] = None,
         max_body_bytes: Optional[int] = None,
+        auth: Optional[Any] = None,
     ):
         if base_url is not None:
             if not isinstance(base_url, str):
@@ -334,6 +335,11 @@ class _ClientBase:
         self.timeout = float(timeout)
         self.max_connections = max_connections
         self._closed = False
+        if auth is not None and not hasattr(auth, "_credential"):
+            raise errors.ConfigError(
+                f"auth: {type(auth).__name__} is not an isthmus credential (isthmus.ApiKey, "
+                "BasicAuth, BearerToken, OAuth2..., JWTBearer, HmacSigner, AwsSigV4)")
+        self.auth = auth
         self._core = _core.HttpClient(
             timeout=float(timeout),
             connect_timeout=float(connect_timeout),
@@ -346,6 +352,7 @@ class _ClientBase:
             http2=bool(http2),
             user_agent=user_agent or "isthmus/0.1",
             max_body_bytes=int(max_body_bytes or 0),
+            credential=auth._credential() if auth is not None else None,
         )
 
     def build_request(

@@ -177,10 +177,11 @@ def test_credentials_stay_on_the_same_host(client):
 
 
 def test_credentials_never_follow_to_another_host(client):
-    with isthmus.Sandbox(host="127.0.0.2") as other_host:
-        r = client.get("/redirect-to", params={"url": other_host.url + "/echo"},
+    # A second server on another loopback address is "another host" for the redirect.
+    with isthmus.Sandbox(host="127.0.0.2") as elsewhere:
+        r = client.get("/redirect-to", params={"url": elsewhere.url + "/echo"},
                        headers={"Authorization": "Bearer s3cret", "Cookie": "sid=1", "X-Other": "kept"})
-    seen = r.json()["headers"]
+        seen = r.json()["headers"]
     assert r.url.startswith("http://127.0.0.2")
     assert "authorization" not in seen and "cookie" not in seen
     assert seen["x-other"] == "kept"

@@ -24,6 +24,12 @@ enum class errc {
   cancelled,           // the caller cancelled the operation
   shutting_down,       // the engine or client is closing
   invalid_argument,    // a configuration value is out of range
+  // auth
+  token_request_failed,  // the token endpoint refused us or answered something unusable
+  token_store_error,     // the token store could not be opened, read or written (or no key)
+  token_store_tampered,  // a stored token failed authentication (wrong key or altered file)
+  webhook_invalid,       // a webhook's signature, timestamp or headers did not verify
+  crypto_error,          // OpenSSL refused an operation (bad key, unsupported algorithm)
   internal,            // a bug: reported, never swallowed
 };
 

@@ -1,0 +1,126 @@
+#include "auth/url_parts.hpp"
+
+#include <cctype>
+
+#include "isthmus/error.hpp"
+
+namespace isthmus::auth {
+namespace {
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+bool unreserved(unsigned char c) {
+  return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+}  // namespace
+
+std::string UrlParts::host_header() const {
+  const bool default_port = port.empty() || (scheme == "http" && port == "80") ||
+                            (scheme == "https" && port == "443");
+  return default_port ? host : host + ":" + port;
+}
+
+UrlParts split_url(std::string_view url) {
+  UrlParts p;
+  const auto colon = url.find("://");
+  if (colon == std::string_view::npos || colon == 0)
+    throw Error(errc::invalid_url, "the URL is not absolute");
+  p.scheme = lower(url.substr(0, colon));
+  std::string_view rest = url.substr(colon + 3);
+  if (auto hash = rest.find('#'); hash != std::string_view::npos) rest = rest.substr(0, hash);
+  const auto path_start = rest.find_first_of("/?");
+  std::string_view authority = rest.substr(0, path_start);
+  rest = path_start == std::string_view::npos ? std::string_view{} : rest.substr(path_start);
+  if (auto at = authority.rfind('@'); at != std::string_view::npos) authority.remove_prefix(at + 1);
+  // The port is what follows the last ':' unless that ':' sits inside an IPv6 literal.
+  const auto close = authority.rfind(']');
+  const auto pc = authority.rfind(':');
+  if (pc != std::string_view::npos && (close == std::string_view::npos || pc > close)) {
+    p.host = lower(authority.substr(0, pc));
+    p.port = std::string(authority.substr(pc + 1));
+  } else {
+    p.host = lower(authority);
+  }
+  if (p.host.empty()) throw Error(errc::invalid_url, "the URL has no host");
+  const auto q = rest.find('?');
+  p.path = std::string(rest.substr(0, q));
+  if (p.path.empty()) p.path = "/";
+  if (q != std::string_view::npos) p.query = std::string(rest.substr(q + 1));
+  return p;
+}
+
+std::string percent_encode(std::string_view in, std::string_view keep) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  out.reserve(in.size() * 3 / 2);
+  for (unsigned char c : in) {
+    if (unreserved(c) || keep.find(static_cast<char>(c)) != std::string_view::npos) {
+      out.push_back(static_cast<char>(c));
+    } else {
+      out += {'%', kHex[c >> 4], kHex[c & 15]};
+    }
+  }
+  return out;
+}
+
+std::string percent_decode(std::string_view in) {
+  auto val = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '%' && i + 2 < in.size()) {
+      int hi = val(in[i + 1]), lo = val(in[i + 2]);
+      if (hi >= 0 && lo >= 0) {
+        out.push_back(static_cast<char>(hi << 4 | lo));
+        i += 2;
+        continue;
+      }
+    }
+    out.push_back(in[i]);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> split_query(std::string_view query) {
+  std::vector<std::pair<std::string, std::string>> out;
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    if (!pair.empty()) {
+      const auto eq = pair.find('=');
+      if (eq == std::string_view::npos)
+        out.emplace_back(std::string(pair), std::string());
+      else
+        out.emplace_back(std::string(pair.substr(0, eq)), std::string(pair.substr(eq + 1)));
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return out;
+}
+
+std::string url_with_query_param(const std::string& url, std::string_view name,
+                                 std::string_view value) {
+  const auto hash = url.find('#');
+  std::string base = url.substr(0, hash);
+  const std::string fragment = hash == std::string::npos ? "" : url.substr(hash);
+  const auto q = base.find('?');
+  if (q == std::string::npos)
+    base.push_back('?');
+  else if (q + 1 != base.size() && base.back() != '&')
+    base.push_back('&');
+  base += percent_encode(name) + "=" + percent_encode(value);
+  return base + fragment;
+}
+
+}  // namespace isthmus::auth
