@@ -24,6 +24,10 @@ class Category final : public std::error_category {
       case errc::cancelled: return "cancelled";
       case errc::shutting_down: return "shutting down";
       case errc::invalid_argument: return "invalid argument";
+      case errc::quota_exhausted: return "quota exhausted";
+      case errc::rate_limited: return "rate limited";
+      case errc::circuit_open: return "circuit open";
+      case errc::retry_deadline: return "retry deadline passed";
       case errc::internal: return "internal error";
     }
     return "unknown isthmus error";

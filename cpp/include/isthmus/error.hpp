@@ -24,6 +24,10 @@ enum class errc {
   cancelled,           // the caller cancelled the operation
   shutting_down,       // the engine or client is closing
   invalid_argument,    // a configuration value is out of range
+  quota_exhausted,     // a quota is used up until its window resets
+  rate_limited,        // a limit would make the call wait longer than allowed, or 429s outlasted retries
+  circuit_open,        // the host's circuit breaker is open: the call was not sent
+  retry_deadline,      // the retry deadline passed before an attempt succeeded
   internal,            // a bug: reported, never swallowed
 };
 
