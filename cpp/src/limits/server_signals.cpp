@@ -175,10 +175,14 @@ ServerQuota parse_x_ratelimit(const http::Headers& headers, double unix_now) {
     if (!q.limit)
       if (auto* v = http::find_header(headers, base + "Limit")) {
         // Early drafts allow "10, 10;w=1": the first number is the effective limit.
-        auto first = split_members(*v, ',').front();
-        q.limit = parse_number(first.substr(0, first.find(';')));
-        auto w = first.find(";w=");
-        if (w != std::string_view::npos) q.window = parse_number(first.substr(w + 3));
+        auto members = split_members(*v, ',');
+        q.limit = parse_number(members.front().substr(0, members.front().find(';')));
+        for (auto m : members) {
+          auto w = m.find(";w=");
+          if (w == std::string_view::npos || parse_number(m.substr(0, m.find(';'))) != q.limit) continue;
+          q.window = parse_number(m.substr(w + 3));
+          break;
+        }
       }
     if (!q.remaining)
       if (auto* v = http::find_header(headers, base + "Remaining")) q.remaining = parse_number(*v);

@@ -38,13 +38,15 @@ class ManualClock final : public Clock {
  public:
   explicit ManualClock(double unix_start = 1'700'000'000.0) : unix_start_(unix_start) {}
   TimePoint now() const override { return TimePoint(Duration(ns_.load())); }
-  double unix_now() const override { return unix_start_ + static_cast<double>(ns_.load()) * 1e-9; }
+  double unix_now() const override { return unix_start_ + static_cast<double>(ns_.load() - kStart) * 1e-9; }
   void advance(Duration d) { ns_ += d.count(); }
   void advance_seconds(double s) { ns_ += static_cast<long long>(s * 1e9); }
 
  private:
+  // Not zero, so "never" (a zero TimePoint) stays in the past.
+  static constexpr long long kStart = 1'000'000'000'000LL;
   double unix_start_;
-  std::atomic<long long> ns_{1'000'000'000'000LL};  // not zero, so "never" (a zero TimePoint) stays in the past
+  std::atomic<long long> ns_{kStart};
 };
 
 inline Duration seconds(double s) {

@@ -156,6 +156,7 @@ class Limiter {
   std::vector<KeyStats> snapshot() const;
   const LimiterOptions& options() const { return options_; }
   const Clock& clock() const { return *clock_; }
+  const std::shared_ptr<Clock>& clock_ptr() const { return clock_; }
 
  private:
   struct Bucket;
