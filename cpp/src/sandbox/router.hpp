@@ -1,0 +1,101 @@
+// Route logic on plain structs: no Asio or Beast here, so the endpoints compile fast and can be
+// driven directly by tests and the fuzz test. server.cpp turns sockets into Requests and
+// Replies into bytes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "sandbox/config.hpp"
+#include "sandbox/stats.hpp"
+
+namespace isthmus::sandbox {
+
+struct Request {
+  std::string method;
+  std::string target;  // as sent: path plus query
+  std::string path;    // percent-decoded
+  std::vector<std::pair<std::string, std::string>> query;    // decoded, in order
+  std::vector<std::pair<std::string, std::string>> headers;  // names lowercased
+  std::string body;
+  int version = 11;
+  bool keep_alive = true;
+  double arrival = 0;  // unix seconds
+  std::string peer;    // "ip:port"
+
+  // First value or empty.
+  std::string_view header(std::string_view lowercase_name) const;
+  const std::string* query_param(std::string_view name) const;
+};
+
+struct Reply {
+  enum class Kind {
+    normal,     // head + body
+    stream,     // head, then `stream_length` pattern bytes generated on the fly
+    truncated,  // head with `declared_length`, then the body (shorter), then close
+    stall,      // never answer
+    reset,      // close with RST
+  };
+  Kind kind = Kind::normal;
+  int status = 200;
+  std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+  // A complete precomputed response (head and body) for the hot paths; used as is when set.
+  std::shared_ptr<const std::string> wire;
+  std::uint64_t delay_ms = 0;
+  std::uint64_t stream_length = 0;
+  std::uint64_t declared_length = 0;
+  bool close = false;
+  // For stats: "GET /status/{code}" rather than the raw path, so keys stay few.
+  std::string endpoint;
+  std::string credential;
+};
+
+// The head of a response: status line, headers, Content-Length, Connection when needed.
+std::string serialize_head(const Reply& reply, std::uint64_t content_length, bool keep_alive, int version);
+std::string_view reason_phrase(int status);
+// The deterministic byte stream of GET /bytes/{n}: byte i is pattern_block()[i % size].
+const std::string& pattern_block();
+
+class Router {
+ public:
+  explicit Router(Config config);
+  ~Router();
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  // Decides the answer to one request; records nothing in stats (the server does, once the
+  // reply's fate is known) except domain counters (records served, tokens, ...).
+  Reply handle(const Request& request);
+  // The 400 for a request that did not parse.
+  Reply bad_request(std::string_view reason) const;
+
+  Stats& stats() { return stats_; }
+  const Config& config() const { return config_; }
+  // Called by the server's ticker (once per second) for time-driven work: record updates.
+  void tick(double now);
+
+  class State;
+
+ private:
+  Reply test_endpoint(const Request& request, bool& matched);
+  Reply echo(const Request& request) const;
+  // The API surface (data, auth, limits, faults): api.cpp.
+  void init_state();
+  bool handle_api(const Request& request, Reply& reply);
+
+  Config config_;
+  Stats stats_;
+  std::shared_ptr<const std::string> json_wire_;
+  std::string json_body_;
+  std::string gzip_body_;
+  std::string deflate_body_;
+  std::shared_ptr<State> state_;  // shared_ptr: State is complete only in api.cpp
+};
+
+}  // namespace isthmus::sandbox
