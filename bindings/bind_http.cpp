@@ -14,6 +14,7 @@
 #include "isthmus/error.hpp"
 #include "isthmus/http/client.hpp"
 #include "isthmus/http/url.hpp"
+#include "isthmus/limits/governed.hpp"
 #include "isthmus/runtime/engine.hpp"
 
 namespace py = pybind11;
@@ -279,14 +280,18 @@ void bind_http(py::module_& m) {
         return out;
       })
       .def("exception", [](const Response& r, const std::string& method, const std::string& url) {
-        return make_exception(r.error, r.error_message, method, url);
+        py::object exc = make_exception(r.error, r.error_message, method, url);
+        // A quota error says when the quota refills.
+        if (auto* at = r.header(limits::kResetsAtHeader)) exc.attr("resets_at") = std::stod(*at);
+        return exc;
       }, py::arg("method"), py::arg("url"));
 
   py::class_<HttpClient>(m, "HttpClient")
       .def(py::init([](double timeout, double connect_timeout, int max_connections_per_host,
                        int max_connections, bool follow_redirects, int max_redirects, bool verify,
                        std::string ca_bundle, bool http2, std::string user_agent,
-                       std::int64_t max_body_bytes) {
+                       std::int64_t max_body_bytes, py::object governor, py::object retry,
+                       py::object limit_key) {
              http::ClientOptions o;
              o.timeout = timeout;
              o.connect_timeout = connect_timeout;
@@ -301,12 +306,14 @@ void bind_http(py::module_& m) {
              o.max_body_bytes = max_body_bytes;
              auto client = std::make_shared<http::Client>(Engine::shared(), std::move(o));
              std::shared_ptr<http::Transport> top = client;
+             top = govern(std::move(top), governor, retry, limit_key);  // limits and retries
              return HttpClient{client, top};
            }),
            py::arg("timeout"), py::arg("connect_timeout"), py::arg("max_connections_per_host"),
            py::arg("max_connections"), py::arg("follow_redirects"), py::arg("max_redirects"),
            py::arg("verify"), py::arg("ca_bundle"), py::arg("http2"), py::arg("user_agent"),
-           py::arg("max_body_bytes"))
+           py::arg("max_body_bytes"), py::arg("governor") = py::none(), py::arg("retry") = py::none(),
+           py::arg("limit_key") = py::none())
       .def("request",
            [](HttpClient& self, std::string method, std::string url, http::Headers headers,
               py::object body, double timeout, int follow, std::vector<std::string> sensitive) {

@@ -26,6 +26,10 @@ const char* class_name(const std::error_code& ec) {
     case errc::cancelled: return "Cancelled";
     case errc::shutting_down: return "ClientClosed";
     case errc::invalid_argument: return "ConfigError";
+    case errc::quota_exhausted: return "QuotaExhausted";
+    case errc::rate_limited: return "Throttled";
+    case errc::circuit_open: return "CircuitOpen";
+    case errc::retry_deadline: return "RetryDeadlineExceeded";
     case errc::ok:
     case errc::internal: break;
   }

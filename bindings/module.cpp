@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   bind_runtime(m);
   bind_http(m);
   bind_sandbox(m);
+  bind_limits(m);
 }

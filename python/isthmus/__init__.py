@@ -12,6 +12,7 @@ from isthmus import _core
 from isthmus.errors import (
     AuthError,
     BodyTooLarge,
+    CircuitOpen,
     Cancelled,
     ClientClosed,
     ClientError,
@@ -23,12 +24,16 @@ from isthmus.errors import (
     InvalidURL,
     IsthmusError,
     JSONDecodeError,
+    LimitError,
     ProtocolError,
+    QuotaExhausted,
     RateLimited,
     ReadError,
     RequestError,
     ResolveError,
+    RetryDeadlineExceeded,
     ServerError,
+    Throttled,
     TimeoutError,
     TLSError,
     TooManyRedirects,
@@ -36,6 +41,7 @@ from isthmus.errors import (
     UnsupportedScheme,
 )
 from isthmus.http import AsyncClient, Client, Headers, Request, Response
+from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
 
 __version__ = "0.1.0"
 
@@ -47,6 +53,14 @@ __all__ = [
     "Request",
     "Response",
     "Headers",
+    # limits and retries
+    "RateLimit",
+    "Quota",
+    "Concurrency",
+    "Adaptive",
+    "Limits",
+    "Limiter",
+    "Retry",
     # errors
     "IsthmusError",
     "ConfigError",
@@ -72,6 +86,11 @@ __all__ = [
     "AuthError",
     "RateLimited",
     "ServerError",
+    "LimitError",
+    "QuotaExhausted",
+    "Throttled",
+    "CircuitOpen",
+    "RetryDeadlineExceeded",
 ]
 
 _atexit.register(_core.shutdown)

@@ -312,10 +312,13 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
     }
   }
   r.granted = true;
-  r.ticket = next_ticket_++;
-  tickets_.emplace(r.ticket, std::move(ticket));
+  // Only in-flight caps need to hear when a call ends; without one, no ticket is kept.
+  if (!ticket->in_flight.empty()) {
+    r.ticket = next_ticket_++;
+    tickets_.emplace(r.ticket, std::move(ticket));
+    ++ks.stats.in_flight;
+  }
   ++ks.stats.granted;
-  ++ks.stats.in_flight;
   if (r.wait > Duration::zero()) {
     ++ks.stats.waited;
     ks.stats.wait_seconds += to_seconds(r.wait);

@@ -95,7 +95,7 @@ struct Reservation {
   bool blocked = false;     // an in-flight cap is full: ask again after a release
   std::error_code error;    // quota_exhausted / rate_limited: would wait longer than max_wait
   double resets_at = 0;     // Unix seconds the blocking quota refills (with quota_exhausted)
-  std::uint64_t ticket = 0; // for release()
+  std::uint64_t ticket = 0; // for release(); 0 when no in-flight cap applies
   std::string reason;       // which rule set the wait
 };
 
@@ -124,7 +124,7 @@ struct KeyStats {
   std::uint64_t timeouts = 0;
   std::uint64_t retries = 0;
   std::uint64_t server_waits_clamped = 0;
-  int in_flight = 0;
+  int in_flight = 0;                  // counted when an in-flight cap applies
   double paused_for = 0;                   // seconds left of a server-imposed pause
   std::optional<double> adaptive_limit;    // current adaptive rate or cap, if a rule adapts
   std::optional<double> server_remaining;  // last reported by the server
