@@ -42,6 +42,7 @@ from isthmus.errors import (
 )
 from isthmus.http import AsyncClient, Client, Headers, Request, Response
 from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
+from isthmus.sandbox import Sandbox
 
 __version__ = "0.1.0"
 
@@ -53,6 +54,8 @@ __all__ = [
     "Request",
     "Response",
     "Headers",
+    # the mock API
+    "Sandbox",
     # limits and retries
     "RateLimit",
     "Quota",

@@ -88,6 +88,10 @@ class Router {
   // The API surface (data, auth, limits, faults): api.cpp.
   void init_state();
   bool handle_api(const Request& request, Reply& reply);
+  Reply list(const Request& request, int resource);
+  Reply get_one(int resource, std::string_view id);
+  Reply write(const Request& request, int resource, bool batch);
+  Reply oauth(const Request& request, double now);
 
   Config config_;
   Stats stats_;

@@ -1,0 +1,206 @@
+"""The sandbox: a mock SaaS API served by the C++ core on 127.0.0.1.
+
+For learning in notebooks, the demo, tests and benchmarks::
+
+    with isthmus.Sandbox(records=10_000, auth="oauth2", rate_limit=50) as api:
+        requests.post(api.token_url, data={"grant_type": "client_credentials",
+                                           "client_id": api.client_id,
+                                           "client_secret": api.client_secret})
+        api.stats()["requests"]["by_endpoint"]
+
+Every option is described in docs/sandbox.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from isthmus import _core
+
+__all__ = ["Sandbox", "SANDBOX_OPTIONS"]
+
+PAGINATION_STYLES = ("cursor", "offset", "page", "link", "next_url")
+AUTH_MODES = ("none", "api_key", "basic", "bearer", "oauth2")
+FAULT_KINDS = ("error_rate", "latency_ms", "reset", "truncate", "malformed")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)
+            and math.isfinite(float(v)))
+
+
+def _int_range(lo: int, hi: int) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and lo <= v <= hi, f"an integer from {lo} to {hi}")
+
+
+def _number_range(lo: float, hi: float) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_number(v) and lo <= v <= hi, f"a number from {lo} to {hi}")
+
+
+def _one_of(*choices: str) -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def _text() -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, str) and 0 < len(v) <= 256 and v.isprintable(),
+            "a non-empty printable string of at most 256 characters")
+
+
+def _boolean() -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, bool), "True or False")
+
+
+def _faults() -> Tuple[Callable[[Any], bool], str]:
+    return (lambda v: isinstance(v, dict), 'a dict such as {"/v1/contacts": {"error_rate": {"503": 0.1}}}')
+
+
+# name -> (default, check, what is valid). The C++ side validates again (the CLI and other
+# callers pass JSON straight through), with the same wording.
+SANDBOX_OPTIONS: Dict[str, Tuple[Any, Callable[[Any], bool], str]] = {
+    "records": (1000, *_int_range(0, 100_000_000)),
+    "seed": (42, *_int_range(0, 2**63 - 1)),
+    "updates_per_second": (0.0, *_number_range(0, 1_000_000)),
+    "pagination": ("cursor", *_one_of(*PAGINATION_STYLES)),
+    "default_page_size": (20, *_int_range(1, 10_000)),
+    "max_page_size": (100, *_int_range(1, 10_000)),
+    "auth": ("none", *_one_of(*AUTH_MODES)),
+    "api_key_in": ("header", *_one_of("header", "query")),
+    "client_id": ("sandbox-client", *_text()),
+    "client_secret": ("sandbox-secret", *_text()),
+    "api_key": ("sandbox-api-key", *_text()),
+    "username": ("sandbox-user", *_text()),
+    "password": ("sandbox-password", *_text()),
+    "bearer_token": ("sandbox-static-token", *_text()),
+    "token_lifetime": (3600.0, *_number_range(0.001, 10 * 365 * 86400)),
+    "rotate_refresh_tokens": (False, *_boolean()),
+    "signing_secret": ("", (lambda v: isinstance(v, str) and len(v) <= 256), "a string (empty = no HMAC check)"),
+    "rate_limit": (0.0, *_number_range(0, 10_000_000)),
+    "burst": (1, *_int_range(1, 10_000_000)),
+    "daily_quota": (0, *_int_range(0, 10**12)),
+    "retry_after": ("seconds", *_one_of("seconds", "http-date")),
+    "overload_capacity": (0.0, *_number_range(0, 10_000_000)),
+    "overload_behavior": ("errors", *_one_of("errors", "stall", "mixed")),
+    "faults": ({}, *_faults()),
+    "webhook_max_attempts": (5, *_int_range(1, 100)),
+    "webhook_backoff": (0.5, *_number_range(0.001, 3600)),
+    "max_body_bytes": (16 * 1024 * 1024, *_int_range(1024, 2**32)),
+    "max_arrivals": (100_000, *_int_range(0, 100_000_000)),
+}
+
+
+def _check(field: str, value: Any, ok: Callable[[Any], bool], valid: str) -> None:
+    if not ok(value):
+        raise ValueError(f"sandbox option {field}={value!r} is invalid: expected {valid}")
+
+
+def validate_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """Returns the options with defaults filled in; raises ValueError naming a bad field."""
+    config: Dict[str, Any] = {}
+    for field, value in options.items():
+        if field not in SANDBOX_OPTIONS:
+            raise ValueError(f"sandbox option {field}={value!r} is invalid: expected one of "
+                             + ", ".join(sorted(SANDBOX_OPTIONS)))
+        _default, ok, valid = SANDBOX_OPTIONS[field]
+        _check(field, value, ok, valid)
+        config[field] = value
+    for field, (default, _ok, _valid) in SANDBOX_OPTIONS.items():
+        config.setdefault(field, default)
+    if "default_page_size" not in options:
+        config["default_page_size"] = min(config["default_page_size"], config["max_page_size"])
+    if config["default_page_size"] > config["max_page_size"]:
+        raise ValueError(f"sandbox option default_page_size={config['default_page_size']!r} is invalid: "
+                         f"expected at most max_page_size={config['max_page_size']}")
+    return config
+
+
+class Sandbox:
+    """A mock SaaS API on 127.0.0.1 (a free port unless `port` is given); a context manager."""
+
+    def __init__(self, *, port: int = 0, threads: int = 1, host: str = "127.0.0.1",
+                 **options: Any) -> None:
+        _check("port", port, *_int_range(0, 65535))
+        _check("threads", threads, *_int_range(1, 256))
+        _check("host", host, lambda v: isinstance(v, str) and bool(v), "an IP address such as 127.0.0.1")
+        self.options = validate_options(options)
+        self._server = _core.SandboxServer(host, port, threads, json.dumps(self.options))
+        self._running = False
+
+    def start(self) -> "Sandbox":
+        if not self._running:
+            self._server.start()
+            self._running = True
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._running = False
+
+    def __enter__(self) -> "Sandbox":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return int(self._server.port())
+
+    @property
+    def url(self) -> str:
+        return str(self._server.url())
+
+    @property
+    def token_url(self) -> str:
+        return self.url + "/oauth/token"
+
+    @property
+    def authorize_url(self) -> str:
+        return self.url + "/oauth/authorize"
+
+    @property
+    def revoke_url(self) -> str:
+        return self.url + "/oauth/revoke"
+
+    @property
+    def client_id(self) -> str:
+        return str(self.options["client_id"])
+
+    @property
+    def client_secret(self) -> str:
+        return str(self.options["client_secret"])
+
+    @property
+    def api_key(self) -> str:
+        return str(self.options["api_key"])
+
+    @property
+    def username(self) -> str:
+        return str(self.options["username"])
+
+    @property
+    def password(self) -> str:
+        return str(self.options["password"])
+
+    @property
+    def bearer_token(self) -> str:
+        return str(self.options["bearer_token"])
+
+    def stats(self) -> Dict[str, Any]:
+        """The server's ground truth: requests by endpoint and status, 429s, tokens, records."""
+        result: Dict[str, Any] = json.loads(self._server.stats_json())
+        return result
+
+    def reset_stats(self) -> None:
+        self._server.reset_stats()
+
+    def __repr__(self) -> str:
+        state = self.url if self._running else "stopped"
+        return f"<isthmus.Sandbox {state} auth={self.options['auth']!r} records={self.options['records']}>"
+
+
