@@ -335,6 +335,8 @@ class _ClientBase:
         # Limits and retries: the core wraps the transport in a GovernedTransport.
         self.limiter = _limits.as_limiter(rate_limit)
         self.retry = _limits.as_retry(retry)
+        if self.retry and self.limiter is None:
+            self.limiter = _limits.Limiter()  # no limits, but retries and 429s are still counted per key
         if limit_key is not None:
             unknown = set(limit_key) - {"provider", "credential", "tenant"}
             if unknown:

@@ -123,6 +123,12 @@ Limiter::Limiter(LimiterOptions options) : options_(std::move(options)) {
   validate(options_);
   clock_ = options_.clock ? options_.clock : SteadyClock::shared();
   buckets_.resize(options_.rules.size());
+  for (const auto& r : options_.rules) {
+    const auto* a = std::get_if<AdaptiveSpec>(&r.spec);
+    if (std::holds_alternative<RateSpec>(r.spec) || std::holds_alternative<QuotaSpec>(r.spec) ||
+        (a && a->target == AdaptiveSpec::Target::rate))
+      paces_ = true;
+  }
 }
 
 Limiter::~Limiter() = default;
@@ -231,12 +237,14 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
       TimePoint e = t;
       if (auto* rs = std::get_if<RateSpec>(&spec)) {
         const double interval = rs->per / rs->rate;  // seconds per unit
-        const double slack = (rs->burst - std::min(cost, rs->burst)) * interval;
+        const double tolerance = (rs->burst - std::min(cost, rs->burst)) * interval;
+        const double slack = tolerance - std::min(options_.margin, tolerance / 2);
         e = std::max(t, b[i]->tat - seconds(slack));
       } else if (auto* a = std::get_if<AdaptiveSpec>(&spec); a && a->target == AdaptiveSpec::Target::rate) {
         const double interval = 1.0 / b[i]->value;
         const double burst = std::max(1.0, b[i]->value / 50.0);
-        const double slack = (burst - std::min(cost, burst)) * interval;
+        const double tolerance = (burst - std::min(cost, burst)) * interval;
+        const double slack = tolerance - std::min(options_.margin, tolerance / 2);
         e = std::max(t, b[i]->tat - seconds(slack));
       } else if (auto* q = std::get_if<QuotaSpec>(&spec)) {
         if (cost > q->n) {
@@ -383,9 +391,14 @@ void Limiter::observe(const Key& key, const Observation& o) {
     if (o.quota.remaining) ks.stats.server_remaining = o.quota.remaining;
 
     // The server's word pauses the whole key: every later call waits, not only this one's retry.
+    // "Remaining: 0" on a success pauses only a key that sets no pace of its own: servers
+    // disagree on what Reset means (the window's end, or a full refill of a bucket that drips
+    // back one call at a time), and a client pacing itself at the limit sees 0 all the time.
+    // If that trust is misplaced, the 429 that follows carries the authoritative wait.
     if (o.retry_after && (o.status == 429 || o.status == 503)) pause_for = *o.retry_after;
-    else if (o.quota.remaining && *o.quota.remaining <= 0 && o.quota.reset_after) pause_for = *o.quota.reset_after;
     else if (o.status == 429 && o.quota.reset_after) pause_for = *o.quota.reset_after;
+    else if (!paces_ && o.quota.remaining && *o.quota.remaining <= 0 && o.quota.reset_after)
+      pause_for = *o.quota.reset_after;
 
     const double latency = to_seconds(o.latency);
     for (auto [rule, bp] : ks.adaptive) {

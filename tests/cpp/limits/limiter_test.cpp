@@ -27,6 +27,7 @@ TEST_F(LimiterTest, GcraAllowsTheBurstThenPacesAtTheRate) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{10, 1, 3}}};
   o.clock = clock;
+  o.margin = 0;
   Limiter l(std::move(o));
   for (int i = 0; i < 3; ++i) EXPECT_EQ(l.reserve(key, 1).wait, 0ns) << i;
   EXPECT_EQ(l.reserve(key, 1).wait, 100ms);
@@ -39,6 +40,7 @@ TEST_F(LimiterTest, OverAnyIntervalNoMoreThanRateTimesIntervalPlusBurst) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{100, 1, 10}}};
   o.clock = clock;
+  o.margin = 0;
   Limiter l(std::move(o));
   std::vector<Duration> at;
   for (int i = 0; i < 2000; ++i) at.push_back((clock->now() - TimePoint{}) + l.reserve(key, 1).wait);
@@ -66,6 +68,7 @@ TEST_F(LimiterTest, CostsComeFromTheEndpointTable) {
   o.rules = {Rule{RateSpec{10, 1, 10}}};
   o.costs = {{"/v1/search", 5}, {"POST /v1/import", 10}, {"/v1", 2}};
   o.clock = clock;
+  o.margin = 0;
   Limiter l(std::move(o));
   EXPECT_EQ(l.endpoint_cost("GET", "/v1/search/x"), (std::pair<std::string, double>{"/v1/search", 5}));
   EXPECT_EQ(l.endpoint_cost("POST", "/v1/import"), (std::pair<std::string, double>{"POST /v1/import", 10}));
@@ -162,6 +165,34 @@ TEST_F(LimiterTest, RetryAfterPausesTheWholeKey) {
   auto s = l.snapshot();
   EXPECT_EQ(s.front().status_429, 1u);
   EXPECT_NEAR(s.front().paused_for, 2.0, 1e-9);
+}
+
+TEST_F(LimiterTest, MarginHoldsBackPartOfTheBurstButNotTheRate) {
+  LimiterOptions o;
+  o.rules = {Rule{RateSpec{100, 1, 10}}};
+  o.clock = clock;
+  o.margin = 0.002;
+  Limiter l(std::move(o));
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(l.reserve(key, 1).wait, 0ns);
+  EXPECT_EQ(l.reserve(key, 1).wait, 2ms);   // the tenth waits out the margin
+  EXPECT_EQ(l.reserve(key, 1).wait, 12ms);  // then one every 10 ms, as before
+  EXPECT_EQ(l.reserve(key, 1).wait, 22ms);
+}
+
+TEST_F(LimiterTest, RemainingZeroOnSuccessDoesNotStopAKeyThatPacesItself) {
+  LimiterOptions o;
+  o.rules = {Rule{RateSpec{100, 1, 10}}};
+  o.clock = clock;
+  Limiter l(std::move(o));
+  Observation obs;
+  obs.status = 200;
+  obs.quota.remaining = 0;
+  obs.quota.reset_after = 1;
+  l.observe(key, obs);
+  EXPECT_EQ(l.reserve(key, 1).wait, 0ns);
+  obs.status = 429;  // ... but a refusal does, for Reset when there is no Retry-After
+  l.observe(key, obs);
+  EXPECT_EQ(l.reserve(key, 1).wait, 1s);
 }
 
 TEST_F(LimiterTest, RemainingZeroPausesUntilReset) {

@@ -83,6 +83,10 @@ struct LimiterOptions {
   std::vector<std::pair<std::string, double>> costs;
   double max_wait = 3600;         // a reservation that would wait longer fails at once
   double max_server_wait = 900;   // Retry-After and resets beyond this are clamped (and counted)
+  // Seconds kept back from every rate's burst tolerance (up to half of it). A server measures
+  // arrivals, not sends: a first call slowed by a new connection and a later one on a warm
+  // connection arrive closer together than they were sent. Costs no long-run rate.
+  double margin = 0.002;
   std::shared_ptr<Clock> clock;   // null = SteadyClock
 };
 
@@ -173,6 +177,7 @@ class Limiter {
   std::map<std::string, std::unique_ptr<KeyState>> keys_;
   std::unordered_map<std::string, TimePoint> pauses_;  // node-based: pointers to values stay valid
   std::unordered_map<std::uint64_t, std::unique_ptr<Ticket>> tickets_;
+  bool paces_ = false;  // some rule sets a pace of its own (rate, quota or adaptive rate)
   std::uint64_t next_ticket_ = 1;
 };
 
