@@ -105,12 +105,17 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
   }
 
   void release(std::uint64_t ticket) {
-    limiter_->release(ticket);
+    if (!ticket) return;
+    const bool probed = limiter_->release(ticket);
     std::vector<Fire> fire;
     {
       std::lock_guard lock(mutex_);
       for (auto& [name, q] : queues_)
-        if (q->blocked) pump(name, *q, fire);
+        if (q->blocked || (probed && !q->waiting.empty())) {
+          q->armed_for.reset();  // the head may go sooner than the armed timer says
+          q->timer.cancel();
+          pump(name, *q, fire);
+        }
     }
     for (auto& f : fire) f();
   }

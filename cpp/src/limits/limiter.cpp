@@ -99,6 +99,12 @@ struct Limiter::Bucket {
   std::int64_t window_index = -1; // quota: which calendar window `used` counts
   double used = 0;
   int in_flight = 0;
+  // A call sent to an idle rate bucket is a probe: the server starts its own clock when that
+  // call arrives, which may be later than we sent it (a new connection, a busy thread). Until
+  // the probe is answered (or probe_until passes) the bucket lends nothing more; its answer
+  // moves our clock to no earlier than the server's.
+  bool probe_out = false;
+  TimePoint probe_until{};
   // Adaptive state.
   double value = 0;
   double ssthresh = 0;
@@ -116,6 +122,7 @@ struct Limiter::KeyState {
 
 struct Limiter::Ticket {
   std::vector<Bucket*> in_flight;
+  std::vector<std::pair<Bucket*, Duration>> probes;  // bucket, the call's share of its interval
   KeyState* key = nullptr;
 };
 
@@ -240,6 +247,7 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
         const double tolerance = (rs->burst - std::min(cost, rs->burst)) * interval;
         const double slack = tolerance - std::min(options_.margin, tolerance / 2);
         e = std::max(t, b[i]->tat - seconds(slack));
+        if (b[i]->probe_out && now < b[i]->probe_until) e = std::max(e, b[i]->probe_until);
       } else if (auto* a = std::get_if<AdaptiveSpec>(&spec); a && a->target == AdaptiveSpec::Target::rate) {
         const double interval = 1.0 / b[i]->value;
         const double burst = std::max(1.0, b[i]->value / 50.0);
@@ -299,7 +307,13 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
     const auto& spec = options_.rules[i].spec;
     Bucket& bk = *b[i];
     if (auto* rs = std::get_if<RateSpec>(&spec)) {
-      bk.tat = std::max(bk.tat, t) + seconds(cost * rs->per / rs->rate);
+      const Duration share = seconds(cost * rs->per / rs->rate);
+      if (options_.probe_timeout > 0 && bk.tat <= t) {
+        bk.probe_out = true;
+        bk.probe_until = t + seconds(options_.probe_timeout);
+        ticket->probes.emplace_back(&bk, share);
+      }
+      bk.tat = std::max(bk.tat, t) + share;
     } else if (auto* q = std::get_if<QuotaSpec>(&spec)) {
       const auto idx = static_cast<std::int64_t>(std::floor((unix_now + to_seconds(t - now)) / q->window));
       if (bk.window_index != idx) {
@@ -321,7 +335,7 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   }
   r.granted = true;
   // Only in-flight caps need to hear when a call ends; without one, no ticket is kept.
-  if (!ticket->in_flight.empty()) {
+  if (!ticket->in_flight.empty() || !ticket->probes.empty()) {
     r.ticket = next_ticket_++;
     tickets_.emplace(r.ticket, std::move(ticket));
     ++ks.stats.in_flight;
@@ -334,13 +348,21 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   return r;
 }
 
-void Limiter::release(std::uint64_t ticket) {
+bool Limiter::release(std::uint64_t ticket) {
   std::lock_guard lock(mutex_);
   auto it = tickets_.find(ticket);
-  if (it == tickets_.end()) return;
+  if (it == tickets_.end()) return false;
   for (Bucket* b : it->second->in_flight) --b->in_flight;
+  const TimePoint now = clock_->now();
+  for (auto [b, share] : it->second->probes) {
+    // The probe reached the server no later than now: count its unit from here.
+    b->tat = std::max(b->tat, now + share);
+    b->probe_out = false;
+  }
+  const bool probed = !it->second->probes.empty();
   --it->second->key->stats.in_flight;
   tickets_.erase(it);
+  return probed;
 }
 
 Observation observation_from(const http::Response& response, std::error_code ec, double unix_now) {

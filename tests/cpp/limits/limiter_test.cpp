@@ -17,6 +17,7 @@ struct Fixture : ::testing::Test {
     LimiterOptions o;
     o.rules = std::move(rules);
     o.clock = clock;
+  o.probe_timeout = 0;
     return Limiter(std::move(o));
   }
 };
@@ -27,6 +28,7 @@ TEST_F(LimiterTest, GcraAllowsTheBurstThenPacesAtTheRate) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{10, 1, 3}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   o.margin = 0;
   Limiter l(std::move(o));
   for (int i = 0; i < 3; ++i) EXPECT_EQ(l.reserve(key, 1).wait, 0ns) << i;
@@ -40,6 +42,7 @@ TEST_F(LimiterTest, OverAnyIntervalNoMoreThanRateTimesIntervalPlusBurst) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{100, 1, 10}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   o.margin = 0;
   Limiter l(std::move(o));
   std::vector<Duration> at;
@@ -53,6 +56,7 @@ TEST_F(LimiterTest, TryAcquireTakesNothingWhenItWouldWait) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{1, 1, 1}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   EXPECT_TRUE(l.try_acquire(key, 1).granted);
   auto r = l.try_acquire(key, 1);
@@ -68,6 +72,7 @@ TEST_F(LimiterTest, CostsComeFromTheEndpointTable) {
   o.rules = {Rule{RateSpec{10, 1, 10}}};
   o.costs = {{"/v1/search", 5}, {"POST /v1/import", 10}, {"/v1", 2}};
   o.clock = clock;
+  o.probe_timeout = 0;
   o.margin = 0;
   Limiter l(std::move(o));
   EXPECT_EQ(l.endpoint_cost("GET", "/v1/search/x"), (std::pair<std::string, double>{"/v1/search", 5}));
@@ -83,6 +88,7 @@ TEST_F(LimiterTest, QuotaStopsAtNAndSaysWhenItResets) {
   LimiterOptions o;
   o.rules = {Rule{QuotaSpec{3, 86400}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   o.max_wait = 60;
   Limiter l(std::move(o));
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(l.reserve(key, 1).granted);
@@ -97,6 +103,7 @@ TEST_F(LimiterTest, ShortQuotaWindowsWaitForTheNextWindow) {
   LimiterOptions o;
   o.rules = {Rule{QuotaSpec{2, 1}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   EXPECT_EQ(l.reserve(key, 1).wait, 0ns);
   EXPECT_EQ(l.reserve(key, 1).wait, 0ns);
@@ -111,6 +118,7 @@ TEST_F(LimiterTest, ComposedRulesAllHold) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{10, 1, 1}}, Rule{QuotaSpec{5, 60}}, Rule{ConcurrencySpec{8}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   o.max_wait = 120;
   Limiter l(std::move(o));
   std::vector<Reservation> rs;
@@ -125,6 +133,7 @@ TEST_F(LimiterTest, ConcurrencyBlocksUntilRelease) {
   LimiterOptions o;
   o.rules = {Rule{ConcurrencySpec{2}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   auto a = l.reserve(key, 1);
   auto b = l.reserve(key, 1);
@@ -142,6 +151,7 @@ TEST_F(LimiterTest, ScopesSeparateOrShareBuckets) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{1, 1, 1}, kProvider}, Rule{RateSpec{1, 1, 1}, kDefaultScope | kEndpoint}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   Key other_tenant = key;
   other_tenant.tenant = "t2";
@@ -153,6 +163,7 @@ TEST_F(LimiterTest, RetryAfterPausesTheWholeKey) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{100, 1, 10}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   Observation obs;
   obs.status = 429;
@@ -171,6 +182,7 @@ TEST_F(LimiterTest, MarginHoldsBackPartOfTheBurstButNotTheRate) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{100, 1, 10}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   o.margin = 0.002;
   Limiter l(std::move(o));
   for (int i = 0; i < 9; ++i) EXPECT_EQ(l.reserve(key, 1).wait, 0ns);
@@ -179,10 +191,42 @@ TEST_F(LimiterTest, MarginHoldsBackPartOfTheBurstButNotTheRate) {
   EXPECT_EQ(l.reserve(key, 1).wait, 22ms);
 }
 
+TEST_F(LimiterTest, AProbeToAnIdleBucketAnchorsOurClockToItsAnswer) {
+  LimiterOptions o;
+  o.rules = {Rule{RateSpec{100, 1, 10}}};
+  o.clock = clock;
+  o.margin = 0;
+  o.probe_timeout = 0.25;
+  Limiter l(std::move(o));
+  auto probe = l.reserve(key, 1);
+  EXPECT_EQ(probe.wait, 0ns);
+  ASSERT_NE(probe.ticket, 0u);
+  auto held = l.try_acquire(key, 1);
+  EXPECT_FALSE(held.granted);
+  EXPECT_EQ(held.wait, 250ms);  // at most: the answer usually comes much sooner
+  clock->advance(5ms);
+  EXPECT_TRUE(l.release(probe.ticket));
+  // The server's clock started at most 5 ms late; ours now starts at the answer.
+  for (int i = 0; i < 9; ++i) EXPECT_EQ(l.reserve(key, 1).wait, 0ns) << i;
+  EXPECT_EQ(l.reserve(key, 1).wait, 10ms);
+}
+
+TEST_F(LimiterTest, AnUnansweredProbeHoldsTheBucketOnlyUntilItsTimeout) {
+  LimiterOptions o;
+  o.rules = {Rule{RateSpec{100, 1, 10}}};
+  o.clock = clock;
+  o.probe_timeout = 0.25;
+  Limiter l(std::move(o));
+  l.reserve(key, 1);
+  clock->advance(250ms);
+  EXPECT_EQ(l.reserve(key, 1).wait, 0ns);
+}
+
 TEST_F(LimiterTest, RemainingZeroOnSuccessDoesNotStopAKeyThatPacesItself) {
   LimiterOptions o;
   o.rules = {Rule{RateSpec{100, 1, 10}}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   Observation obs;
   obs.status = 200;
@@ -198,6 +242,7 @@ TEST_F(LimiterTest, RemainingZeroOnSuccessDoesNotStopAKeyThatPacesItself) {
 TEST_F(LimiterTest, RemainingZeroPausesUntilReset) {
   LimiterOptions o;
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   Observation obs;
   obs.status = 200;
@@ -210,6 +255,7 @@ TEST_F(LimiterTest, RemainingZeroPausesUntilReset) {
 TEST_F(LimiterTest, AbsurdServerWaitsAreClampedAndCounted) {
   LimiterOptions o;
   o.clock = clock;
+  o.probe_timeout = 0;
   o.max_server_wait = 60;
   o.max_wait = 3600;
   Limiter l(std::move(o));
@@ -228,6 +274,7 @@ TEST_F(LimiterTest, AdaptiveRateGrowsWhileBusyAndCutsOnCongestion) {
   a.max = 1000;
   o.rules = {Rule{a}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   Observation ok;
   ok.status = 200;
@@ -257,6 +304,7 @@ TEST_F(LimiterTest, AdaptiveStaysWithinFloorAndCeiling) {
   a.max = 4;
   o.rules = {Rule{a}};
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   Observation ok;
   ok.status = 200;
@@ -300,6 +348,7 @@ TEST_F(LimiterTest, BadConfigurationNamesTheField) {
 TEST_F(LimiterTest, NonPositiveCostIsRefused) {
   LimiterOptions o;
   o.clock = clock;
+  o.probe_timeout = 0;
   Limiter l(std::move(o));
   EXPECT_EQ(l.reserve(key, 0).error, make_error_code(errc::invalid_argument));
   EXPECT_EQ(l.reserve(key, -1).error, make_error_code(errc::invalid_argument));

@@ -87,6 +87,9 @@ struct LimiterOptions {
   // arrivals, not sends: a first call slowed by a new connection and a later one on a warm
   // connection arrive closer together than they were sent. Costs no long-run rate.
   double margin = 0.002;
+  // Seconds a call sent to an idle rate bucket holds the rest back while it is answered, so
+  // our clock never runs ahead of the server's (see Limiter::Bucket). 0 = off.
+  double probe_timeout = 0.25;
   std::shared_ptr<Clock> clock;   // null = SteadyClock
 };
 
@@ -99,7 +102,7 @@ struct Reservation {
   bool blocked = false;     // an in-flight cap is full: ask again after a release
   std::error_code error;    // quota_exhausted / rate_limited: would wait longer than max_wait
   double resets_at = 0;     // Unix seconds the blocking quota refills (with quota_exhausted)
-  std::uint64_t ticket = 0; // for release(); 0 when no in-flight cap applies
+  std::uint64_t ticket = 0; // for release(); 0 when there is nothing to release
   std::string reason;       // which rule set the wait
 };
 
@@ -146,8 +149,9 @@ class Limiter {
   // Commits only when the call may go now; otherwise says how long (or that it is blocked)
   // without taking anything, so a queue can let a later, higher-priority call go first.
   Reservation try_acquire(const Key& key, double cost, Priority priority = Priority::normal);
-  // Ends a granted reservation's in-flight time. Idempotent per ticket.
-  void release(std::uint64_t ticket);
+  // Ends a granted reservation's in-flight time. Idempotent per ticket. True when it ended a
+  // probe, so calls waiting on any key may go sooner.
+  bool release(std::uint64_t ticket);
   // Feeds adaptive rules, server pauses and metrics.
   void observe(const Key& key, const Observation& observation);
   // Pauses the key's server scope until `seconds` from now (clamped to max_server_wait).
