@@ -4,8 +4,6 @@ A C++ core does the fast, careful parts of talking to other products' APIs; this
 its Python face. Start with ``isthmus.Client`` and ``isthmus.Sandbox``.
 """
 
-from __future__ import annotations
-
 import atexit as _atexit
 
 from isthmus import _core

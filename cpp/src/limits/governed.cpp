@@ -50,6 +50,7 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
     Priority priority;
     std::optional<TimePoint> deadline;
     Granted granted;
+    TimePoint enqueued;
   };
   // High priority first; FIFO within a priority.
   struct Order {
@@ -79,7 +80,7 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
       if (it == queues_.end())
         it = queues_.emplace(name, std::make_unique<Queue>(engine_->impl().io())).first;
       it->second->waiting.emplace(std::pair{static_cast<int>(priority), id},
-                                  Waiter{id, key, cost, priority, deadline, std::move(granted)});
+                                  Waiter{id, key, cost, priority, deadline, std::move(granted), clock_now()});
       where_[id] = {name, static_cast<int>(priority)};
       pump(name, *it->second, fire);
     }
@@ -143,6 +144,10 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
       if (!ec && !r.granted) {
         arm(name, q, clock_now() + r.wait);
         return;
+      }
+      if (!ec) {
+        const auto waited = clock_now() - w.enqueued;
+        if (waited > Duration::zero()) limiter_->note_wait(w.key, to_seconds(waited));
       }
       fire.push_back([g = std::move(w.granted), ec, r] { g(ec, r); });
       where_.erase(w.id);

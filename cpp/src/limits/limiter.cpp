@@ -395,6 +395,13 @@ void Limiter::pause(const Key& key, double secs) {
   *ks.paused_until = std::max(*ks.paused_until, clock_->now() + seconds(secs));
 }
 
+void Limiter::note_wait(const Key& key, double secs) {
+  std::lock_guard lock(mutex_);
+  auto& stats = key_state(key).stats;
+  ++stats.waited;
+  stats.wait_seconds += secs;
+}
+
 void Limiter::note_retry(const Key& key) {
   std::lock_guard lock(mutex_);
   ++key_state(key).stats.retries;

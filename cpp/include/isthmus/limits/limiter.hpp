@@ -157,6 +157,8 @@ class Limiter {
   // Pauses the key's server scope until `seconds` from now (clamped to max_server_wait).
   void pause(const Key& key, double seconds);
   void note_retry(const Key& key);
+  // A queued call waited this long before try_acquire() let it go (for the metrics).
+  void note_wait(const Key& key, double seconds);
 
   // The cost and endpoint name the cost table gives a request.
   std::pair<std::string, double> endpoint_cost(std::string_view method, std::string_view path) const;
