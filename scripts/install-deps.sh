@@ -2,14 +2,14 @@
 # Installs the Debian packages the build needs, when they are missing.
 # As root it runs apt-get; otherwise it prints the one command to run and fails.
 #   scripts/install-deps.sh          build and test packages
-#   scripts/install-deps.sh bench    also what the benchmarks drive (nginx, wrk)
+#   scripts/install-deps.sh bench    also what the benchmarks drive (nginx, wrk, Google Benchmark)
 set -euo pipefail
 
 packages=(g++ make cmake ninja-build pkg-config git
           libboost-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libbrotli-dev
           nlohmann-json3-dev libsqlite3-dev libgtest-dev libgmock-dev python3-venv)
 if [ "${1:-}" = bench ]; then
-  packages+=(nginx-light wrk)
+  packages+=(nginx-light wrk libbenchmark-dev)
 fi
 
 missing=()
