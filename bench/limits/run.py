@@ -142,7 +142,7 @@ def run_pyrate(url: str, rate: float, burst: int, n: int, concurrency: int) -> N
     from pyrate_limiter import Duration, Limiter, Rate
 
     async def main():
-        limiter = Limiter(Rate(burst, Duration(int(round(1000 * burst / rate)))))  # `burst` per burst/rate
+        limiter = Limiter(Rate(burst, int(round(1000 * burst / rate))))  # `burst` per burst/rate (ms)
         left = n
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as s:
             async def worker():

@@ -245,14 +245,14 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
       if (auto* rs = std::get_if<RateSpec>(&spec)) {
         const double interval = rs->per / rs->rate;  // seconds per unit
         const double tolerance = (rs->burst - std::min(cost, rs->burst)) * interval;
-        const double slack = tolerance - std::min(options_.margin, tolerance / 2);
+        const double slack = tolerance - std::min(std::max(options_.margin, options_.margin_fraction * tolerance), tolerance / 2);
         e = std::max(t, b[i]->tat - seconds(slack));
         if (b[i]->probe_out && now < b[i]->probe_until) e = std::max(e, b[i]->probe_until);
       } else if (auto* a = std::get_if<AdaptiveSpec>(&spec); a && a->target == AdaptiveSpec::Target::rate) {
         const double interval = 1.0 / b[i]->value;
         const double burst = std::max(1.0, b[i]->value / 50.0);
         const double tolerance = (burst - std::min(cost, burst)) * interval;
-        const double slack = tolerance - std::min(options_.margin, tolerance / 2);
+        const double slack = tolerance - std::min(std::max(options_.margin, options_.margin_fraction * tolerance), tolerance / 2);
         e = std::max(t, b[i]->tat - seconds(slack));
       } else if (auto* q = std::get_if<QuotaSpec>(&spec)) {
         if (cost > q->n) {

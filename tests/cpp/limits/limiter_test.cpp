@@ -30,6 +30,7 @@ TEST_F(LimiterTest, GcraAllowsTheBurstThenPacesAtTheRate) {
   o.clock = clock;
   o.probe_timeout = 0;
   o.margin = 0;
+  o.margin_fraction = 0;
   Limiter l(std::move(o));
   for (int i = 0; i < 3; ++i) EXPECT_EQ(l.reserve(key, 1).wait, 0ns) << i;
   EXPECT_EQ(l.reserve(key, 1).wait, 100ms);
@@ -44,6 +45,7 @@ TEST_F(LimiterTest, OverAnyIntervalNoMoreThanRateTimesIntervalPlusBurst) {
   o.clock = clock;
   o.probe_timeout = 0;
   o.margin = 0;
+  o.margin_fraction = 0;
   Limiter l(std::move(o));
   std::vector<Duration> at;
   for (int i = 0; i < 2000; ++i) at.push_back((clock->now() - TimePoint{}) + l.reserve(key, 1).wait);
@@ -74,6 +76,7 @@ TEST_F(LimiterTest, CostsComeFromTheEndpointTable) {
   o.clock = clock;
   o.probe_timeout = 0;
   o.margin = 0;
+  o.margin_fraction = 0;
   Limiter l(std::move(o));
   EXPECT_EQ(l.endpoint_cost("GET", "/v1/search/x"), (std::pair<std::string, double>{"/v1/search", 5}));
   EXPECT_EQ(l.endpoint_cost("POST", "/v1/import"), (std::pair<std::string, double>{"POST /v1/import", 10}));
@@ -184,6 +187,7 @@ TEST_F(LimiterTest, MarginHoldsBackPartOfTheBurstButNotTheRate) {
   o.clock = clock;
   o.probe_timeout = 0;
   o.margin = 0.002;
+  o.margin_fraction = 0;
   Limiter l(std::move(o));
   for (int i = 0; i < 9; ++i) EXPECT_EQ(l.reserve(key, 1).wait, 0ns);
   EXPECT_EQ(l.reserve(key, 1).wait, 2ms);   // the tenth waits out the margin
@@ -196,6 +200,7 @@ TEST_F(LimiterTest, AProbeToAnIdleBucketAnchorsOurClockToItsAnswer) {
   o.rules = {Rule{RateSpec{100, 1, 10}}};
   o.clock = clock;
   o.margin = 0;
+  o.margin_fraction = 0;
   o.probe_timeout = 0.25;
   Limiter l(std::move(o));
   auto probe = l.reserve(key, 1);

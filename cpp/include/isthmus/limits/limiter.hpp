@@ -83,10 +83,12 @@ struct LimiterOptions {
   std::vector<std::pair<std::string, double>> costs;
   double max_wait = 3600;         // a reservation that would wait longer fails at once
   double max_server_wait = 900;   // Retry-After and resets beyond this are clamped (and counted)
-  // Seconds kept back from every rate's burst tolerance (up to half of it). A server measures
+  // Seconds kept back from every rate's burst tolerance (never more than half of it). A server measures
   // arrivals, not sends: a first call slowed by a new connection and a later one on a warm
   // connection arrive closer together than they were sent. Costs no long-run rate.
   double margin = 0.002;
+  double margin_fraction = 0.25;  // ... or this share of the tolerance, if more (under load,
+                                  // one call can lag the next by more than 2 ms)
   // Seconds a call sent to an idle rate bucket holds the rest back while it is answered, so
   // our clock never runs ahead of the server's (see Limiter::Bucket). 0 = off.
   double probe_timeout = 0.25;
