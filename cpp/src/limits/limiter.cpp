@@ -458,7 +458,7 @@ void Limiter::observe(const Key& key, const Observation& o) {
         if (busy) {
           double step;
           if (b.slow_start) step = is_rate ? 0.5 : 1.0;
-          else step = is_rate ? std::max(1.0, 0.03 * b.ssthresh) / b.value : 1.0 / b.value;
+          else step = is_rate ? std::max(1.0, 0.02 * b.ssthresh) / b.value : 1.0 / b.value;
           b.value = std::min(a.max, b.value + step);
         }
       }
