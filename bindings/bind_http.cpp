@@ -15,6 +15,7 @@
 #include "isthmus/error.hpp"
 #include "isthmus/http/client.hpp"
 #include "isthmus/http/url.hpp"
+#include "isthmus/limits/governed.hpp"
 #include "isthmus/runtime/engine.hpp"
 
 namespace py = pybind11;
@@ -296,14 +297,18 @@ void bind_http(py::module_& m) {
         return out;
       })
       .def("exception", [](const Response& r, const std::string& method, const std::string& url) {
-        return make_exception(r.error, r.error_message, method, url);
+        py::object exc = make_exception(r.error, r.error_message, method, url);
+        // A quota error says when the quota refills.
+        if (auto* at = r.header(limits::kResetsAtHeader)) exc.attr("resets_at") = std::stod(*at);
+        return exc;
       }, py::arg("method"), py::arg("url"));
 
   py::class_<HttpClient>(m, "HttpClient")
       .def(py::init([](double timeout, double connect_timeout, int max_connections_per_host,
                        int max_connections, bool follow_redirects, int max_redirects, bool verify,
                        std::string ca_bundle, bool http2, std::string user_agent,
-                       std::int64_t max_body_bytes, std::shared_ptr<auth::Credential> credential) {
+                       std::int64_t max_body_bytes, std::shared_ptr<auth::Credential> credential,
+                       py::object governor, py::object retry, py::object limit_key) {
              http::ClientOptions o;
              o.timeout = timeout;
              o.connect_timeout = connect_timeout;
@@ -316,13 +321,18 @@ void bind_http(py::module_& m) {
              o.http2 = http2;
              o.user_agent = std::move(user_agent);
              o.max_body_bytes = max_body_bytes;
-             return HttpClient(std::make_shared<http::Client>(Engine::shared(), std::move(o)),
-                               std::move(credential));
+             HttpClient h(std::make_shared<http::Client>(Engine::shared(), std::move(o)),
+                          std::move(credential));
+             // Limits and retries sit above auth, so every attempt is authorized afresh.
+             h.transport = govern(std::move(h.transport), governor, retry, limit_key);
+             return h;
            }),
            py::arg("timeout"), py::arg("connect_timeout"), py::arg("max_connections_per_host"),
            py::arg("max_connections"), py::arg("follow_redirects"), py::arg("max_redirects"),
            py::arg("verify"), py::arg("ca_bundle"), py::arg("http2"), py::arg("user_agent"),
-           py::arg("max_body_bytes"), py::arg("credential") = nullptr)
+           py::arg("max_body_bytes"), py::arg("credential") = nullptr,
+           py::arg("governor") = py::none(), py::arg("retry") = py::none(),
+           py::arg("limit_key") = py::none())
       .def("request",
            [](HttpClient& self, std::string method, std::string url, http::Headers headers,
               py::object body, double timeout, int follow, std::vector<std::string> sensitive) {

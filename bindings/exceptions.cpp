@@ -31,6 +31,10 @@ const char* class_name(const std::error_code& ec) {
     case errc::token_store_tampered: return "TokenStoreError";
     case errc::webhook_invalid: return "WebhookVerificationError";
     case errc::crypto_error: return "IsthmusError";
+    case errc::quota_exhausted: return "QuotaExhausted";
+    case errc::rate_limited: return "Throttled";
+    case errc::circuit_open: return "CircuitOpen";
+    case errc::retry_deadline: return "RetryDeadlineExceeded";
     case errc::ok:
     case errc::internal: break;
   }

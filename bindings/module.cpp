@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   bind_auth(m);
   bind_sandbox(m);
   bind_pipeline(m);
+  bind_limits(m);
 }

@@ -2,7 +2,7 @@
 # Installs the Debian packages the build needs, when they are missing.
 # As root it runs apt-get; otherwise it prints the one command to run and fails.
 #   scripts/install-deps.sh          build and test packages
-#   scripts/install-deps.sh bench    also what the benchmarks drive (wrk)
+#   scripts/install-deps.sh bench    also what the benchmarks drive (wrk, Google Benchmark)
 set -euo pipefail
 
 packages=(g++ make cmake ninja-build pkg-config git
@@ -10,7 +10,7 @@ packages=(g++ make cmake ninja-build pkg-config git
           nlohmann-json3-dev libsqlite3-dev libgtest-dev libgmock-dev python3-venv
           openssl nginx-light)
 if [ "${1:-}" = bench ]; then
-  packages+=(wrk)
+  packages+=(wrk libbenchmark-dev)
 fi
 
 missing=()

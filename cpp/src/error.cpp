@@ -29,6 +29,10 @@ class Category final : public std::error_category {
       case errc::token_store_tampered: return "stored token failed authentication";
       case errc::webhook_invalid: return "webhook verification failed";
       case errc::crypto_error: return "cryptographic operation failed";
+      case errc::quota_exhausted: return "quota exhausted";
+      case errc::rate_limited: return "rate limited";
+      case errc::circuit_open: return "circuit open";
+      case errc::retry_deadline: return "retry deadline passed";
       case errc::internal: return "internal error";
     }
     return "unknown isthmus error";

@@ -24,6 +24,7 @@ from isthmus.auth import (
 from isthmus.errors import (
     AuthError,
     BodyTooLarge,
+    CircuitOpen,
     Cancelled,
     ClientClosed,
     ClientError,
@@ -35,14 +36,18 @@ from isthmus.errors import (
     InvalidURL,
     IsthmusError,
     JSONDecodeError,
+    LimitError,
     ProtocolError,
+    QuotaExhausted,
     RateLimited,
     ReadError,
     RequestError,
     ResolveError,
     PipelineError,
     ReconciliationError,
+    RetryDeadlineExceeded,
     ServerError,
+    Throttled,
     TimeoutError,
     TLSError,
     TokenError,
@@ -65,6 +70,7 @@ from isthmus.pipeline import (
     Run,
     Stream,
 )
+from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
 from isthmus.sandbox import Sandbox
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, Sink, SqliteSink
 
@@ -72,8 +78,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    # sandbox
-    "Sandbox",
     # HTTP
     "Client",
     "AsyncClient",
@@ -111,6 +115,14 @@ __all__ = [
     "AwsSigV4",
     "TokenStore",
     "verify_webhook",
+    # limits and retries
+    "RateLimit",
+    "Quota",
+    "Concurrency",
+    "Adaptive",
+    "Limits",
+    "Limiter",
+    "Retry",
     # errors
     "IsthmusError",
     "ConfigError",
@@ -141,6 +153,11 @@ __all__ = [
     "TokenError",
     "TokenStoreError",
     "WebhookVerificationError",
+    "LimitError",
+    "QuotaExhausted",
+    "Throttled",
+    "CircuitOpen",
+    "RetryDeadlineExceeded",
 ]
 
 _atexit.register(_core.shutdown)

@@ -44,6 +44,11 @@ __all__ = [
     "TokenError",
     "TokenStoreError",
     "WebhookVerificationError",
+    "LimitError",
+    "QuotaExhausted",
+    "Throttled",
+    "CircuitOpen",
+    "RetryDeadlineExceeded",
 ]
 
 
@@ -153,6 +158,31 @@ class WebhookVerificationError(IsthmusError, ValueError):
     def __init__(self, message: str, *, check: str):
         super().__init__(message)
         self.check = check
+class LimitError(RequestError):
+    """The governor did not send the request: a limit, a quota or a breaker stopped it first."""
+
+
+class QuotaExhausted(LimitError):
+    """A quota (say 10,000 a day) is used up. ``resets_at`` is when it refills (Unix seconds)."""
+
+    resets_at: Optional[float] = None
+
+    @property
+    def retry_after(self) -> Optional[float]:
+        """Seconds until the quota refills, from now."""
+        return None if self.resets_at is None else max(0.0, self.resets_at - time.time())
+
+
+class Throttled(LimitError):
+    """A limit would hold the request longer than the limiter's ``max_wait``."""
+
+
+class CircuitOpen(LimitError, ConnectionError):
+    """Too many recent calls to this host failed; the circuit breaker is letting none through."""
+
+
+class RetryDeadlineExceeded(LimitError, builtins.TimeoutError):
+    """The retry deadline would pass before the request could be sent again."""
 
 
 class HTTPStatusError(IsthmusError):

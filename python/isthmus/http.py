@@ -19,12 +19,14 @@ from typing import Any, Optional, Sequence, Union
 from urllib.parse import urlencode, urlsplit
 
 from isthmus import _core, errors
+from isthmus import limits as _limits
 
 __all__ = ["Client", "AsyncClient", "Response", "Request", "Headers"]
 
 HeaderInput = Union[Mapping[str, str], Sequence[tuple[str, str]], None]
 ParamsInput = Union[Mapping[str, Any], Sequence[tuple[str, Any]], None]
 
+_PRIORITY_HEADER = "Isthmus-Priority"
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 # Values of these JSON keys are blanked out of body excerpts shown in errors and reprs.
 _SECRET_JSON = re.compile(
@@ -312,6 +314,9 @@ class _ClientBase:
         user_agent: Optional[str] = None,
         max_body_bytes: Optional[int] = None,
         auth: Optional[Any] = None,
+        rate_limit: Any = None,
+        retry: Any = None,
+        limit_key: Optional[Mapping[str, str]] = None,
     ):
         if base_url is not None:
             if not isinstance(base_url, str):
@@ -340,6 +345,16 @@ class _ClientBase:
                 f"auth: {type(auth).__name__} is not an isthmus credential (isthmus.ApiKey, "
                 "BasicAuth, BearerToken, OAuth2..., JWTBearer, HmacSigner, AwsSigV4)")
         self.auth = auth
+        # Limits and retries: the core wraps the transport in a GovernedTransport.
+        self.limiter = _limits.as_limiter(rate_limit)
+        self.retry = _limits.as_retry(retry)
+        if self.retry and self.limiter is None:
+            self.limiter = _limits.Limiter()  # no limits, but retries and 429s are still counted per key
+        if limit_key is not None:
+            unknown = set(limit_key) - {"provider", "credential", "tenant"}
+            if unknown:
+                raise errors.ConfigError(
+                    f"limit_key: {sorted(unknown)[0]!r} is not valid; expected keys provider, credential, tenant")
         self._core = _core.HttpClient(
             timeout=float(timeout),
             connect_timeout=float(connect_timeout),
@@ -353,7 +368,15 @@ class _ClientBase:
             user_agent=user_agent or "isthmus/0.1",
             max_body_bytes=int(max_body_bytes or 0),
             credential=auth._credential() if auth is not None else None,
+            governor=self.limiter._core if self.limiter else None,
+            retry=self.retry._spec() if self.retry else None,
+            limit_key=dict(limit_key) if limit_key else None,
         )
+
+    def limits_snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per-key counters of this client's limiter (shared with other clients given the same
+        ``Limiter``): waits, 429s, 5xx, retries, the current adaptive limit. Empty without one."""
+        return self.limiter.snapshot() if self.limiter else {}
 
     def build_request(
         self,
@@ -365,6 +388,7 @@ class _ClientBase:
         json: Any = None,
         data: Union[bytes, str, Mapping[str, Any], None] = None,
         timeout: Optional[float] = None,
+        priority: Optional[str] = None,
     ) -> Request:
         """The Request that ``request()`` would send, with the client's defaults merged in."""
         if not isinstance(url, str):
@@ -395,6 +419,11 @@ class _ClientBase:
             content = bytes(data)
         if timeout is not None:
             _check_positive("timeout", timeout)
+        if priority is not None:
+            if priority not in ("high", "normal", "low"):
+                raise errors.ConfigError(f"priority: {priority!r} is not valid; expected 'high', 'normal' or 'low'")
+            # Read and removed by the governor before the request leaves.
+            merged[_PRIORITY_HEADER] = priority
         return Request(method, full, headers=merged, content=content, timeout=timeout)
 
     def _coerce_all(self, items: Iterable[Union[str, Request]]) -> list[Request]:

@@ -30,6 +30,10 @@ enum class errc {
   token_store_tampered,  // a stored token failed authentication (wrong key or altered file)
   webhook_invalid,       // a webhook's signature, timestamp or headers did not verify
   crypto_error,          // OpenSSL refused an operation (bad key, unsupported algorithm)
+  quota_exhausted,     // a quota is used up until its window resets
+  rate_limited,        // a limit would make the call wait longer than allowed, or 429s outlasted retries
+  circuit_open,        // the host's circuit breaker is open: the call was not sent
+  retry_deadline,      // the retry deadline passed before an attempt succeeded
   internal,            // a bug: reported, never swallowed
 };
 

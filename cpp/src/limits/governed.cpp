@@ -1,0 +1,510 @@
+// The only translation unit of the limits area that sees Asio: timers for waits and backoffs.
+#include <utility>  // before Asio: Boost 1.74 + GCC 12 in C++20
+
+#include "isthmus/limits/governed.hpp"
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <cmath>
+#include <ctime>
+#include <map>
+#include <random>
+#include <set>
+#include <unordered_map>
+
+#include "isthmus/error.hpp"
+#include "runtime/engine_impl.hpp"
+
+namespace isthmus::limits {
+namespace asio = boost::asio;
+
+std::pair<std::string, std::string> host_and_path(std::string_view url) {
+  auto scheme = url.find("://");
+  std::string_view rest = scheme == std::string_view::npos ? url : url.substr(scheme + 3);
+  auto end = rest.find_first_of("/?#");
+  std::string_view authority = rest.substr(0, end);
+  if (auto at = authority.rfind('@'); at != std::string_view::npos) authority.remove_prefix(at + 1);
+  std::string host(authority);
+  for (auto& c : host)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  std::string path = "/";
+  if (end != std::string_view::npos && rest[end] == '/') {
+    auto p = rest.substr(end);
+    path = std::string(p.substr(0, p.find_first_of("?#")));
+  }
+  return {host, path};
+}
+
+// ---------------------------------------------------------------------------------------------
+// Governor
+
+class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
+ public:
+  Impl(std::shared_ptr<Engine> engine, std::shared_ptr<Limiter> limiter)
+      : engine_(std::move(engine)), limiter_(std::move(limiter)) {}
+
+  struct Waiter {
+    std::uint64_t id;
+    Key key;
+    double cost;
+    Priority priority;
+    std::optional<TimePoint> deadline;
+    Granted granted;
+    TimePoint enqueued;
+  };
+  // High priority first; FIFO within a priority.
+  struct Order {
+    bool operator()(const std::pair<int, std::uint64_t>& a, const std::pair<int, std::uint64_t>& b) const {
+      return a.first != b.first ? a.first > b.first : a.second < b.second;
+    }
+  };
+  struct Queue {
+    explicit Queue(asio::io_context& io) : timer(io) {}
+    std::map<std::pair<int, std::uint64_t>, Waiter, Order> waiting;
+    asio::steady_timer timer;
+    std::optional<TimePoint> armed_for;
+    bool blocked = false;  // an in-flight cap is full: a release will pump it
+  };
+
+  using Fire = std::function<void()>;
+
+  std::uint64_t acquire(const Key& key, double cost, Priority priority, Granted granted,
+                        std::optional<TimePoint> deadline) {
+    std::vector<Fire> fire;
+    std::uint64_t id;
+    {
+      std::lock_guard lock(mutex_);
+      id = next_id_++;
+      const std::string name = key.str();
+      auto it = queues_.find(name);
+      if (it == queues_.end())
+        it = queues_.emplace(name, std::make_unique<Queue>(engine_->impl().io())).first;
+      it->second->waiting.emplace(std::pair{static_cast<int>(priority), id},
+                                  Waiter{id, key, cost, priority, deadline, std::move(granted), clock_now()});
+      where_[id] = {name, static_cast<int>(priority)};
+      pump(name, *it->second, fire);
+    }
+    for (auto& f : fire) f();
+    return id;
+  }
+
+  void cancel(std::uint64_t id) {
+    Fire fire;
+    {
+      std::lock_guard lock(mutex_);
+      auto w = where_.find(id);
+      if (w == where_.end()) return;
+      auto& q = *queues_.at(w->second.first);
+      auto it = q.waiting.find({w->second.second, id});
+      if (it != q.waiting.end()) {
+        fire = [g = std::move(it->second.granted)] { g(make_error_code(errc::cancelled), Reservation{}); };
+        q.waiting.erase(it);
+      }
+      where_.erase(w);
+    }
+    if (fire) fire();
+  }
+
+  void release(std::uint64_t ticket) {
+    if (!ticket) return;
+    const bool probed = limiter_->release(ticket);
+    std::vector<Fire> fire;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& [name, q] : queues_)
+        if (q->blocked || (probed && !q->waiting.empty())) {
+          q->armed_for.reset();  // the head may go sooner than the armed timer says
+          q->timer.cancel();
+          pump(name, *q, fire);
+        }
+    }
+    for (auto& f : fire) f();
+  }
+
+  std::size_t waiting() const {
+    std::lock_guard lock(mutex_);
+    return where_.size();
+  }
+
+  // Lets every call at the head of the queue go that may go now; arms the queue's timer for
+  // the next one. Callbacks are collected and run after the lock is dropped.
+  void pump(const std::string& name, Queue& q, std::vector<Fire>& fire) {
+    q.blocked = false;
+    while (!q.waiting.empty()) {
+      auto it = q.waiting.begin();
+      Waiter& w = it->second;
+      Reservation r = limiter_->try_acquire(w.key, w.cost, w.priority);
+      if (r.blocked) {
+        q.blocked = true;
+        return;
+      }
+      std::error_code ec = r.error;
+      if (!ec && !r.granted && w.deadline && clock_now() + r.wait > *w.deadline)
+        ec = make_error_code(errc::retry_deadline);
+      if (!ec && !r.granted) {
+        arm(name, q, clock_now() + r.wait);
+        return;
+      }
+      if (!ec) {
+        const auto waited = clock_now() - w.enqueued;
+        if (waited > Duration::zero()) limiter_->note_wait(w.key, to_seconds(waited));
+      }
+      fire.push_back([g = std::move(w.granted), ec, r] { g(ec, r); });
+      where_.erase(w.id);
+      q.waiting.erase(it);
+    }
+  }
+
+  TimePoint clock_now() const { return limiter_->clock().now(); }
+
+  void arm(const std::string& name, Queue& q, TimePoint when) {
+    if (q.armed_for && *q.armed_for <= when) return;  // an earlier wake-up will re-check
+    q.armed_for = when;
+    // The limiter's clock may be a test clock; the timer always runs on real time.
+    q.timer.expires_after(when - clock_now());
+    q.timer.async_wait([weak = weak_from_this(), name](const boost::system::error_code& ec) {
+      if (ec) return;  // re-armed or shut down
+      auto self = weak.lock();
+      if (!self) return;
+      std::vector<Fire> fire;
+      {
+        std::lock_guard lock(self->mutex_);
+        auto it = self->queues_.find(name);
+        if (it == self->queues_.end()) return;
+        it->second->armed_for.reset();
+        self->pump(name, *it->second, fire);
+      }
+      for (auto& f : fire) f();
+    });
+  }
+
+  void shutdown() {
+    std::lock_guard lock(mutex_);
+    for (auto& [name, q] : queues_) q->timer.cancel();
+  }
+
+  std::shared_ptr<Engine> engine_;
+  std::shared_ptr<Limiter> limiter_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, std::unique_ptr<Queue>> queues_;
+  std::unordered_map<std::uint64_t, std::pair<std::string, int>> where_;
+  std::uint64_t next_id_ = 1;
+};
+
+Governor::Governor(std::shared_ptr<Engine> engine, std::shared_ptr<Limiter> limiter)
+    : impl_(std::make_shared<Impl>(std::move(engine), std::move(limiter))) {}
+
+Governor::~Governor() {
+  // Calls still waiting are told so; nothing waits forever on a governor that is gone.
+  std::vector<std::uint64_t> ids;
+  {
+    std::lock_guard lock(impl_->mutex_);
+    for (auto& [id, _] : impl_->where_) ids.push_back(id);
+  }
+  for (auto id : ids) impl_->cancel(id);
+  impl_->shutdown();
+}
+
+std::uint64_t Governor::acquire(const Key& key, double cost, Priority priority, Granted granted,
+                                std::optional<TimePoint> deadline) {
+  return impl_->acquire(key, cost, priority, std::move(granted), deadline);
+}
+void Governor::cancel(std::uint64_t id) { impl_->cancel(id); }
+void Governor::release(std::uint64_t ticket) { impl_->release(ticket); }
+std::size_t Governor::waiting() const { return impl_->waiting(); }
+Limiter& Governor::limiter() { return *impl_->limiter_; }
+const std::shared_ptr<Limiter>& Governor::limiter_ptr() const { return impl_->limiter_; }
+
+// ---------------------------------------------------------------------------------------------
+// GovernedTransport
+
+namespace {
+
+double uniform01() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+}
+
+std::string utc_iso(double unix_seconds) {
+  std::time_t t = static_cast<std::time_t>(std::floor(unix_seconds));
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Priority take_priority(http::Headers& headers) {
+  Priority p = Priority::normal;
+  for (auto it = headers.begin(); it != headers.end();) {
+    if (http::iequals(it->first, kPriorityHeader)) {
+      if (http::iequals(it->second, "high")) p = Priority::high;
+      else if (http::iequals(it->second, "low")) p = Priority::low;
+      it = headers.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+class GovernedTransport::Impl : public std::enable_shared_from_this<GovernedTransport::Impl> {
+ public:
+  Impl(std::shared_ptr<Engine> engine, std::shared_ptr<Governor> governor,
+       std::shared_ptr<http::Transport> inner, GovernedOptions options)
+      : engine_(std::move(engine)),
+        governor_(std::move(governor)),
+        inner_(std::move(inner)),
+        options_(std::move(options)) {
+    if (options_.retry) retry::validate(*options_.retry);
+    if (options_.breaker)
+      breaker_ = std::make_shared<retry::CircuitBreaker>(*options_.breaker, governor_->limiter().clock_ptr());
+  }
+
+  enum class Phase { queued, backoff, in_flight, done };
+
+  struct Op {
+    explicit Op(std::shared_ptr<Engine> e) : engine(std::move(e)), timer(engine->impl().io()) {}
+    std::shared_ptr<Engine> engine;  // outlives the timer: handlers may keep an op past its transport
+    std::mutex m;
+    std::uint64_t id = 0;
+    http::Request request;
+    http::Completion done;
+    Key key;
+    std::string host;
+    double cost = 1;
+    Priority priority = Priority::normal;
+    TimePoint started{};
+    std::optional<TimePoint> deadline;
+    int attempts = 0;
+    Phase phase = Phase::queued;
+    bool cancelled = false;
+    std::uint64_t wait_id = 0;   // in the governor's queue
+    std::uint64_t inner_id = 0;  // at the inner transport
+    bool inner_id_known = false;
+    asio::steady_timer timer;    // backoff between attempts
+  };
+
+  std::uint64_t send(http::Request request, http::Completion done) {
+    auto op = std::make_shared<Op>(engine_);
+    op->priority = take_priority(request.headers);
+    auto [host, path] = host_and_path(request.url);
+    op->host = host;
+    auto [endpoint, cost] = governor_->limiter().endpoint_cost(request.method, path);
+    op->key = Key{options_.provider.empty() ? host : options_.provider, options_.credential,
+                  options_.tenant, endpoint};
+    op->cost = cost;
+    op->request = std::move(request);
+    op->done = std::move(done);
+    op->started = now();
+    if (options_.retry && options_.retry->deadline > 0) op->deadline = op->started + seconds(options_.retry->deadline);
+    {
+      std::lock_guard lock(ops_mutex_);
+      op->id = next_id_++;
+      ops_[op->id] = op;
+    }
+    const auto id = op->id;
+    start_attempt(op);
+    return id;
+  }
+
+  void cancel(std::uint64_t id) {
+    std::shared_ptr<Op> op;
+    {
+      std::lock_guard lock(ops_mutex_);
+      auto it = ops_.find(id);
+      if (it == ops_.end()) return;
+      op = it->second.lock();
+    }
+    if (!op) return;
+    Phase phase;
+    std::uint64_t wait_id, inner_id;
+    bool inner_known;
+    {
+      std::lock_guard lock(op->m);
+      if (op->cancelled || op->phase == Phase::done) return;
+      op->cancelled = true;
+      phase = op->phase;
+      wait_id = op->wait_id;
+      inner_id = op->inner_id;
+      inner_known = op->inner_id_known;
+    }
+    switch (phase) {
+      case Phase::queued: governor_->cancel(wait_id); break;  // completes through on_granted
+      case Phase::backoff: {
+        // The timer handler may already be queued; posting keeps timer access off this thread.
+        asio::post(engine_->impl().io(), [op] { op->timer.cancel(); });
+        break;
+      }
+      case Phase::in_flight:
+        if (inner_known) inner_->cancel(inner_id);  // else send() sees `cancelled` when it returns
+        break;
+      case Phase::done: break;
+    }
+  }
+
+  TimePoint now() const { return governor_->limiter().clock().now(); }
+
+  void start_attempt(const std::shared_ptr<Op>& op) {
+    {
+      std::lock_guard lock(op->m);
+      if (op->cancelled) return finish_locked(op, make_error_code(errc::cancelled), "cancelled");
+      op->phase = Phase::queued;
+    }
+    if (breaker_ && !breaker_->allow(op->host)) {
+      char msg[160];
+      std::snprintf(msg, sizeof msg, "circuit open for %s: too many recent failures; next probe in %.1f s",
+                    op->host.c_str(), breaker_->retry_in(op->host));
+      std::lock_guard lock(op->m);
+      return finish_locked(op, make_error_code(errc::circuit_open), msg);
+    }
+    auto weak = weak_from_this();
+    const auto wait_id = governor_->acquire(
+        op->key, op->cost, op->priority,
+        [weak, op](std::error_code ec, const Reservation& r) {
+          if (auto self = weak.lock()) self->on_granted(op, ec, r);
+        },
+        op->deadline);
+    std::lock_guard lock(op->m);
+    if (op->phase == Phase::queued) op->wait_id = wait_id;
+  }
+
+  void on_granted(const std::shared_ptr<Op>& op, std::error_code ec, const Reservation& r) {
+    if (ec) {
+      if (breaker_) breaker_->abandon(op->host);
+      http::Response resp;
+      std::string msg;
+      if (ec == make_error_code(errc::quota_exhausted)) {
+        msg = "quota exhausted for " + op->key.str() + " (" + r.reason + "); resets at " +
+              utc_iso(r.resets_at) + " UTC";
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.3f", r.resets_at);
+        resp.headers.emplace_back(kResetsAtHeader, buf);
+      } else if (ec == make_error_code(errc::rate_limited)) {
+        msg = r.reason + " would hold the call for " + std::to_string(static_cast<long long>(to_seconds(r.wait))) +
+              " s, longer than the limiter's max_wait";
+      } else if (ec == make_error_code(errc::retry_deadline)) {
+        msg = "the retry deadline would pass while waiting for " + (r.reason.empty() ? std::string("the limiter") : r.reason);
+      } else {
+        msg = ec.message();
+      }
+      std::lock_guard lock(op->m);
+      return finish_locked(op, ec, msg, std::move(resp));
+    }
+    http::Request attempt;
+    {
+      std::lock_guard lock(op->m);
+      if (op->cancelled) {
+        governor_->release(r.ticket);
+        if (breaker_) breaker_->abandon(op->host);
+        return finish_locked(op, make_error_code(errc::cancelled), "cancelled");
+      }
+      op->phase = Phase::in_flight;
+      op->inner_id_known = false;
+      ++op->attempts;
+      attempt = op->request;  // the body is shared, not copied
+    }
+    auto weak = weak_from_this();
+    const auto ticket = r.ticket;
+    const auto inner_id = inner_->send(std::move(attempt), [weak, op, ticket](std::error_code ec, http::Response resp) {
+      if (auto self = weak.lock()) self->on_response(op, ticket, ec, std::move(resp));
+    });
+    bool cancel_now = false;
+    {
+      std::lock_guard lock(op->m);
+      if (op->phase == Phase::in_flight) {
+        op->inner_id = inner_id;
+        op->inner_id_known = true;
+        cancel_now = op->cancelled;
+      }
+    }
+    if (cancel_now) inner_->cancel(inner_id);
+  }
+
+  void on_response(const std::shared_ptr<Op>& op, std::uint64_t ticket, std::error_code ec, http::Response resp) {
+    Limiter& limiter = governor_->limiter();
+    const Observation obs = observation_from(resp, ec, limiter.clock().unix_now());
+    if (ec != make_error_code(errc::cancelled)) limiter.observe(op->key, obs);
+    governor_->release(ticket);
+    const bool cancelled_ec = ec == make_error_code(errc::cancelled) || ec == make_error_code(errc::shutting_down);
+    if (breaker_) {
+      if (cancelled_ec) breaker_->abandon(op->host);
+      else breaker_->record(op->host, (ec && !retry::never_left(ec)) || ec == make_error_code(errc::connect_failed) ||
+                                           resp.status >= 500);
+    }
+    std::unique_lock lock(op->m);
+    if (op->cancelled || cancelled_ec || !options_.retry) return finish_locked(op, ec, resp.error_message, std::move(resp));
+    const double elapsed = to_seconds(now() - op->started);
+    const auto d = retry::decide(*options_.retry, op->request, ec, resp.status, op->attempts, elapsed,
+                                 obs.retry_after, uniform01());
+    if (!d.retry) return finish_locked(op, ec, resp.error_message, std::move(resp));
+    op->phase = Phase::backoff;
+    lock.unlock();
+    limiter.note_retry(op->key);
+    op->timer.expires_after(seconds(d.delay));
+    auto weak = weak_from_this();
+    op->timer.async_wait([weak, op](const boost::system::error_code& tec) {
+      auto self = weak.lock();
+      if (!self) return;
+      if (tec) {
+        std::lock_guard lock(op->m);
+        return self->finish_locked(op, make_error_code(errc::cancelled), "cancelled");
+      }
+      self->start_attempt(op);
+    });
+  }
+
+  // Completes the caller once. Called with op->m held; the completion runs after it is dropped
+  // would be nicer, but Completion must not call back into this op, so holding it is safe.
+  void finish_locked(const std::shared_ptr<Op>& op, std::error_code ec, std::string message,
+                     http::Response resp = {}) {
+    if (op->phase == Phase::done) return;
+    op->phase = Phase::done;
+    if (ec) {
+      resp.error = ec;
+      if (resp.error_message.empty()) resp.error_message = std::move(message);
+    }
+    resp.elapsed = to_seconds(now() - op->started);
+    auto done = std::move(op->done);
+    {
+      std::lock_guard lock(ops_mutex_);
+      ops_.erase(op->id);
+    }
+    if (done) done(ec, std::move(resp));
+  }
+
+  std::shared_ptr<Engine> engine_;
+  std::shared_ptr<Governor> governor_;
+  std::shared_ptr<http::Transport> inner_;
+  GovernedOptions options_;
+  std::shared_ptr<retry::CircuitBreaker> breaker_;
+  std::mutex ops_mutex_;
+  std::unordered_map<std::uint64_t, std::weak_ptr<Op>> ops_;
+  std::uint64_t next_id_ = 1;
+};
+
+GovernedTransport::GovernedTransport(std::shared_ptr<Engine> engine, std::shared_ptr<Governor> governor,
+                                     std::shared_ptr<http::Transport> inner, GovernedOptions options)
+    : impl_(std::make_shared<Impl>(std::move(engine), std::move(governor), std::move(inner), std::move(options))) {}
+
+GovernedTransport::~GovernedTransport() {
+  std::vector<std::uint64_t> ids;
+  {
+    std::lock_guard lock(impl_->ops_mutex_);
+    for (auto& [id, _] : impl_->ops_) ids.push_back(id);
+  }
+  for (auto id : ids) impl_->cancel(id);
+}
+
+std::uint64_t GovernedTransport::send(http::Request request, http::Completion done) {
+  return impl_->send(std::move(request), std::move(done));
+}
+void GovernedTransport::cancel(std::uint64_t id) { impl_->cancel(id); }
+const std::shared_ptr<Governor>& GovernedTransport::governor() const { return impl_->governor_; }
+retry::CircuitBreaker::State GovernedTransport::circuit(const std::string& host) const {
+  return impl_->breaker_ ? impl_->breaker_->state(host) : retry::CircuitBreaker::State::closed;
+}
+
+}  // namespace isthmus::limits

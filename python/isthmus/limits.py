@@ -1,0 +1,378 @@
+"""Rate limits, quotas, in-flight caps, adaptive limits and retries.
+
+Limits are plain values you combine with ``&``::
+
+    limits = ist.RateLimit(10, per="second") & ist.Quota(10_000, per="day") & ist.Concurrency(8)
+    client = ist.Client(url, rate_limit=limits, retry=ist.Retry(attempts=5, deadline=60))
+
+Each client given limits builds its own ``Limiter``. To make several clients (or streams)
+share one allowance, build the ``Limiter`` yourself and hand the same object to each.
+
+The limiter lives in the C++ core and never sleeps: it answers how long a call must wait,
+and the core arms a timer. Calls wait in a queue per key, ``priority="high"`` first.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import numbers
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional, Union
+
+from isthmus import _core, errors
+
+__all__ = ["RateLimit", "Quota", "Concurrency", "Adaptive", "Limits", "Limiter", "Retry"]
+
+_UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
+_SCOPES = ("provider", "credential", "tenant", "endpoint")
+
+
+def _bad(field: str, value: Any, valid: str) -> errors.ConfigError:
+    return errors.ConfigError(f"{field}: {value!r} is not valid; expected {valid}")
+
+
+def _number(field: str, value: Any, *, minimum: float = 0.0, inclusive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise _bad(field, value, "a finite number")
+    ok = value >= minimum if inclusive else value > minimum
+    if not ok:
+        raise _bad(field, value, f"a number {'>=' if inclusive else '>'} {minimum:g}")
+    return float(value)
+
+
+def _per(field: str, per: Any) -> float:
+    """'second' | 'minute' | 'hour' | 'day' (plurals accepted) or a number of seconds."""
+    if isinstance(per, str):
+        unit = per.strip().lower()
+        unit = unit[:-1] if unit.endswith("s") and unit[:-1] in _UNITS else unit
+        if unit not in _UNITS:
+            raise _bad(field, per, "'second', 'minute', 'hour', 'day' or a number of seconds")
+        return _UNITS[unit]
+    return _number(field, per)
+
+
+def _scope(scope: Optional[Iterable[str]]) -> Optional[list[str]]:
+    if scope is None:
+        return None
+    parts = [scope] if isinstance(scope, str) else list(scope)
+    for part in parts:
+        if part not in _SCOPES:
+            raise _bad("scope", part, "some of " + ", ".join(_SCOPES))
+    return parts
+
+
+class _Rule:
+    """One limit. Combine with ``&`` (or pass a list) to apply several at once."""
+
+    def _spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __and__(self, other: Any) -> "Limits":
+        return Limits([self]) & other
+
+    def __rand__(self, other: Any) -> "Limits":
+        return Limits(_rules_of(other)) & self
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self._spec() == other._spec()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class RateLimit(_Rule):
+    """``rate`` calls (or cost units) per ``per``, with at most ``burst`` at once (GCRA).
+
+    ``burst`` defaults to about 2% of a second's worth, at least 1.
+    """
+
+    def __init__(self, rate: float, per: Union[str, float] = "second", *, burst: Optional[float] = None,
+                 scope: Optional[Iterable[str]] = None):
+        self.rate = _number("rate", rate)
+        self.per = _per("per", per)
+        if burst is None:
+            burst = max(1.0, math.floor(self.rate / self.per / 50.0))
+        self.burst = _number("burst", burst, minimum=1.0, inclusive=True)
+        self.scope = _scope(scope)
+
+    def _spec(self) -> dict[str, Any]:
+        return {"kind": "rate", "rate": self.rate, "per": self.per, "burst": self.burst, "scope": self.scope}
+
+    def __repr__(self) -> str:
+        return f"RateLimit({self.rate:g}, per={_unit_name(self.per)!r}, burst={self.burst:g})"
+
+
+class Quota(_Rule):
+    """At most ``n`` calls (or cost units) per calendar ``per`` window (UTC; a day ends at midnight UTC).
+
+    When a long window is used up, calls fail at once with ``QuotaExhausted`` (with
+    ``resets_at``) rather than wait; short windows (up to the limiter's ``max_wait``) wait.
+    """
+
+    def __init__(self, n: float, per: Union[str, float] = "day", *, scope: Optional[Iterable[str]] = None):
+        self.n = _number("n", n)
+        self.per = _per("per", per)
+        self.scope = _scope(scope)
+
+    def _spec(self) -> dict[str, Any]:
+        return {"kind": "quota", "n": self.n, "per": self.per, "scope": self.scope}
+
+    def __repr__(self) -> str:
+        return f"Quota({self.n:g}, per={_unit_name(self.per)!r})"
+
+
+class Concurrency(_Rule):
+    """At most ``n`` calls in flight at once."""
+
+    def __init__(self, n: int, *, scope: Optional[Iterable[str]] = None):
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise _bad("n", n, "an int >= 1")
+        self.n = int(n)
+        self.scope = _scope(scope)
+
+    def _spec(self) -> dict[str, Any]:
+        return {"kind": "concurrency", "n": self.n, "scope": self.scope}
+
+    def __repr__(self) -> str:
+        return f"Concurrency({self.n})"
+
+
+class Adaptive(_Rule):
+    """A limit the governor finds by itself (AIMD), between ``min`` and ``max``.
+
+    ``on="rate"`` (calls per second) or ``on="concurrency"`` (calls in flight). It grows while
+    calls succeed and the limit is what holds them back, and shrinks on 429s, 5xx answers,
+    timeouts and (with ``latency_factor``) latency rising above that multiple of the best seen.
+    """
+
+    def __init__(self, min: float, max: float, *, on: str = "rate", start: Optional[float] = None,  # noqa: A002
+                 decrease: float = 0.85, latency_factor: float = 0.0,
+                 scope: Optional[Iterable[str]] = None):
+        if on not in ("rate", "concurrency"):
+            raise _bad("on", on, "'rate' or 'concurrency'")
+        self.min = _number("min", min)
+        self.max = _number("max", max)
+        if self.max < self.min:
+            raise _bad("max", max, f"a number >= min ({self.min:g})")
+        self.on = on
+        self.start = 0.0 if start is None else _number("start", start)
+        if start is not None and not (self.min <= self.start <= self.max):
+            raise _bad("start", start, f"a number between min and max ({self.min:g}..{self.max:g})")
+        self.decrease = _number("decrease", decrease)
+        if self.decrease >= 1:
+            raise _bad("decrease", decrease, "a factor between 0 and 1")
+        self.latency_factor = _number("latency_factor", latency_factor, inclusive=True)
+        if 0 < self.latency_factor <= 1:
+            raise _bad("latency_factor", latency_factor, "0 (off) or a number > 1")
+        self.scope = _scope(scope)
+
+    def _spec(self) -> dict[str, Any]:
+        return {"kind": "adaptive", "on": self.on, "min": self.min, "max": self.max, "start": self.start,
+                "decrease": self.decrease, "latency_factor": self.latency_factor, "scope": self.scope}
+
+    def __repr__(self) -> str:
+        return f"Adaptive(min={self.min:g}, max={self.max:g}, on={self.on!r})"
+
+
+def _unit_name(seconds: float) -> Union[str, float]:
+    for name, length in _UNITS.items():
+        if length == seconds:
+            return name
+    return seconds
+
+
+def _rules_of(value: Any) -> list[_Rule]:
+    if isinstance(value, _Rule):
+        return [value]
+    if isinstance(value, Limits):
+        return list(value.rules)
+    if isinstance(value, (list, tuple)):
+        out: list[_Rule] = []
+        for item in value:
+            out.extend(_rules_of(item))
+        return out
+    raise errors.ConfigError(
+        f"rate_limit: {value!r} is not valid; expected RateLimit, Quota, Concurrency, Adaptive, "
+        "a combination of them with &, a list of them, or a Limiter")
+
+
+class Limits:
+    """Several limits that all apply: ``RateLimit(10) & Quota(10_000, per="day")``."""
+
+    def __init__(self, rules: Iterable[_Rule] = ()):
+        self.rules: tuple[_Rule, ...] = tuple(_rules_of(list(rules)))
+
+    def __and__(self, other: Any) -> "Limits":
+        return Limits(list(self.rules) + _rules_of(other))
+
+    __rand__ = __and__
+
+    def __iter__(self):
+        return iter(self.rules)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __repr__(self) -> str:
+        return " & ".join(repr(r) for r in self.rules) or "Limits()"
+
+
+class Limiter:
+    """A governed allowance, shareable: every client (or stream) given this object counts
+    against the same limits.
+
+    ``costs`` maps endpoints to their cost in units: ``{"/v1/search": 5, "POST /v1/import": 10}``
+    (the longest matching path prefix wins; unmatched calls cost 1). ``max_wait``: a call that
+    would wait longer fails at once (``QuotaExhausted`` or ``Throttled``). ``max_server_wait``:
+    a ``Retry-After`` or reset beyond this is treated as this (counted in the snapshot).
+    """
+
+    def __init__(self, limits: Any = (), *, costs: Optional[Mapping[str, float]] = None,
+                 max_wait: float = 600.0, max_server_wait: float = 900.0):
+        self.limits = Limits(_rules_of(limits) if not isinstance(limits, Limits) else limits.rules)
+        cost_items: list[tuple[str, float]] = []
+        for pattern, cost in (costs or {}).items():
+            if not isinstance(pattern, str) or not pattern.strip():
+                raise _bad("costs", pattern, "an endpoint such as '/v1/search' or 'POST /v1/import'")
+            cost_items.append((pattern.strip(), _number(f"costs[{pattern!r}]", cost)))
+        self.costs = dict(cost_items)
+        self.max_wait = _number("max_wait", max_wait)
+        self.max_server_wait = _number("max_server_wait", max_server_wait)
+        try:
+            self._core = _core.Limiter([r._spec() for r in self.limits], cost_items, self.max_wait,
+                                       self.max_server_wait)
+        except ValueError as exc:  # the core names the field too; keep one error class
+            raise errors.ConfigError(str(exc)) from None
+
+    def reserve(self, cost: float = 1.0, *, key: Optional[Mapping[str, str]] = None,
+                priority: str = "normal") -> float:
+        """Take a slot and return the seconds to wait before using it (0.0: go now).
+
+        For callers that send by other means. Raises ``QuotaExhausted`` or ``Throttled`` when
+        the wait would exceed ``max_wait``. A call blocked by ``Concurrency`` returns ``math.inf``.
+        """
+        wait, granted, blocked, ticket, error, resets_at, reason = self._core.reserve(
+            dict(key) if key else None, float(cost), priority)
+        if error is not None:
+            if resets_at and "quota" in reason:
+                exc = errors.QuotaExhausted(f"quota exhausted ({reason}); resets at "
+                                            f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(resets_at))}")
+                exc.resets_at = resets_at
+                raise exc
+            if cost <= 0:
+                raise _bad("cost", cost, "a number > 0")
+            raise errors.Throttled(f"{reason} would hold the call for {wait:.0f} s, longer than max_wait")
+        if blocked:
+            return math.inf
+        if ticket:
+            self._core.release(ticket)  # the caller tracks its own in-flight calls
+        return wait
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Per key ("provider/credential/tenant/endpoint"): grants, waits, 429s, 5xx, retries,
+        in-flight calls, the current adaptive limit and any server-imposed pause."""
+        return self._core.snapshot()
+
+    def __repr__(self) -> str:
+        return f"<Limiter {self.limits!r}>"
+
+    def _repr_html_(self) -> str:
+        cols = ["granted", "waited", "wait_seconds", "status_429", "status_5xx", "retries", "in_flight",
+                "paused_for", "adaptive_limit"]
+        rows = []
+        for key, s in sorted(self.snapshot().items()):
+            cells = "".join(
+                f"<td>{'' if s[c] is None else (f'{s[c]:.3g}' if isinstance(s[c], float) else s[c])}</td>"
+                for c in cols)
+            rows.append(f"<tr><td>{html.escape(key)}</td>{cells}</tr>")
+        head = "".join(f"<th>{c}</th>" for c in ["key", *cols])
+        return (f"<div><b>Limiter</b> {html.escape(repr(self.limits))}"
+                f"<table><tr>{head}</tr>{''.join(rows)}</table></div>")
+
+
+_RETRY_STATUSES = (429, 500, 502, 503, 504)
+
+
+class Retry:
+    """Retry failed calls with exponential backoff and full jitter.
+
+    ``attempts`` in all (the first included); the n-th backoff is uniform in
+    ``[0, min(cap, base * 2**(n-1))]`` seconds, and never shorter than the server's
+    ``Retry-After``. ``deadline`` bounds all attempts and waits together (seconds).
+    ``retry_on``: HTTP statuses plus ``"timeout"`` and ``"connection"``. A POST or PATCH is
+    retried only with an ``Idempotency-Key`` header, after a 429, or when the request
+    provably never left (connection refused). ``circuit_breaker``: True (defaults), False, or a
+    dict of ``failure_ratio``, ``min_calls``, ``window``, ``open_for``, ``probes``.
+    """
+
+    def __init__(self, attempts: int = 3, *, base: float = 0.1, cap: float = 30.0,
+                 deadline: Optional[float] = None,
+                 retry_on: Iterable[Union[int, str]] = (*_RETRY_STATUSES, "timeout", "connection"),
+                 circuit_breaker: Union[bool, Mapping[str, Any]] = True,
+                 max_server_wait: float = 900.0):
+        if isinstance(attempts, bool) or not isinstance(attempts, numbers.Integral) or attempts < 1:
+            raise _bad("attempts", attempts, "an int >= 1")
+        self.attempts = int(attempts)
+        self.base = _number("base", base)
+        self.cap = _number("cap", cap)
+        if self.cap < self.base:
+            raise _bad("cap", cap, f"a number >= base ({self.base:g})")
+        self.deadline = None if deadline is None else _number("deadline", deadline)
+        statuses: list[int] = []
+        self.on_timeout = self.on_connection = False
+        for item in ([retry_on] if isinstance(retry_on, (int, str)) else list(retry_on)):
+            if item == "timeout":
+                self.on_timeout = True
+            elif item == "connection":
+                self.on_connection = True
+            elif isinstance(item, numbers.Integral) and not isinstance(item, bool) and 100 <= item <= 599:
+                statuses.append(int(item))
+            else:
+                raise _bad("retry_on", item, "HTTP statuses (100-599), 'timeout' or 'connection'")
+        self.statuses = tuple(statuses)
+        self.max_server_wait = _number("max_server_wait", max_server_wait, inclusive=True)
+        defaults = {"failure_ratio": 0.5, "min_calls": 20, "window": 10.0, "open_for": 5.0, "probes": 1}
+        if circuit_breaker is True:
+            self.circuit_breaker: Optional[dict[str, Any]] = dict(defaults)
+        elif circuit_breaker is False or circuit_breaker is None:
+            self.circuit_breaker = None
+        elif isinstance(circuit_breaker, Mapping):
+            unknown = set(circuit_breaker) - set(defaults)
+            if unknown:
+                raise _bad("circuit_breaker", sorted(unknown)[0], "keys among " + ", ".join(defaults))
+            self.circuit_breaker = {**defaults, **circuit_breaker}
+        else:
+            raise _bad("circuit_breaker", circuit_breaker, "True, False or a dict")
+
+    def _spec(self) -> dict[str, Any]:
+        return {"attempts": self.attempts, "base": self.base, "cap": self.cap,
+                "deadline": self.deadline or 0.0, "statuses": list(self.statuses),
+                "timeout": self.on_timeout, "connection": self.on_connection,
+                "max_server_wait": self.max_server_wait, "breaker": self.circuit_breaker}
+
+    def __repr__(self) -> str:
+        return (f"Retry(attempts={self.attempts}, base={self.base:g}, cap={self.cap:g}, "
+                f"deadline={self.deadline!r})")
+
+
+def as_limiter(rate_limit: Any) -> Optional[Limiter]:
+    """What a client's ``rate_limit=`` becomes: None, the shared Limiter given, or a new one."""
+    if rate_limit is None:
+        return None
+    if isinstance(rate_limit, Limiter):
+        return rate_limit
+    return Limiter(rate_limit)
+
+
+def as_retry(retry: Any) -> Optional[Retry]:
+    if retry is None or retry is False:
+        return None
+    if retry is True:
+        return Retry()
+    if isinstance(retry, Retry):
+        return retry
+    if isinstance(retry, numbers.Integral) and not isinstance(retry, bool):
+        return Retry(attempts=int(retry))
+    raise _bad("retry", retry, "a Retry(...), an int number of attempts, True or None")
