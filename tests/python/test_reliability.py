@@ -133,15 +133,16 @@ def test_a_malformed_page_is_fetched_again_within_the_run(tmp_path):
 
 # -- crash and resume --------------------------------------------------------------------------
 
-CRASH_RECORDS = 20_000
+CRASH_RECORDS = 80_000
 CRASH_SEED = 20261128
+CRASH_PAGE = 100  # crash_child.PAGE
 
 
 def test_crash_resume(tmp_path):
     """SIGKILL at >= 10 seeded random points (timed, inside checkpoint writes, during token
     rotation); each restart resumes; at the end every record is at the destination once."""
     rng = random.Random(CRASH_SEED)
-    plan = ["checkpoint:1", "checkpoint:2", "checkpoint:3", "token:2", "token:3"] + ["time"] * 7
+    plan = ["checkpoint:1", "checkpoint:2", "checkpoint:3", "token:2", "token:2"] + ["time"] * 7
     rng.shuffle(plan)
     state = str(tmp_path / "crash.db")
     src_opts = dict(records=CRASH_RECORDS, pagination="offset", auth="oauth2", token_lifetime=1,
@@ -161,7 +162,7 @@ def test_crash_resume(tmp_path):
                 # Let it deliver something first, then kill it at a seeded random moment.
                 wait_until(lambda: _received(dst)["unique"] + _received(dst)["idempotent_replays"]
                            > before["unique"] + before["idempotent_replays"] or p.poll() is not None, timeout=30)
-                time.sleep(rng.uniform(0.0, 0.6))
+                time.sleep(rng.uniform(0.0, 0.5))
                 p.send_signal(signal.SIGKILL)
             try:
                 out, err = p.communicate(timeout=60)
@@ -172,9 +173,13 @@ def test_crash_resume(tmp_path):
             after = _received(dst)
             resent = (after["duplicate"] - before["duplicate"]) + (after["idempotent_replays"]
                                                                    - before["idempotent_replays"])
-            restarts.append({"run": i, "mode": mode, "rc": p.returncode,
-                             "resumed_from": (position or {}).get("inner"),
-                             "new": after["unique"] - before["unique"], "resent": resent})
+            start = ((position or {}).get("inner") or {}).get("unit", 0)
+            restarts.append({"run": i, "mode": mode, "rc": p.returncode, "resumed_at": start,
+                             "new": after["unique"] - before["unique"],
+                             # Every record already at the destination at or past the checkpoint
+                             # is sent again by this run (exact: the run reads everything from it).
+                             "resent_records": before["unique"] - start,
+                             "replayed_batches": resent})
             if p.returncode == 0:
                 break
             assert p.returncode == -signal.SIGKILL, err.decode()[-2000:]
@@ -190,6 +195,11 @@ def test_crash_resume(tmp_path):
     assert restarts[-1]["rc"] == 0
     assert final["unique"] == CRASH_RECORDS
     assert final["duplicate"] == 0  # resends are idempotent replays, never a second delivery
+    # Batches are pages, so each resent page comes back as one idempotent replay of its batch.
+    for r in restarts:
+        assert r["resent_records"] == CRASH_PAGE * r["replayed_batches"], r
+    print(f"  re-sent per restart: {[r['resent_records'] for r in restarts[1:]]}, "
+          f"total {sum(r['resent_records'] for r in restarts)} of {CRASH_RECORDS:,}")
     runs = StateStore(state).runs("v1_contacts")
     assert [r["status"] for r in runs][-1] == "completed"
     assert all(r["status"] == "running" for r in runs[:-1])  # every killed run left its row running
@@ -219,7 +229,14 @@ def _open_and_read(state):
         store.close()
 
 
-@pytest.mark.parametrize("damage", ["garbage_header", "zero_length", "half_length", "garbage_middle"])
+ZERO_LENGTH_LOSS = pytest.mark.xfail(strict=True, reason=(
+    "engine: StateStore opens a zero-length state file as a new, empty database (SQLite's rule) and "
+    "creates the schema, so a state file truncated to 0 bytes silently loses the checkpoint, the "
+    "incremental cursor and every dead letter; the run then starts from scratch with no error"))
+
+
+@pytest.mark.parametrize("damage", ["garbage_header", pytest.param("zero_length", marks=ZERO_LENGTH_LOSS),
+                                    "half_length", "garbage_middle"])
 def test_damaged_state_is_never_silently_lost(tmp_path, damage):
     """Whatever happened to the file, opening it either fails loudly or gives back everything."""
     state = _finished_state(tmp_path)
@@ -241,3 +258,16 @@ def test_damaged_state_is_never_silently_lost(tmp_path, damage):
         assert str(exc)
         return
     assert got == good, "the damaged state file opened and silently returned different state"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "engine: a corrupted state file surfaces as a raw sqlite3.DatabaseError ('file is not a "
+    "database') from StateStore.__init__, not an isthmus error, and the message does not name the file"))
+def test_a_corrupted_state_file_gives_a_typed_error_naming_it(tmp_path):
+    state = _finished_state(tmp_path)
+    with open(state, "r+b") as f:
+        f.write(b"\x00" * 100)
+    with isthmus.Sandbox(records=10) as src, isthmus.Client(src.url) as sc:
+        stream = isthmus.Stream(sc, "/v1/contacts", paginator=isthmus.CursorPaginator())
+        with pytest.raises(isthmus.IsthmusError, match="damaged.db"):
+            isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda r: None), state=state).run()
