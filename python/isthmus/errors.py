@@ -40,6 +40,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "PipelineError",
+    "StateError",
     "ReconciliationError",
     "TokenError",
     "TokenStoreError",
@@ -240,6 +241,11 @@ class PipelineError(IsthmusError, RuntimeError):
 
     Records a sink had accepted stay checkpointed; a rerun resumes after them.
     """
+
+
+class StateError(IsthmusError):
+    """A pipeline's state file cannot be trusted (empty, damaged, not a state file). The
+    message names the file; nothing is read from it or written to it."""
 
 
 class ReconciliationError(PipelineError):

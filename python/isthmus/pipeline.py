@@ -49,6 +49,10 @@ def _get_path(record: Any, path: Sequence[str]) -> Any:
     return record
 
 
+
+class _MalformedPage(errors.PipelineError):
+    """A 2xx page whose JSON does not parse: fetched again before it stops the run."""
+
 class Page:
     """What a paginator sees of one page: its records, the fields it asked for, the response."""
 
@@ -341,18 +345,32 @@ class Stream:
 
     def _get_pages(self, steps: List[Step], counters: Counters, concurrency: int) -> List[Page]:
         reqs = [self._request(s) for s in steps]
-        answers = send_with_retry(self.client, reqs, counters, self.attempts, concurrency)
         wanted = self.paginator.fields() if self.paginator else []
-        pages = []
-        for step, req, resp in zip(steps, reqs, answers):
-            if not 200 <= resp.status_code < 300:
-                raise errors.PipelineError(
-                    f"Stream {self.path}: GET {resp.request.url} answered {resp.status_code} "
-                    f"{resp.reason_phrase}" + (f" after {self.attempts} attempts" if resp.status_code >= 500
-                                               or resp.status_code == 429 else "")
-                    + f": {resp._redacted_excerpt(300)}")
-            pages.append(self._parse(step, resp, wanted))
-        return pages
+        pages: List[Optional[Page]] = [None] * len(steps)
+        todo = list(range(len(steps)))
+        for attempt in range(1, self.attempts + 1):
+            answers = send_with_retry(self.client, [reqs[i] for i in todo], counters, self.attempts, concurrency)
+            damaged = []
+            for i, resp in zip(todo, answers):
+                if not 200 <= resp.status_code < 300:
+                    raise errors.PipelineError(
+                        f"Stream {self.path}: GET {resp.request.url} answered {resp.status_code} "
+                        f"{resp.reason_phrase}" + (f" after {self.attempts} attempts" if resp.status_code >= 500
+                                                   or resp.status_code == 429 else "")
+                        + f": {resp._redacted_excerpt(300)}")
+                try:
+                    pages[i] = self._parse(steps[i], resp, wanted)
+                except _MalformedPage:
+                    # A body damaged on the way (a gateway or proxy cutting it) is fetched again,
+                    # like a 5xx; only a page that stays malformed stops the run.
+                    if attempt == self.attempts:
+                        raise
+                    damaged.append(i)
+            if not damaged:
+                break
+            counters.retries += len(damaged)
+            todo = damaged
+        return pages  # type: ignore[return-value]
 
     def _parse(self, step: Step, resp: Any, wanted: List[str]) -> Page:
         if self.parser == "core" and resp._content is None:
@@ -361,7 +379,8 @@ class Stream:
             status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
         where = f"GET {resp.request.url}"
         if status.startswith("invalid:"):
-            raise errors.PipelineError(f"Stream {self.path}: {where} returned malformed JSON: {status[8:]}")
+            raise _MalformedPage(f"Stream {self.path}: {where} returned malformed JSON "
+                                 f"{self.attempts} times: {status[8:]}")
         if status != "ok":
             shape = _describe_top(resp)
             what = "is missing" if status == "missing" else "is not an array"

@@ -9,7 +9,10 @@ again: at-least-once.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+
+from isthmus import errors
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
@@ -61,13 +64,24 @@ class StateStore:
 
     def __init__(self, path: str):
         self.path = str(path)
-        # isolation_level=None: transactions are explicit, one per checkpoint.
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a process crash (only a power loss can drop the last commit).
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
+        # SQLite would take an empty file for a new database and start over from scratch:
+        # a truncated state file must stop the run instead of silently forgetting checkpoints.
+        if os.path.exists(self.path) and os.path.getsize(self.path) == 0:
+            raise errors.StateError(
+                f"state file {self.path} is empty (truncated?): it holds no checkpoint or dead letter. "
+                "Restore it from a copy, or delete it to start again from the beginning.")
+        try:
+            # isolation_level=None: transactions are explicit, one per checkpoint.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives a process crash (only a power loss can drop the last commit).
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise errors.StateError(
+                f"state file {self.path} cannot be read ({exc}): it is damaged or not an isthmus "
+                "state file. Move it aside and restore a copy, or delete it to start again.") from None
 
     def close(self) -> None:
         self._db.close()
