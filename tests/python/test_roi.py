@@ -413,3 +413,49 @@ def test_exported_members():
 def test_import_does_not_load_matplotlib():
     code = "import sys, isthmus.roi; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# -- RunEconomics.from_run: a real pipeline run, checked against the sandboxes' own counts ----
+
+def test_from_run_matches_what_the_sandboxes_saw(tmp_path):
+    import isthmus
+
+    # A source that allows 5 requests a second, one at a time, so the run meets some 429s.
+    with isthmus.Sandbox(records=300, rate_limit=5, burst=1) as src, isthmus.Sandbox() as dst, \
+            isthmus.Client(src.url) as crm, isthmus.Client(dst.url) as ours:
+        stream = isthmus.Stream(crm, "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                params={"limit": 100})
+        pipeline = isthmus.Pipeline(stream, map=lambda r: {"id": r["id"], "email": r["email"]},
+                                    sink=isthmus.HttpSink(ours, "/v1/contacts/batch", batch_size=100),
+                                    state=str(tmp_path / "state.db"))
+        run = pipeline.run()
+        sent = src.stats()["requests"]["total"] + dst.stats()["requests"]["total"]
+        refused = src.stats()["rate_limited"] + dst.stats()["rate_limited"]
+        landed = dst.stats()["records_received"]["contacts"]["unique"]
+
+    econ = RunEconomics.from_run(run, cost_per_request=0.002, cost_per_hour=3.6, quota=10_000)
+    summary = run.summary()
+    assert econ.records_written == landed == 300
+    assert econ.requests == sent                      # source pages + sink batches, retries included
+    assert econ.responses_429 == refused
+    assert refused >= 1                               # burst 1 at 5/s: the second page is refused
+    assert econ.duration_seconds == pytest.approx(summary["duration_s"])
+    assert econ.requests_per_1000_records == pytest.approx(sent / 300 * 1000)
+    assert econ.responses_429_per_1000_records == pytest.approx(refused / 300 * 1000)
+    assert econ.quota_used == pytest.approx(sent / 10_000)
+    # $0.002 a call, $3.60 an hour = $0.001 a second
+    expected = sent * 0.002 + summary["duration_s"] * 0.001
+    assert econ.cost == pytest.approx(expected)
+    assert econ.cost_per_1000_records == pytest.approx(expected / 300 * 1000)
+    assert econ.wait_seconds == 0                     # a summary does not record limiter waits yet
+    assert RunEconomics.from_run(run, wait_seconds=0.5).waiting_share == pytest.approx(
+        0.5 / summary["duration_s"])
+
+    case = IntegrationCase("CRM sync", contract_value=96_000, people=2, weeks=2.5,
+                           run=econ, records_per_year=1_000_000)
+    assert case.running_cost_per_year == pytest.approx(econ.cost_per_1000_records * 1_000)
+
+
+def test_from_run_refuses_what_is_not_a_run():
+    with pytest.raises(ValueError, match="run: expected a finished isthmus.Run"):
+        RunEconomics.from_run({"written": 10})

@@ -4,10 +4,10 @@
 with: dollars, API calls and 429s per 1,000 records, the share of the API quota used and the
 share of the run spent waiting on rate limits.
 
-`isthmus.Pipeline` runs will feed it: `RunEconomics.from_summary(run.summary())`. Until
-pipelines exist, build it from plain numbers, or from any dict with the summary keys below.
-An `IntegrationCase` takes it (with `records_per_year`) to price its running cost from
-measurements instead of guesses.
+A finished `isthmus.Pipeline` run feeds it: `RunEconomics.from_run(run, cost_per_request=...)`.
+It can also be built from plain numbers, or from any dict with the summary keys below
+(`from_summary`). An `IntegrationCase` takes it (with `records_per_year`) to price its running
+cost from measurements instead of guesses.
 """
 
 from __future__ import annotations
@@ -96,6 +96,38 @@ class RunEconomics:
                              f"expected {', '.join(SUMMARY_KEYS)}")
         return cls(**{k: summary[k] for k in SUMMARY_KEYS}, quota=summary.get("quota"),
                    cost_per_request=cost_per_request, cost_per_hour=cost_per_hour)
+
+    @classmethod
+    def from_run(cls, run: Any, *, cost_per_request: float = 0.0, cost_per_hour: float = 0.0,
+                 quota: Optional[float] = None,
+                 wait_seconds: Optional[float] = None) -> "RunEconomics":
+        """Build from a finished `isthmus.Run` (what `pipeline.run()` returns).
+
+        Reads `run.summary()`: ``written`` -> records_written, ``requests`` (every HTTP
+        request the run sent, source pages and sink batches, retries included) -> requests,
+        ``status_429`` -> responses_429, ``duration_s`` -> duration_seconds. A run summary
+        does not (yet) record time spent waiting on rate limits; pass ``wait_seconds`` if you
+        measured it (for example from ``client.limits_snapshot()``), otherwise it is 0 (or the
+        summary's ``wait_seconds`` once runs report it). ``quota``: requests the API allows in
+        the period the run used, for `quota_used`.
+
+        A run that wrote nothing has no per-record rates: ValueError.
+        """
+        summary_of = getattr(run, "summary", None)
+        if not callable(summary_of):
+            raise ValueError(f"run: expected a finished isthmus.Run, got {type(run).__name__}")
+        s = summary_of()
+        if s.get("status") not in (None, "completed"):
+            raise ValueError(f"run: status is {s.get('status')!r}; expected a completed run")
+        if s.get("written", 0) <= 0:
+            raise ValueError(f"run: wrote no records (read {s.get('read', 0)}); "
+                             "per-record rates need records_written > 0")
+        duration = float(s.get("duration_s") or 0.0)
+        wait = s.get("wait_seconds", 0.0) if wait_seconds is None else wait_seconds
+        return cls(records_written=s["written"], requests=s.get("requests", 0),
+                   responses_429=s.get("status_429", 0), wait_seconds=wait,
+                   duration_seconds=duration, cost_per_request=cost_per_request,
+                   cost_per_hour=cost_per_hour, quota=quota)
 
     @property
     def cost(self) -> float:
