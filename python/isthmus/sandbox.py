@@ -18,6 +18,7 @@ import math
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from isthmus import _core
+from isthmus.errors import ConfigError
 
 __all__ = ["Sandbox", "SANDBOX_OPTIONS"]
 
@@ -96,7 +97,7 @@ SANDBOX_OPTIONS: Dict[str, Tuple[Any, Callable[[Any], bool], str]] = {
 
 def _check(field: str, value: Any, ok: Callable[[Any], bool], valid: str) -> None:
     if not ok(value):
-        raise ValueError(f"sandbox option {field}={value!r} is invalid: expected {valid}")
+        raise ConfigError(f"sandbox option {field}={value!r} is invalid: expected {valid}")
 
 
 def validate_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -104,7 +105,7 @@ def validate_options(options: Dict[str, Any]) -> Dict[str, Any]:
     config: Dict[str, Any] = {}
     for field, value in options.items():
         if field not in SANDBOX_OPTIONS:
-            raise ValueError(f"sandbox option {field}={value!r} is invalid: expected one of "
+            raise ConfigError(f"sandbox option {field}={value!r} is invalid: expected one of "
                              + ", ".join(sorted(SANDBOX_OPTIONS)))
         _default, ok, valid = SANDBOX_OPTIONS[field]
         _check(field, value, ok, valid)
@@ -114,7 +115,7 @@ def validate_options(options: Dict[str, Any]) -> Dict[str, Any]:
     if "default_page_size" not in options:
         config["default_page_size"] = min(config["default_page_size"], config["max_page_size"])
     if config["default_page_size"] > config["max_page_size"]:
-        raise ValueError(f"sandbox option default_page_size={config['default_page_size']!r} is invalid: "
+        raise ConfigError(f"sandbox option default_page_size={config['default_page_size']!r} is invalid: "
                          f"expected at most max_page_size={config['max_page_size']}")
     return config
 
