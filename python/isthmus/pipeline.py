@@ -543,7 +543,20 @@ class _Progress:
 # -- the run ---------------------------------------------------------------------------------
 
 _COUNT_NAMES = ["read", "written", "dead_lettered", "dropped", "skipped", "requests", "status_429",
-                "retries", "bytes_in", "bytes_out"]
+                "retries", "bytes_in", "bytes_out", "wait_seconds"]
+
+
+def _limiter_wait_seconds(*clients: Any) -> float:
+    """Seconds the clients' limiters have held calls back so far (a limiter shared by several
+    clients counts once)."""
+    seen, total = set(), 0.0
+    for client in clients:
+        limiter = getattr(client, "limiter", None)
+        if limiter is None or id(limiter) in seen:
+            continue
+        seen.add(id(limiter))
+        total += sum(v.get("wait_seconds", 0.0) for v in limiter.snapshot().values())
+    return total
 
 
 class Run:
@@ -594,6 +607,7 @@ class Run:
                 ("dead-lettered", f"{s['dead_lettered']:,}"), ("dropped", f"{s['dropped']:,}"),
                 ("skipped (incremental)", f"{s['skipped']:,}"), ("requests", f"{s['requests']:,}"),
                 ("429s", f"{s['status_429']:,}"), ("retries", f"{s['retries']:,}"),
+                ("waiting on limits and retries", f"{s['wait_seconds']:,.2f} s"),
                 ("bytes in / out", f"{s['bytes_in']:,} / {s['bytes_out']:,}"),
                 ("duration", f"{s['duration_s']:.2f} s"),
                 ("records/s", f"{s['records_per_s'] or 0:,.0f}"),
@@ -698,6 +712,8 @@ class Pipeline:
         state = self.store.load(self.name)
         run = Run(self, self.store.begin_run(self.name))
         counters = Counters()
+        clients = (getattr(self.source, "client", None), getattr(self.sink, "client", None))
+        limiter_waits = _limiter_wait_seconds(*clients)
         self.sink.open(counters)
         bar = _Progress(progress, self.name)
         src = self.source
@@ -791,6 +807,9 @@ class Pipeline:
             run.duration = time.monotonic() - started
             for k in ("requests", "status_429", "retries", "bytes_in", "bytes_out"):
                 run.counts[k] = getattr(counters, k)
+            # Time calls spent held back: by the clients' rate limiters, and backing off to retry.
+            run.counts["wait_seconds"] = round(
+                counters.wait_seconds + _limiter_wait_seconds(*clients) - limiter_waits, 3)
             self.sink.close()
             bar.update(run.counts["read"], total, final=True)
             self.store.finish_run(run.id, run.status, run.summary(), run.error)

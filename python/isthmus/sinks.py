@@ -27,10 +27,11 @@ Rejection = Dict[str, Any]  # index, error, http_status, response_excerpt, attem
 class Counters:
     """What a run reports about the network: requests, 429s, retries, bytes."""
 
-    __slots__ = ("requests", "status_429", "retries", "bytes_in", "bytes_out")
+    __slots__ = ("requests", "status_429", "retries", "bytes_in", "bytes_out", "wait_seconds")
 
     def __init__(self) -> None:
         self.requests = self.status_429 = self.retries = self.bytes_in = self.bytes_out = 0
+        self.wait_seconds = 0.0  # backing off between attempts (limiter waits are added by the run)
 
 
 _RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -81,7 +82,9 @@ def send_with_retry(client: Any, requests: Sequence[Any], counters: Counters, at
             break
         counters.retries += len(again)
         # Exponential backoff with jitter, or longer when the server said so.
-        time.sleep(max(wait, backoff * (2 ** (attempt - 1)) * (0.5 + random.random())))
+        pause = max(wait, backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
+        counters.wait_seconds += pause
+        time.sleep(pause)
         pending = again
     for r in results:
         if isinstance(r, Exception):

@@ -284,3 +284,18 @@ def test_bad_configuration_names_the_field():
         isthmus.HttpSink(None, "/x", batch_size=0)
     with pytest.raises(isthmus.ConfigError, match="paginator"):
         isthmus.Stream(None, "/x", paginator="cursor")
+
+
+def test_run_reports_time_held_back_by_the_rate_limiter(tmp_path):
+    # 41 pages at 20 a second with a burst of 1: about two seconds of calls held back.
+    with isthmus.Sandbox(records=400, pagination="offset") as src, \
+            isthmus.Client(src.url, rate_limit=isthmus.RateLimit(20, burst=1)) as client:
+        stream = isthmus.Stream(client, "/v1/contacts",
+                                paginator=isthmus.OffsetPaginator(limit=10, total="meta.total", window=4))
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda records: None),
+                               state=str(tmp_path / "s.db")).run()
+        held = sum(v["wait_seconds"] for v in client.limits_snapshot().values())
+    summary = run.summary()
+    assert summary["read"] == 400
+    assert summary["wait_seconds"] == pytest.approx(held, abs=0.01)
+    assert summary["wait_seconds"] >= 1.0

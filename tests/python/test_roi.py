@@ -447,7 +447,9 @@ def test_from_run_matches_what_the_sandboxes_saw(tmp_path):
     expected = sent * 0.002 + summary["duration_s"] * 0.001
     assert econ.cost == pytest.approx(expected)
     assert econ.cost_per_1000_records == pytest.approx(expected / 300 * 1000)
-    assert econ.wait_seconds == 0                     # a summary does not record limiter waits yet
+    # Each 429 carried Retry-After: 1, and the run waited at least that long before retrying.
+    assert summary["wait_seconds"] >= refused * 1.0
+    assert econ.wait_seconds == pytest.approx(min(summary["wait_seconds"], summary["duration_s"]))
     assert RunEconomics.from_run(run, wait_seconds=0.5).waiting_share == pytest.approx(
         0.5 / summary["duration_s"])
 

@@ -105,11 +105,10 @@ class RunEconomics:
 
         Reads `run.summary()`: ``written`` -> records_written, ``requests`` (every HTTP
         request the run sent, source pages and sink batches, retries included) -> requests,
-        ``status_429`` -> responses_429, ``duration_s`` -> duration_seconds. A run summary
-        does not (yet) record time spent waiting on rate limits; pass ``wait_seconds`` if you
-        measured it (for example from ``client.limits_snapshot()``), otherwise it is 0 (or the
-        summary's ``wait_seconds`` once runs report it). ``quota``: requests the API allows in
-        the period the run used, for `quota_used`.
+        ``status_429`` -> responses_429, ``duration_s`` -> duration_seconds, ``wait_seconds``
+        (time calls were held back by the clients' rate limiters or backing off to retry,
+        at most the run's duration) -> wait_seconds; pass ``wait_seconds`` to override it.
+        ``quota``: requests the API allows in the period the run used, for `quota_used`.
 
         A run that wrote nothing has no per-record rates: ValueError.
         """
@@ -124,6 +123,9 @@ class RunEconomics:
                              "per-record rates need records_written > 0")
         duration = float(s.get("duration_s") or 0.0)
         wait = s.get("wait_seconds", 0.0) if wait_seconds is None else wait_seconds
+        # A run's wait_seconds sums every call's time held back; with calls in parallel that can
+        # exceed the wall-clock duration, and the run cannot have waited longer than it lasted.
+        wait = min(wait, duration)
         return cls(records_written=s["written"], requests=s.get("requests", 0),
                    responses_429=s.get("status_429", 0), wait_seconds=wait,
                    duration_seconds=duration, cost_per_request=cost_per_request,
