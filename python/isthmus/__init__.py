@@ -2,164 +2,38 @@
 
 A C++ core does the fast, careful parts of talking to other products' APIs; this package is
 its Python face. Start with ``isthmus.Client`` and ``isthmus.Sandbox``.
+
+The public surface is each area module's ``__all__``, re-exported here in one place.
 """
 
 import atexit as _atexit
 
 from isthmus import _core
-from isthmus.auth import (
-    ApiKey,
-    Auth,
-    AwsSigV4,
-    BasicAuth,
-    BearerToken,
-    HmacSigner,
-    JWTBearer,
-    OAuth2AuthorizationCode,
-    OAuth2ClientCredentials,
-    OAuth2RefreshToken,
-    TokenStore,
-    verify_webhook,
-)
-from isthmus.errors import (
-    AuthError,
-    BodyTooLarge,
-    CircuitOpen,
-    Cancelled,
-    ClientClosed,
-    ClientError,
-    ConfigError,
-    ConnectError,
-    DecodingError,
-    HTTPStatusError,
-    InvalidHeader,
-    InvalidURL,
-    IsthmusError,
-    JSONDecodeError,
-    LimitError,
-    ProtocolError,
-    QuotaExhausted,
-    RateLimited,
-    ReadError,
-    RequestError,
-    ResolveError,
-    PipelineError,
-    ReconciliationError,
-    RetryDeadlineExceeded,
-    ServerError,
-    StateError,
-    Throttled,
-    TimeoutError,
-    TLSError,
-    TokenError,
-    TokenStoreError,
-    TooManyRedirects,
-    TransportError,
-    UnsupportedScheme,
-    WebhookVerificationError,
-)
-from isthmus.http import AsyncClient, Client, Headers, Request, Response
-from isthmus.pipeline import (
-    CursorPaginator,
-    Incremental,
-    LinkHeaderPaginator,
-    NextUrlPaginator,
-    OffsetPaginator,
-    PageNumberPaginator,
-    Paginator,
-    Pipeline,
-    Run,
-    Stream,
-)
-from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
+from isthmus import auth as _auth
+from isthmus import errors as _errors
+from isthmus import http as _http
+from isthmus import limits as _limits
+from isthmus import pipeline as _pipeline
+from isthmus import sinks as _sinks
+from isthmus.auth import *  # noqa: F401,F403
+from isthmus.errors import *  # noqa: F401,F403
+from isthmus.http import *  # noqa: F401,F403
+from isthmus.limits import *  # noqa: F401,F403
+from isthmus.pipeline import *  # noqa: F401,F403
 from isthmus.sandbox import Sandbox
-from isthmus.sinks import CallableSink, HttpSink, JsonlSink, Sink, SqliteSink
+from isthmus.sinks import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
-    # HTTP
-    "Client",
-    "AsyncClient",
-    "Request",
-    "Response",
-    "Headers",
-    # sandbox
     "Sandbox",
-    # pipeline
-    "Stream",
-    "Paginator",
-    "CursorPaginator",
-    "OffsetPaginator",
-    "PageNumberPaginator",
-    "LinkHeaderPaginator",
-    "NextUrlPaginator",
-    "Incremental",
-    "Pipeline",
-    "Run",
-    "Sink",
-    "HttpSink",
-    "JsonlSink",
-    "SqliteSink",
-    "CallableSink",
-    # auth
-    "Auth",
-    "ApiKey",
-    "BasicAuth",
-    "BearerToken",
-    "OAuth2ClientCredentials",
-    "OAuth2RefreshToken",
-    "OAuth2AuthorizationCode",
-    "JWTBearer",
-    "HmacSigner",
-    "AwsSigV4",
-    "TokenStore",
-    "verify_webhook",
-    # limits and retries
-    "RateLimit",
-    "Quota",
-    "Concurrency",
-    "Adaptive",
-    "Limits",
-    "Limiter",
-    "Retry",
-    # errors
-    "IsthmusError",
-    "ConfigError",
-    "RequestError",
-    "InvalidURL",
-    "UnsupportedScheme",
-    "InvalidHeader",
-    "TransportError",
-    "ConnectError",
-    "ResolveError",
-    "TLSError",
-    "ReadError",
-    "ProtocolError",
-    "BodyTooLarge",
-    "TimeoutError",
-    "TooManyRedirects",
-    "DecodingError",
-    "JSONDecodeError",
-    "ClientClosed",
-    "Cancelled",
-    "HTTPStatusError",
-    "ClientError",
-    "AuthError",
-    "RateLimited",
-    "ServerError",
-    "PipelineError",
-    "ReconciliationError",
-    "StateError",
-    "TokenError",
-    "TokenStoreError",
-    "WebhookVerificationError",
-    "LimitError",
-    "QuotaExhausted",
-    "Throttled",
-    "CircuitOpen",
-    "RetryDeadlineExceeded",
+    *_http.__all__,
+    *_pipeline.__all__,
+    *_sinks.__all__,
+    *_auth.__all__,
+    *_limits.__all__,
+    *_errors.__all__,
 ]
 
 _atexit.register(_core.shutdown)
