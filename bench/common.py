@@ -254,6 +254,25 @@ def nginx_version() -> str | None:
     return (out.stderr or out.stdout).strip().split("/")[-1] or None
 
 
+def wrk_version() -> str | None:
+    exe = shutil.which("wrk")
+    if not exe:
+        return None
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
+    first = (out.stdout or out.stderr).splitlines()
+    return first[0].split("[")[0].replace("wrk", "").strip() if first else None
+
+
+def run_main(main: Any, stopped: str) -> None:
+    """Run a benchmark's main() as a script: its return value is the exit status, and Ctrl-C
+    exits 130 after saying what was stopped (the atexit hooks stop the servers)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {stopped} stopped", file=sys.stderr)
+        sys.exit(130)
+
+
 # ---------------------------------------------------------------------------------------------
 # Measured client runs
 

@@ -241,7 +241,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     machine = common.machine_info()
-    machine.update(nginx=common.nginx_version(), wrk=_wrk_version())
+    machine.update(nginx=common.nginx_version(), wrk=common.wrk_version())
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -296,18 +296,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _wrk_version() -> str | None:
-    exe = shutil.which("wrk")
-    if not exe:
-        return None
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    first = (out.stdout or out.stderr).splitlines()
-    return first[0].split("[")[0].replace("wrk", "").strip() if first else None
-
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers and clients stopped", file=sys.stderr)
-        sys.exit(130)
+    common.run_main(main, "servers and clients")

@@ -199,7 +199,7 @@ def verdict(path: str, rows: dict[str, dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     machine = common.machine_info()
-    machine.update(nginx=common.nginx_version(), wrk=_wrk_version())
+    machine.update(nginx=common.nginx_version(), wrk=common.wrk_version())
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -288,18 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def _wrk_version() -> str | None:
-    exe = shutil.which("wrk")
-    if not exe:
-        return None
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True)
-    first = (out.stdout or out.stderr).splitlines()
-    return first[0].split("[")[0].replace("wrk", "").strip() if first else None
-
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers and wrk stopped", file=sys.stderr)
-        sys.exit(130)
+    common.run_main(main, "servers and wrk")
