@@ -96,6 +96,16 @@ http::Request make_request(const std::string& method, const std::string& url,
   return r;
 }
 
+// The `sign` method of a request signer, for tests against reference signers: returns the
+// headers it set and the canonical string it signed.
+template <class Signer>
+py::tuple sign_request(const Signer& s, const std::string& method, const std::string& url,
+                       const http::Headers& headers, const py::bytes& body, std::int64_t timestamp) {
+  auto r = make_request(method, url, headers, body);
+  std::string canonical = s.sign(r, timestamp);
+  return py::make_tuple(r.headers, py::bytes(canonical));
+}
+
 // A signer of fresh RFC 7523 assertions, shared by Python (to inspect one) and OAuth2.
 struct JwtAssertion {
   std::function<std::string()> make;
@@ -135,7 +145,6 @@ void bind_auth(py::module_& m) {
   py::class_<auth::BearerToken, Credential, std::shared_ptr<auth::BearerToken>>(m, "BearerToken")
       .def(py::init<std::string>(), py::arg("token"));
 
-  auto headers_of = [](const http::Request& r) { return r.headers; };
 
   py::class_<auth::HmacSigner, Credential, std::shared_ptr<auth::HmacSigner>>(m, "HmacSigner")
       .def(py::init([](py::bytes key, const std::string& algorithm, std::string canonical,
@@ -155,13 +164,7 @@ void bind_auth(py::module_& m) {
            py::arg("key"), py::arg("algorithm"), py::arg("canonical"), py::arg("header"),
            py::arg("prefix"), py::arg("base64"), py::arg("timestamp_header"),
            py::arg("nonce_header"))
-      .def("sign",
-           [headers_of](const auth::HmacSigner& s, const std::string& method, const std::string& url,
-                        const http::Headers& headers, const py::bytes& body, std::int64_t timestamp) {
-             auto r = make_request(method, url, headers, body);
-             std::string canonical = s.sign(r, timestamp);
-             return py::make_tuple(headers_of(r), py::bytes(canonical));
-           },
+      .def("sign", &sign_request<auth::HmacSigner>,
            py::arg("method"), py::arg("url"), py::arg("headers"), py::arg("body"),
            py::arg("timestamp"));
 
@@ -174,13 +177,7 @@ void bind_auth(py::module_& m) {
            }),
            py::arg("access_key"), py::arg("secret_key"), py::arg("region"), py::arg("service"),
            py::arg("session_token"))
-      .def("sign",
-           [headers_of](const auth::AwsSigV4& s, const std::string& method, const std::string& url,
-                        const http::Headers& headers, const py::bytes& body, std::int64_t timestamp) {
-             auto r = make_request(method, url, headers, body);
-             std::string canonical = s.sign(r, timestamp);
-             return py::make_tuple(headers_of(r), py::bytes(canonical));
-           },
+      .def("sign", &sign_request<auth::AwsSigV4>,
            py::arg("method"), py::arg("url"), py::arg("headers"), py::arg("body"),
            py::arg("timestamp"));
 
