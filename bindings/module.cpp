@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   bind_sandbox(m);
   bind_pipeline(m);
   bind_limits(m);
+  bind_json(m);
 }

@@ -7,7 +7,7 @@ set -euo pipefail
 
 packages=(g++ make cmake ninja-build pkg-config git
           libboost-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libbrotli-dev
-          nlohmann-json3-dev libsqlite3-dev libgtest-dev libgmock-dev python3-venv
+          nlohmann-json3-dev libsimdjson-dev libsqlite3-dev libgtest-dev libgmock-dev python3-venv
           openssl nginx-light)
 if [ "${1:-}" = bench ]; then
   packages+=(wrk libbenchmark-dev)

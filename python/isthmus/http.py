@@ -406,7 +406,7 @@ class _ClientBase:
         if json is not None and data is not None:
             raise errors.ConfigError("json and data: give one body, not both")
         if json is not None:
-            content = _json.dumps(json, separators=(",", ":"), ensure_ascii=False).encode()
+            content = _core.json_dumps(json)
             if "content-type" not in merged:
                 merged["Content-Type"] = "application/json"
         elif isinstance(data, Mapping):

@@ -280,7 +280,7 @@ class Stream:
     def __init__(self, client: Any, path: str, *, records: str = "data", paginator: Optional[Paginator] = None,
                  params: Optional[Dict[str, Any]] = None, incremental: Optional[Incremental] = None,
                  partitions: Optional[List[Dict[str, Any]]] = None, key: str = "id",
-                 attempts: int = 6, parser: str = "python", name: Optional[str] = None):
+                 attempts: int = 6, parser: str = "core", name: Optional[str] = None):
         if paginator is not None and not isinstance(paginator, Paginator):
             raise errors.ConfigError(f"paginator: {paginator!r} is not an isthmus.Paginator")
         if parser not in ("core", "python"):
@@ -375,6 +375,10 @@ class Stream:
     def _parse(self, step: Step, resp: Any, wanted: List[str]) -> Page:
         if self.parser == "core" and resp._content is None:
             status, records, values = _core.parse_page(resp._raw, self.records_path, wanted)
+            if status.startswith("invalid:"):
+                # Python's parser names the line and column, and reads the rare page the core
+                # refuses but JSON allows (an integer wider than 64 bits).
+                status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
         else:
             status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
         where = f"GET {resp.request.url}"

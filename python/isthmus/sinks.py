@@ -9,7 +9,6 @@ checkpoint past those records, and a rerun sends them again.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 import sqlite3
@@ -17,7 +16,7 @@ import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from isthmus import errors
+from isthmus import _core, errors
 
 __all__ = ["Sink", "HttpSink", "JsonlSink", "SqliteSink", "CallableSink"]
 
@@ -192,25 +191,15 @@ class JsonlSink(Sink):
 
     def open(self, counters: Counters) -> None:
         super().open(counters)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._f = open(self.path, "ab")
 
     def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
-        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        rejected: List[Rejection] = []
-        try:
-            text = "\n".join(map(dumps, records))
-        except (TypeError, ValueError):
-            lines = []
-            for i, r in enumerate(records):
-                try:
-                    lines.append(dumps(r))
-                except (TypeError, ValueError) as exc:
-                    rejected.append({"index": i, "error": f"not JSON-serializable: {exc}", "attempts": 1})
-            text = "\n".join(lines)
+        # The core writes every record in one pass and leaves out (and names) what it cannot.
+        text, left_out = _core.json_lines(records)
         if text:
-            self._f.write(text + "\n")
-            self.counters.bytes_out += len(text) + 1
-        return rejected
+            self._f.write(text)
+            self.counters.bytes_out += len(text)
+        return [{"index": i, "error": reason, "attempts": 1} for i, reason in left_out]
 
     def flush(self) -> None:
         if self._f is not None:
@@ -245,9 +234,9 @@ class SqliteSink(Sink):
         for i, (r, k) in enumerate(zip(records, keys)):
             key = r.get(self.key, k) if isinstance(r, dict) else k
             try:
-                rows.append((str(key), json.dumps(r, ensure_ascii=False)))
-            except (TypeError, ValueError) as exc:
-                rejected.append({"index": i, "error": f"not JSON-serializable: {exc}", "attempts": 1})
+                rows.append((str(key), _core.json_dumps(r).decode()))
+            except TypeError as exc:
+                rejected.append({"index": i, "error": str(exc), "attempts": 1})
         self._db.execute("BEGIN")
         try:
             self._db.executemany(
