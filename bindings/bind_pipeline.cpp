@@ -8,6 +8,7 @@
 
 #include "bindings.hpp"
 #include "isthmus/http/message.hpp"
+#include "isthmus/pipeline/cast.hpp"
 #include "isthmus/pipeline/page.hpp"
 #include "isthmus/pipeline/watermark.hpp"
 
@@ -172,11 +173,204 @@ py::tuple parse_page(const py::object& body, const std::string& records_path,
   return py::make_tuple("ok", builder.take(), field_values);
 }
 
+// The declarative field mapping (isthmus.FieldMap), run over Python records without calling
+// Python per record: each rule reads a source path, casts, and writes a target path.
+class FieldMapper {
+ public:
+  // rules: (target steps, source steps or None, cast name, required, default), validated by
+  // isthmus.FieldMap, which also words the errors a user sees.
+  explicit FieldMapper(const py::list& rules) {
+    for (const auto& item : rules) {
+      auto t = item.cast<py::tuple>();
+      Rule r;
+      for (const auto& step : t[0].cast<py::list>()) r.target.push_back(interned(step.cast<std::string>()));
+      r.target_text = dotted(t[0].cast<py::list>());
+      if (!t[1].is_none()) {
+        r.has_source = true;
+        r.source_text = dotted(t[1].cast<py::list>());
+        for (const auto& step : t[1].cast<py::list>()) {
+          const auto text = step.cast<std::string>();
+          Step st{interned(text), -1};
+          if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos && text.size() < 10)
+            st.index = std::stol(text);
+          r.source.push_back(std::move(st));
+        }
+      }
+      const auto name = t[2].cast<std::string>();
+      auto cast = name == "none" ? std::optional<pipeline::Cast>(pipeline::Cast::none) : pipeline::cast_from_name(name);
+      if (!cast) throw py::value_error("FieldMap: unknown cast " + name);
+      r.cast = *cast;
+      r.required = t[3].cast<bool>();
+      r.fallback = py::reinterpret_borrow<py::object>(t[4]);
+      rules_.push_back(std::move(r));
+    }
+  }
+
+  // (mapped records, [(index, reason), ...]) for the records that failed a rule.
+  py::tuple apply(const py::list& records) const {
+    const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+    py::list mapped;
+    py::list failed;
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      std::string why;
+      py::object out = one(PyList_GET_ITEM(records.ptr(), i), why);
+      if (out) {
+        mapped.append(out);
+      } else {
+        failed.append(py::make_tuple(i, why));
+      }
+    }
+    return py::make_tuple(mapped, failed);
+  }
+
+ private:
+  struct Step {
+    py::object key;  // the step as an interned str
+    long index;      // the step as a list index, or -1
+  };
+  struct Rule {
+    std::vector<py::object> target;
+    std::string target_text, source_text;
+    bool has_source = false;
+    std::vector<Step> source;
+    pipeline::Cast cast = pipeline::Cast::none;
+    bool required = false;
+    py::object fallback;
+  };
+
+  static py::object interned(const std::string& text) {
+    PyObject* s = PyUnicode_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
+    if (!s) throw py::error_already_set();
+    PyUnicode_InternInPlace(&s);
+    return py::reinterpret_steal<py::object>(s);
+  }
+
+  static std::string dotted(const py::list& steps) {
+    std::string out;
+    for (const auto& s : steps) out += (out.empty() ? "" : ".") + s.cast<std::string>();
+    return out;
+  }
+
+  // The value at the rule's source path (borrowed), or nullptr when a step is absent.
+  static PyObject* lookup(PyObject* record, const std::vector<Step>& path) {
+    PyObject* at = record;
+    for (const auto& step : path) {
+      if (PyDict_Check(at)) {
+        at = PyDict_GetItemWithError(at, step.key.ptr());
+        if (!at) {
+          if (PyErr_Occurred()) throw py::error_already_set();
+          return nullptr;
+        }
+      } else if (PyList_Check(at) && step.index >= 0) {
+        if (step.index >= PyList_GET_SIZE(at)) return nullptr;
+        at = PyList_GET_ITEM(at, step.index);
+      } else {
+        return nullptr;
+      }
+    }
+    return at;
+  }
+
+  static std::optional<pipeline::Scalar> to_scalar(PyObject* v) {
+    if (v == Py_None) return pipeline::Scalar{};
+    if (PyBool_Check(v)) return pipeline::Scalar{v == Py_True};
+    if (PyLong_Check(v)) {
+      int overflow = 0;
+      const long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+      if (overflow) return pipeline::Scalar{py::str(v).cast<std::string>()};
+      return pipeline::Scalar{static_cast<std::int64_t>(x)};
+    }
+    if (PyFloat_Check(v)) return pipeline::Scalar{PyFloat_AS_DOUBLE(v)};
+    if (PyUnicode_Check(v)) {
+      Py_ssize_t n = 0;
+      const char* p = PyUnicode_AsUTF8AndSize(v, &n);
+      if (!p) throw py::error_already_set();
+      return pipeline::Scalar{std::string(p, static_cast<std::size_t>(n))};
+    }
+    return std::nullopt;
+  }
+
+  static py::object from_scalar(const pipeline::Scalar& v) {
+    if (std::holds_alternative<std::monostate>(v)) return py::none();
+    if (auto* b = std::get_if<bool>(&v)) return py::bool_(*b);
+    if (auto* i = std::get_if<std::int64_t>(&v)) return py::int_(*i);
+    if (auto* d = std::get_if<double>(&v)) return py::float_(*d);
+    const auto& s = std::get<std::string>(v);
+    return py::reinterpret_steal<py::object>(
+        PyUnicode_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size())));
+  }
+
+  // The rule's value for one record; a null object and `why` when the record fails it.
+  static py::object value(const Rule& r, PyObject* record, std::string& why) {
+    PyObject* found = r.has_source ? lookup(record, r.source) : nullptr;
+    if (!found || found == Py_None) {
+      if (r.required && r.has_source) {
+        why = "field '" + r.target_text + "': '" + r.source_text + "' is " + (found ? "null" : "missing") +
+              " and the field is required";
+        return py::object();
+      }
+      return r.fallback;
+    }
+    if (r.cast == pipeline::Cast::none) return py::reinterpret_borrow<py::object>(found);
+    // Already of the wanted type: the same object, no conversion.
+    if ((r.cast == pipeline::Cast::str && PyUnicode_CheckExact(found)) ||
+        (r.cast == pipeline::Cast::int64 && PyLong_CheckExact(found)) ||
+        (r.cast == pipeline::Cast::float64 && PyFloat_CheckExact(found)) ||
+        (r.cast == pipeline::Cast::boolean && PyBool_Check(found)))
+      return py::reinterpret_borrow<py::object>(found);
+    auto scalar = to_scalar(found);
+    if (!scalar) {
+      why = "field '" + r.target_text + "': '" + r.source_text + "' is a " + Py_TYPE(found)->tp_name +
+            ", which cannot be cast to " + pipeline::cast_name(r.cast);
+      return py::object();
+    }
+    std::string reason;
+    auto cast = pipeline::cast_scalar(*scalar, r.cast, reason);
+    if (!cast) {
+      why = "field '" + r.target_text + "' (from '" + r.source_text + "'): " + reason;
+      return py::object();
+    }
+    return from_scalar(*cast);
+  }
+
+  py::object one(PyObject* record, std::string& why) const {
+    if (!PyDict_Check(record)) {
+      why = std::string("the record is of type ") + Py_TYPE(record)->tp_name + ", not an object";
+      return py::object();
+    }
+    py::dict out;
+    for (const auto& r : rules_) {
+      py::object v = value(r, record, why);
+      if (!v) return py::object();
+      // Walk (and make) the nested objects of a dotted target.
+      PyObject* at = out.ptr();
+      for (std::size_t i = 0; i + 1 < r.target.size(); ++i) {
+        PyObject* next = PyDict_GetItemWithError(at, r.target[i].ptr());
+        if (!next) {
+          if (PyErr_Occurred()) throw py::error_already_set();
+          py::dict fresh;
+          if (PyDict_SetItem(at, r.target[i].ptr(), fresh.ptr()) != 0) throw py::error_already_set();
+          next = fresh.ptr();  // now owned by `at`
+        }
+        at = next;
+      }
+      if (PyDict_SetItem(at, r.target.back().ptr(), v.ptr()) != 0) throw py::error_already_set();
+    }
+    return std::move(out);
+  }
+
+  std::vector<Rule> rules_;
+};
+
 }  // namespace
 
 void bind_pipeline(py::module_& m) {
   m.def("parse_page", &parse_page, py::arg("body"), py::arg("records_path"), py::arg("fields"),
         "Parse a page: (status, records, field texts). See isthmus.pipeline.");
+
+  py::class_<FieldMapper>(m, "FieldMapper", "The core of isthmus.FieldMap.")
+      .def(py::init<const py::list&>(), py::arg("rules"))
+      .def("apply", &FieldMapper::apply, py::arg("records"));
 
   py::class_<pipeline::Watermark>(m, "Watermark",
                                   "The first unit not yet accepted, when units finish out of order.")

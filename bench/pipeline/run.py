@@ -23,7 +23,7 @@ import common  # noqa: E402
 from common import EXIT_SKIP  # noqa: E402
 
 NAME = "pipeline"
-TOOLS = ["isthmus", "aiohttp", "dlt"]
+TOOLS = ["isthmus", "isthmus-fieldmap", "aiohttp", "dlt"]
 
 
 def measure(tool: str, n: int, records: int, page: int) -> dict:

@@ -13,12 +13,14 @@ from isthmus import auth as _auth
 from isthmus import errors as _errors
 from isthmus import http as _http
 from isthmus import limits as _limits
+from isthmus import mapping as _mapping
 from isthmus import pipeline as _pipeline
 from isthmus import sinks as _sinks
 from isthmus.auth import *  # noqa: F401,F403
 from isthmus.errors import *  # noqa: F401,F403
 from isthmus.http import *  # noqa: F401,F403
 from isthmus.limits import *  # noqa: F401,F403
+from isthmus.mapping import *  # noqa: F401,F403
 from isthmus.pipeline import *  # noqa: F401,F403
 from isthmus.sandbox import Sandbox
 from isthmus.sinks import *  # noqa: F401,F403
@@ -30,6 +32,7 @@ __all__ = [
     "Sandbox",
     *_http.__all__,
     *_pipeline.__all__,
+    *_mapping.__all__,
     *_sinks.__all__,
     *_auth.__all__,
     *_limits.__all__,

@@ -11,7 +11,7 @@
       params: {limit: 100}
       paginator: {type: cursor, cursor: meta.next_cursor, param: cursor}
       incremental: {cursor_field: updated_at, param: updated_since, lookback: 60}
-    map: mapping:to_ours          # module:function; the file's folder is importable
+    map: mapping:to_ours          # module:function (the file's folder is importable), or {fields: {...}}
     sink: {type: http, base_url: http://127.0.0.1:9090, path: /v1/contacts/batch, batch_size: 100}
 
 ``${NAME}`` in a string is replaced by the environment variable NAME (secrets stay out of the
@@ -31,6 +31,7 @@ from isthmus import errors
 from isthmus.http import Client
 from isthmus.pipeline import (CursorPaginator, Incremental, LinkHeaderPaginator, NextUrlPaginator,
                               OffsetPaginator, PageNumberPaginator, Pipeline, Stream)
+from isthmus.mapping import FieldMap
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
 
 __all__ = ["load_pipeline", "pipeline_from_dict"]
@@ -128,7 +129,14 @@ def pipeline_from_dict(doc: Dict[str, Any], base: Path = Path(".")) -> Pipeline:
         sink = CallableSink(_import(sink_spec.get("function"), "sink.function", base))
     else:
         raise errors.ConfigError(f"sink.type: {kind!r} is not valid; expected one of callable, http, jsonl, sqlite")
-    fn = _import(doc["map"], "map", base) if doc.get("map") else None
+    spec = doc.get("map")
+    if isinstance(spec, dict):
+        # map: {fields: {target: source, ...}} is a FieldMap, run in the core.
+        if set(spec) != {"fields"}:
+            raise errors.ConfigError(f"map: {spec!r} is not valid; expected module:function or {{fields: {{...}}}}")
+        fn: Any = FieldMap(spec["fields"])
+    else:
+        fn = _import(spec, "map", base) if spec else None
     extra = {k: doc[k] for k in ("name", "checkpoint_every", "batch") if k in doc}
     unknown = set(doc) - {"source", "sink", "map", "state", "name", "checkpoint_every", "batch"}
     if unknown:

@@ -30,6 +30,7 @@ import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from isthmus import _core, errors
+from isthmus.mapping import FieldMap
 from isthmus.sinks import Counters, Sink, send_with_retry
 from isthmus.store import StateStore
 
@@ -626,7 +627,8 @@ class Run:
 class Pipeline:
     """``source`` -> ``map`` -> ``sink``, with state (checkpoints, dead letters, runs) in ``state``.
 
-    ``map`` is ``record -> record or None`` (None drops it), or with ``batch=True`` ``list -> list``.
+    ``map`` is ``record -> record or None`` (None drops it), or with ``batch=True`` ``list -> list``,
+    or an ``isthmus.FieldMap`` (declared fields, run in the core).
     An exception in it dead-letters the record with its traceback and the run goes on.
     """
 
@@ -653,6 +655,15 @@ class Pipeline:
         fn = self.map
         if fn is None:
             return records, keys, 0
+        if isinstance(fn, FieldMap):
+            mapped, failed = fn.apply(records)
+            if not failed:
+                return mapped, keys, 0
+            bad = {i for i, _ in failed}
+            for i, why in failed:
+                dead.append({"record_key": keys[i], "stage": "map", "record": records[i], "error": why,
+                             "traceback": None})
+            return mapped, [k for i, k in enumerate(keys) if i not in bad], 0
         if self.batch:
             try:
                 result = fn(list(records))

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "runtime/civil_time.hpp"
+
 namespace isthmus::limits {
 namespace {
 
@@ -40,15 +42,6 @@ int month_index(std::string_view m) {
   return 0;
 }
 
-// Days since 1970-01-01 of a proleptic Gregorian date (eras of 400 years keep it exact).
-std::int64_t days_since_epoch(std::int64_t y, unsigned m, unsigned d) {
-  y -= m <= 2;
-  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
-  const auto year_of_era = static_cast<unsigned>(y - era * 400);
-  const unsigned day_of_year = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
-  const unsigned day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-  return era * 146097 + static_cast<std::int64_t>(day_of_era) - 719468;
-}
 
 bool all_digits(std::string_view s) {
   if (s.empty()) return false;
@@ -148,7 +141,7 @@ std::optional<double> parse_http_date(std::string_view value) {
   if (numbers[1].size() == 2) year += year < 70 ? 2000 : 1900;  // RFC 850's two-digit years
   else if (numbers[1].size() != 4) return std::nullopt;
   if (day < 1 || day > 31 || hour > 23 || minute > 59 || second > 60) return std::nullopt;
-  const auto days = days_since_epoch(year, static_cast<unsigned>(month), static_cast<unsigned>(day));
+  const auto days = civil::days_from_date(year, static_cast<unsigned>(month), static_cast<unsigned>(day));
   return static_cast<double>(days) * 86400.0 + hour * 3600.0 + minute * 60.0 + second;
 }
 

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <ctime>
 
+#include "runtime/civil_time.hpp"
+
 namespace isthmus::sandbox {
 namespace {
 
@@ -130,19 +132,11 @@ std::string format_time(std::uint64_t unix_ms) {
 }
 
 void append_time(std::string& out, std::uint64_t unix_ms) {
-  // Days to civil date (Howard Hinnant's algorithm), without gmtime_r or printf: this runs
-  // twice per record served.
+  // Without gmtime_r or printf: this runs twice per record served.
   std::uint64_t secs = unix_ms / 1000;
-  std::int64_t z = static_cast<std::int64_t>(secs / 86400) + 719468;
   std::uint64_t sod = secs % 86400;
-  std::int64_t era = z / 146097;
-  auto doe = static_cast<std::uint64_t>(z - era * 146097);
-  std::uint64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-  std::uint64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-  std::uint64_t mp = (5 * doy + 2) / 153;
-  std::uint64_t d = doy - (153 * mp + 2) / 5 + 1;
-  std::uint64_t m = mp < 10 ? mp + 3 : mp - 9;
-  std::uint64_t y = static_cast<std::uint64_t>(static_cast<std::int64_t>(yoe) + era * 400) + (m <= 2);
+  const civil::Date date = civil::date_from_days(static_cast<std::int64_t>(secs / 86400));
+  const auto y = static_cast<std::uint64_t>(date.year), m = std::uint64_t{date.month}, d = std::uint64_t{date.day};
   add_digits(out, y, 4);
   out += '-';
   add_digits(out, m, 2);
