@@ -544,19 +544,67 @@ class Client(_ClientBase):
         chunk_size: Optional[int] = None,
         return_exceptions: bool = False,
     ) -> Iterator[Union[Response, Exception]]:
-        """Like ``get_many``, but yields responses in order as they are ready, holding at most
-        ``chunk_size`` (default 16 x concurrency) at a time: memory stays flat however long
-        the input, which may itself be a lazy iterator."""
+        """Like ``get_many``, but yields responses in order as they are ready.
+
+        ``concurrency`` requests stay in flight all the time (a finished one is replaced at
+        once, while the caller works on what it was given), and at most ``chunk_size``
+        (default 16 x concurrency) are sent ahead of the one the caller is waiting for, so
+        memory stays flat however long the input, which may itself be a lazy iterator.
+        Stopping early cancels what is still in flight. A failed request raises its error
+        when its turn comes, or is yielded as the exception with ``return_exceptions=True``.
+        """
+        self._check_open()
         concurrency = self.max_connections if concurrency is None else concurrency
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
         chunk_size = 16 * concurrency if chunk_size is None else chunk_size
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise errors.ConfigError(f"chunk_size: {chunk_size!r} is not valid; expected an int >= 1")
-        items = iter(paths_or_requests)
-        while True:
-            chunk = list(itertools.islice(items, chunk_size))
-            if not chunk:
-                return
-            yield from self.get_many(chunk, concurrency=concurrency, return_exceptions=return_exceptions)
+        return self._rolling(iter(paths_or_requests), concurrency, max(chunk_size, concurrency), return_exceptions)
+
+    def _rolling(self, items: Iterator[Union[str, Request]], concurrency: int, ahead: int,
+                 return_exceptions: bool) -> Iterator[Union[Response, Exception]]:
+        ready = threading.Event()
+        # The core pushes finished transfers to the queue; its notifier thread sets `ready`.
+        queue = _core.CompletionQueue(ready.set)
+        requests: dict[int, Request] = {}      # index -> request, while in flight
+        transfers: dict[int, int] = {}         # index -> the core's transfer id, while in flight
+        done: dict[int, Union[Response, Exception]] = {}
+        sent = turn = 0
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(transfers) < concurrency and sent - turn < ahead:
+                    item = next(items, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    request = self._coerce_all([item])[0]
+                    requests[sent] = request
+                    transfers[sent] = self._core.send_async(
+                        queue, sent, request.method, request.url, request.headers.multi_items(),
+                        request.content, request.timeout or 0.0, -1, [])
+                    sent += 1
+                if turn in done:
+                    result = done.pop(turn)
+                    turn += 1
+                    if isinstance(result, Exception) and not return_exceptions:
+                        raise result
+                    yield result
+                    continue
+                if exhausted and not transfers:
+                    return
+                ready.wait()
+                ready.clear()
+                for index, raw in queue.take():
+                    transfers.pop(index, None)
+                    request = requests.pop(index)
+                    done[index] = (Response(raw, request) if raw.ok
+                                   else raw.exception(request.method, redact_url(request.url)))
+        finally:
+            for transfer in transfers.values():
+                self._core.cancel(transfer)
+            queue.close()
 
     def close(self) -> None:
         """Cancel what is in flight and release connections. Idempotent."""

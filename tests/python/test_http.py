@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import http.server
 import threading
 
 import pytest
@@ -378,3 +379,52 @@ def test_async_client_survives_a_second_event_loop(sandbox):
     assert asyncio.run(one()) == 200
     assert asyncio.run(one()) == 200
     c.close()
+
+
+class _Held(http.server.BaseHTTPRequestHandler):
+    """/hold answers only once the test lets it (or a 10 s safety valve passes); the rest at once."""
+
+    release = threading.Event()
+
+    def do_GET(self):  # noqa: N802 (the standard library's name)
+        if self.path.startswith("/hold") and not _Held.release.wait(10):
+            _Held.release.set()  # the valve opened: a test checking the event sees it
+        body = self.path.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def held_server():
+    _Held.release = threading.Event()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Held)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    _Held.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_iter_many_yields_each_response_without_waiting_for_slower_ones(held_server):
+    with isthmus.Client(held_server) as c:
+        stream = c.iter_many(["/a", "/hold", "/c"], concurrency=4)
+        first = next(stream)
+        # /a came back while /hold was still held: nothing waited for the slow request.
+        assert first.text == "/a" and not _Held.release.is_set()
+        _Held.release.set()
+        assert [r.text for r in stream] == ["/hold", "/c"]
+
+
+def test_stopping_iter_many_early_cancels_what_is_in_flight(held_server):
+    # Two connections in all: while both held requests ran, nothing else could be sent.
+    with isthmus.Client(held_server, max_connections=2) as c:
+        stream = c.iter_many(["/a", "/hold/1", "/hold/2"], concurrency=3)
+        assert next(stream).text == "/a"
+        stream.close()
+        # The held transfers were cancelled, which freed both connections for this request.
+        assert c.get("/b").text == "/b" and not _Held.release.is_set()
