@@ -512,7 +512,7 @@ class _Progress:
             pass
         self.mode = "tty" if sys.stderr.isatty() else "log"
 
-    def text(self, done: int, total: Optional[int]) -> Tuple[str, float]:
+    def text(self, done: int, total: Optional[int], waited: float = 0.0) -> Tuple[str, float]:
         took = max(time.monotonic() - self.started, 1e-9)
         rate = done / took
         frac = min(done / total, 1.0) if total else None
@@ -523,9 +523,13 @@ class _Progress:
                  f"{rate:,.0f} rec/s ETA {eta:,.0f}s")
         else:
             s = f"{self.label} {done:,} records {rate:,.0f} rec/s {took:,.0f}s"
+        if waited >= 0.05:
+            s += f", {waited:,.1f}s held back by rate limits and retries"
         return s, frac or 0.0
 
-    def update(self, done: int, total: Optional[int], final: bool = False) -> None:
+    def update(self, done: int, total: Optional[int], final: bool = False,
+               waited: Optional[Callable[[], float]] = None) -> None:
+        """``waited`` is only called when a line is drawn: it reads the limiters' counters."""
         if self.mode == "off":
             return
         now = time.monotonic()
@@ -533,7 +537,7 @@ class _Progress:
         if not final and now - self.last < gap:
             return
         self.last = now
-        s, frac = self.text(done, total)
+        s, frac = self.text(done, total, waited() if waited else 0.0)
         if self.mode == "tty":
             sys.stderr.write("\r" + s + ("\n" if final else ""))
             sys.stderr.flush()
@@ -729,6 +733,9 @@ class Pipeline:
         counters = Counters()
         clients = (getattr(self.source, "client", None), getattr(self.sink, "client", None))
         limiter_waits = _limiter_wait_seconds(*clients)
+
+        def waited() -> float:
+            return counters.wait_seconds + _limiter_wait_seconds(*clients) - limiter_waits
         self.sink.open(counters)
         bar = _Progress(progress, self.name)
         src = self.source
@@ -803,7 +810,7 @@ class Pipeline:
                 since_commit += len(records)
                 if since_commit >= self.checkpoint_every or time.monotonic() - last_commit > 2.0:
                     commit()
-                bar.update(run.counts["read"], total)
+                bar.update(run.counts["read"], total, waited=waited)
             commit(final=True)
             run.status = "completed"
         except BaseException as exc:
@@ -823,10 +830,9 @@ class Pipeline:
             for k in ("requests", "status_429", "retries", "bytes_in", "bytes_out"):
                 run.counts[k] = getattr(counters, k)
             # Time calls spent held back: by the clients' rate limiters, and backing off to retry.
-            run.counts["wait_seconds"] = round(
-                counters.wait_seconds + _limiter_wait_seconds(*clients) - limiter_waits, 3)
+            run.counts["wait_seconds"] = round(waited(), 3)
             self.sink.close()
-            bar.update(run.counts["read"], total, final=True)
+            bar.update(run.counts["read"], total, final=True, waited=waited)
             self.store.finish_run(run.id, run.status, run.summary(), run.error)
         run.reconcile()
         return run

@@ -299,3 +299,17 @@ def test_run_reports_time_held_back_by_the_rate_limiter(tmp_path):
     assert summary["read"] == 400
     assert summary["wait_seconds"] == pytest.approx(held, abs=0.01)
     assert summary["wait_seconds"] >= 1.0
+
+
+def test_progress_shows_rate_total_and_time_held_back(tmp_path, capsys):
+    with isthmus.Sandbox(records=400, pagination="offset") as src, \
+            isthmus.Client(src.url, rate_limit=isthmus.RateLimit(20, burst=1)) as client:
+        stream = isthmus.Stream(client, "/v1/contacts",
+                                paginator=isthmus.OffsetPaginator(limit=10, total="meta.total", window=4))
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda records: None),
+                               state=str(tmp_path / "s.db")).run(progress=True)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    # Not a terminal here, so the bar is a log line; the last one is the final state.
+    assert "400/400 100.0%" in last and "rec/s" in last
+    held = float(last.rsplit(", ", 1)[1].split("s held back")[0])
+    assert held == pytest.approx(run.summary()["wait_seconds"], abs=0.1) and held >= 1.0
