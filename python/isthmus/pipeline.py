@@ -551,6 +551,8 @@ class _Progress:
 
 # -- the run ---------------------------------------------------------------------------------
 
+_STAGES = ("source", "map", "sink", "checkpoint")
+
 _COUNT_NAMES = ["read", "written", "dead_lettered", "dropped", "skipped", "requests", "status_429",
                 "retries", "bytes_in", "bytes_out", "wait_seconds"]
 
@@ -574,6 +576,9 @@ class Run:
     def __init__(self, pipeline: "Pipeline", run_id: int):
         self.pipeline, self.id = pipeline, run_id
         self.counts: Dict[str, int] = {k: 0 for k in _COUNT_NAMES}
+        # Where the caller's thread spent the run: waiting for pages from the source, in the
+        # mapping, in the sink, writing checkpoints. A large "source" means the API is the limit.
+        self.stage_seconds: Dict[str, float] = {k: 0.0 for k in _STAGES}
         self.started = time.time()
         self.duration = 0.0
         self.status = "running"
@@ -593,7 +598,8 @@ class Run:
         c.update(pipeline=self.pipeline.name, run_id=self.id, status=self.status,
                  duration_s=round(self.duration, 3),
                  records_per_s=round(c["read"] / self.duration, 1) if self.duration > 0 else None,
-                 reconciled=c["read"] == c["written"] + c["dead_lettered"] + c["dropped"] + c["skipped"])
+                 reconciled=c["read"] == c["written"] + c["dead_lettered"] + c["dropped"] + c["skipped"],
+                 stage_seconds={k: round(v, 3) for k, v in self.stage_seconds.items()})
         if self.error:
             c["error"] = self.error
         return c
@@ -619,6 +625,7 @@ class Run:
                 ("waiting on limits and retries", f"{s['wait_seconds']:,.2f} s"),
                 ("bytes in / out", f"{s['bytes_in']:,} / {s['bytes_out']:,}"),
                 ("duration", f"{s['duration_s']:.2f} s"),
+                ("time per stage", ", ".join(f"{k} {v:,.2f} s" for k, v in s["stage_seconds"].items())),
                 ("records/s", f"{s['records_per_s'] or 0:,.0f}"),
                 ("reconciled", "yes: read = written + dead-lettered + dropped + skipped"
                  if s["reconciled"] else "NO")]
@@ -757,9 +764,11 @@ class Pipeline:
         last_commit = time.monotonic()
         total: Optional[int] = None
         started = time.monotonic()
+        stage = run.stage_seconds
 
         def commit(final: bool = False) -> None:
             nonlocal committed_position, pending_dead, since_commit, last_commit
+            began = time.perf_counter()
             self.sink.flush()
             if final:
                 self.store.commit(self.name, run.id, None, pending_dead,
@@ -768,11 +777,14 @@ class Pipeline:
                 self.store.commit(self.name, run.id, pending_position, pending_dead)
             committed_position = pending_position
             pending_dead, since_commit, last_commit = [], 0, time.monotonic()
+            stage["checkpoint"] += time.perf_counter() - began
 
         fetcher.start()
         try:
             while True:
+                began = time.perf_counter()
                 item = pages.get()
+                stage["source"] += time.perf_counter() - began
                 if item is None:
                     break
                 if isinstance(item, BaseException):
@@ -791,8 +803,12 @@ class Pipeline:
                         keys = [k for k, ok in zip(keys, keep) if ok]
                     inc.observe(records, keys)
                 dead: List[Dict[str, Any]] = []
+                began = time.perf_counter()
                 mapped, mkeys, dropped = self._apply_map(records, keys, run, dead)
+                mapped_at = time.perf_counter()
                 written = self._sink(mapped, mkeys, dead)
+                stage["map"] += mapped_at - began
+                stage["sink"] += time.perf_counter() - mapped_at
                 run.counts["written"] += written
                 run.counts["dropped"] += dropped
                 run.counts["dead_lettered"] += len(dead)
@@ -891,6 +907,7 @@ class Pipeline:
     def runs(self) -> Any:
         import pandas as pd
         rows = self.store.runs(self.name)
-        flat = [{**{k: v for k, v in r.items() if k != "counts"}, **{k: r["counts"].get(k) for k in _COUNT_NAMES}}
+        flat = [{**{k: v for k, v in r.items() if k != "counts"}, **{k: r["counts"].get(k) for k in _COUNT_NAMES},
+                 **{f"{k}_s": (r["counts"].get("stage_seconds") or {}).get(k) for k in _STAGES}}
                 for r in rows]
         return pd.DataFrame(flat)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -313,3 +314,19 @@ def test_progress_shows_rate_total_and_time_held_back(tmp_path, capsys):
     assert "400/400 100.0%" in last and "rec/s" in last
     held = float(last.rsplit(", ", 1)[1].split("s held back")[0])
     assert held == pytest.approx(run.summary()["wait_seconds"], abs=0.1) and held >= 1.0
+
+
+def test_summary_says_where_the_time_went(tmp_path):
+    def slow_sink(records):
+        time.sleep(0.05)  # a sink that is the bottleneck, by construction
+
+    with isthmus.Sandbox(records=300) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        pipeline = isthmus.Pipeline(stream, sink=isthmus.CallableSink(slow_sink), state=str(tmp_path / "s.db"))
+        run = pipeline.run()
+    stages = run.summary()["stage_seconds"]
+    assert set(stages) == {"source", "map", "sink", "checkpoint"}
+    assert stages["sink"] >= 0.15 and stages["sink"] > stages["map"]
+    assert sum(stages.values()) <= run.duration + 0.01
+    assert "time per stage" in run._repr_html_()
+    assert pipeline.runs().iloc[-1]["sink_s"] == stages["sink"]
