@@ -79,17 +79,61 @@ class Encoder {
 
  private:
   void string(PyObject* s) {
-    Py_ssize_t n = 0;
-    const char* p = PyUnicode_AsUTF8AndSize(s, &n);
-    if (!p) {
-      PyErr_Clear();
-      throw EncodeError{"a str with a lone surrogate is not valid UTF-8", {}};
+    if (PyUnicode_IS_ASCII(s)) {
+      quoted(std::string_view(static_cast<const char*>(PyUnicode_DATA(s)),
+                              static_cast<std::size_t>(PyUnicode_GET_LENGTH(s))));
+      return;
     }
-    quoted(std::string_view(p, static_cast<std::size_t>(n)));
+    // Written from the str's own code points: PyUnicode_AsUTF8 would build and keep a UTF-8
+    // copy inside every non-ASCII str it is asked for.
+    const int kind = PyUnicode_KIND(s);
+    const void* data = PyUnicode_DATA(s);
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    out_ += '"';
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      const Py_UCS4 c = PyUnicode_READ(kind, data, i);
+      if (c < 0x80) {
+        escape_ascii(static_cast<unsigned char>(c));
+      } else if (c < 0x800) {
+        out_ += static_cast<char>(0xC0 | (c >> 6));
+        out_ += static_cast<char>(0x80 | (c & 0x3F));
+      } else if (c < 0x10000) {
+        if (c >= 0xD800 && c <= 0xDFFF) throw EncodeError{"a str with a lone surrogate is not valid UTF-8", {}};
+        out_ += static_cast<char>(0xE0 | (c >> 12));
+        out_ += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+        out_ += static_cast<char>(0x80 | (c & 0x3F));
+      } else {
+        out_ += static_cast<char>(0xF0 | (c >> 18));
+        out_ += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+        out_ += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+        out_ += static_cast<char>(0x80 | (c & 0x3F));
+      }
+    }
+    out_ += '"';
+  }
+
+  void escape_ascii(unsigned char c) {
+    static const char* hex = "0123456789abcdef";
+    if (c >= 0x20 && c != '"' && c != '\\') {
+      out_ += static_cast<char>(c);
+      return;
+    }
+    switch (c) {
+      case '"': out_ += "\\\""; break;
+      case '\\': out_ += "\\\\"; break;
+      case '\n': out_ += "\\n"; break;
+      case '\r': out_ += "\\r"; break;
+      case '\t': out_ += "\\t"; break;
+      case '\b': out_ += "\\b"; break;
+      case '\f': out_ += "\\f"; break;
+      default:
+        out_ += "\\u00";
+        out_ += hex[c >> 4];
+        out_ += hex[c & 0xf];
+    }
   }
 
   void quoted(std::string_view s) {
-    static const char* hex = "0123456789abcdef";
     out_ += '"';
     std::size_t run = 0;  // start of the stretch copied as is
     for (std::size_t i = 0; i < s.size(); ++i) {
@@ -97,19 +141,7 @@ class Encoder {
       if (c >= 0x20 && c != '"' && c != '\\') continue;
       out_.append(s.data() + run, i - run);
       run = i + 1;
-      switch (c) {
-        case '"': out_ += "\\\""; break;
-        case '\\': out_ += "\\\\"; break;
-        case '\n': out_ += "\\n"; break;
-        case '\r': out_ += "\\r"; break;
-        case '\t': out_ += "\\t"; break;
-        case '\b': out_ += "\\b"; break;
-        case '\f': out_ += "\\f"; break;
-        default:
-          out_ += "\\u00";
-          out_ += hex[c >> 4];
-          out_ += hex[c & 0xf];
-      }
+      escape_ascii(c);
     }
     out_.append(s.data() + run, s.size() - run);
     out_ += '"';
