@@ -836,7 +836,9 @@ class Pipeline:
         """Sends dead letters through again (map ones through map and the sink, sink ones to the sink).
 
         ``where`` is an SQL condition on the dead-letter columns (``"stage = 'map'"``) or a function
-        of a row dict. Delivered ones are marked resolved; the rest get one more attempt counted.
+        of a row dict. Delivered ones are marked resolved; the rest get one more attempt counted,
+        with the stage they fail at now (a map dead letter that now maps but that the sink
+        rejects becomes a sink dead letter holding the mapped record).
         """
         rows = self.store.dead_letters(self.name, where=where if isinstance(where, str) else None)
         if callable(where):
@@ -858,7 +860,8 @@ class Pipeline:
                     failed += 1
                     d = dead[0]
                     self.store.bump_dead_letter(row["id"], d["error"], d.get("http_status"),
-                                                d.get("response_excerpt"), d.get("traceback"))
+                                                d.get("response_excerpt"), d.get("traceback"),
+                                                stage=d["stage"], record=d["record"])
                 elif ok or dropped:
                     delivered.append(row["id"])
             self.sink.flush()
@@ -868,8 +871,14 @@ class Pipeline:
         return {"replayed": len(rows), "delivered": len(delivered), "failed": failed}
 
     def runs(self) -> Any:
+        """This pipeline's run history as a DataFrame: one row per run, start and finish as UTC
+        datetimes (finish empty while running, or when the process was killed), and its counts."""
         import pandas as pd
         rows = self.store.runs(self.name)
         flat = [{**{k: v for k, v in r.items() if k != "counts"}, **{k: r["counts"].get(k) for k in _COUNT_NAMES}}
                 for r in rows]
-        return pd.DataFrame(flat)
+        df = pd.DataFrame(flat, columns=["id", "pipeline", "started_at", "finished_at", "status", "error",
+                                         *_COUNT_NAMES])
+        for c in ("started_at", "finished_at"):
+            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+        return df

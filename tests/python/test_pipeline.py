@@ -117,6 +117,9 @@ def test_a_killed_run_resumes_and_loses_nothing(dest, tmp_path):
     assert after["duplicate"] + after["idempotent_replays"] <= 150
     runs = isthmus.Pipeline(stream, sink=isthmus.JsonlSink(str(tmp_path / "x")), state=state).runs()
     assert list(runs["status"]) == ["running", "completed"]  # the killed run never finished
+    assert str(runs["started_at"].dtype) == str(runs["finished_at"].dtype) == "datetime64[ns, UTC]"
+    assert runs["finished_at"].isna().tolist() == [True, False]
+    assert runs["started_at"].iloc[0] < runs["started_at"].iloc[1] < runs["finished_at"].iloc[1]
 
 
 def test_mapping_errors_and_wrong_types_dead_letter_and_the_run_reconciles(dest, tmp_path):
@@ -299,3 +302,35 @@ def test_run_reports_time_held_back_by_the_rate_limiter(tmp_path):
     assert summary["read"] == 400
     assert summary["wait_seconds"] == pytest.approx(held, abs=0.01)
     assert summary["wait_seconds"] >= 1.0
+
+
+def test_a_replayed_dead_letter_that_fails_further_on_records_its_new_stage(tmp_path):
+    broken = {"map": True, "sink": True}
+    delivered = []
+
+    def mapping(r):
+        if broken["map"] and r["id"].endswith("7"):
+            raise RuntimeError("lookup failed")
+        return {"id": r["id"], "mapped": True}
+
+    def sink(records):
+        if broken["sink"] and any(r["id"].endswith("7") for r in records):
+            raise ValueError("the destination refuses it")
+        delivered.extend(records)
+
+    with isthmus.Sandbox(records=100) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 50})
+        pipe = isthmus.Pipeline(stream, map=mapping, sink=isthmus.CallableSink(sink), state=str(tmp_path / "s.db"))
+        pipe.run()
+        assert set(pipe.dead_letters()["stage"]) == {"map"} and len(pipe.dead_letters()) == 10
+        broken["map"] = False  # the mapping is fixed; the destination still refuses those records
+        assert pipe.replay_dead_letters() == {"replayed": 10, "delivered": 0, "failed": 10}
+        df = pipe.dead_letters()
+        assert len(df) == 10 and set(df["stage"]) == {"sink"}
+        row = df[df["record_key"] == "con_0000000007"].iloc[0]
+        assert row["record"] == {"id": "con_0000000007", "mapped": True}  # what the sink was given
+        assert "refuses it" in row["error"] and "lookup failed" not in (row["traceback"] or "")
+        assert row["attempts"] == 2
+        broken["sink"] = False
+        assert pipe.replay_dead_letters(where="stage = 'sink'")["delivered"] == 10
+    assert pipe.dead_letters().empty and len(delivered) == 100
