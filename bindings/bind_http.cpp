@@ -78,16 +78,27 @@ struct Waiter {
 
 struct HttpClient {
   // The raw client owns connections; `transport` is the top of the stack requests go through
-  // (auth, limits and retries wrap the raw client, each a Transport).
+  // (auth, limits and retries wrap the raw client, each a Transport). `authorized` is the
+  // stack below limits and retries: another retry policy can be put on top of it.
   std::shared_ptr<http::Client> client;
+  std::shared_ptr<http::Transport> authorized;
   std::shared_ptr<http::Transport> transport;
 
   HttpClient(std::shared_ptr<http::Client> c, std::shared_ptr<auth::Credential> credential)
       : client(c),
-        transport(credential ? std::shared_ptr<http::Transport>(
-                                   std::make_shared<auth::AuthenticatedTransport>(c, credential))
-                             : std::shared_ptr<http::Transport>(c)) {}
+        authorized(credential ? std::shared_ptr<http::Transport>(
+                                    std::make_shared<auth::AuthenticatedTransport>(c, credential))
+                              : std::shared_ptr<http::Transport>(c)),
+        transport(authorized) {}
   HttpClient(HttpClient&&) = default;
+  HttpClient(const HttpClient&) = default;
+
+  // The same connections and credential, governed by `governor` with `retry` (and `limit_key`).
+  HttpClient governed(const py::object& governor, const py::object& retry, const py::object& limit_key) const {
+    HttpClient view(*this);
+    view.transport = govern(authorized, governor, retry, limit_key);
+    return view;
+  }
 
   // Dropping the client waits for transfers in flight; their completions (a token hook, say)
   // may need the GIL, so let go of it meanwhile.
@@ -289,6 +300,10 @@ void bind_http(py::module_& m) {
       .def_property_readonly("ok", [](const Response& r) { return !r.error; })
       .def_property_readonly("error_code", [](const Response& r) { return r.error.value(); })
       .def_readonly("error_message", &Response::error_message)
+      .def_readonly("attempts", &Response::attempts)
+      .def_readonly("retried_429", &Response::retried_429)
+      .def_readonly("retried_bytes", &Response::retried_bytes)
+      .def_readonly("waited", &Response::waited)
       .def_property_readonly("body_size", [](const Response& r) { return r.body.size(); })
       .def("take_body", [](Response& r) {
         // One copy into Python; the core's buffer is freed at once.
@@ -373,6 +388,8 @@ void bind_http(py::module_& m) {
            py::arg("queue"), py::arg("token"), py::arg("method"), py::arg("url"),
            py::arg("headers"), py::arg("body"), py::arg("timeout"), py::arg("follow_redirects"),
            py::arg("sensitive_headers"))
+      .def("governed", &HttpClient::governed, py::arg("governor"), py::arg("retry"), py::arg("limit_key"),
+           "A client on the same connections and credential with its own limits and retries.")
       .def("cancel", [](HttpClient& self, std::uint64_t id) { self.transport->cancel(id); })
       .def("close", [](HttpClient& self) {
         py::gil_scoped_release release;

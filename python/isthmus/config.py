@@ -11,6 +11,9 @@
       params: {limit: 100}
       paginator: {type: cursor, cursor: meta.next_cursor, param: cursor}
       incremental: {cursor_field: updated_at, param: updated_since, lookback: 60}
+      # partitions: a list of params, or time slices read `concurrency` at a time:
+      # partitions: {time_slices: {start: "2024-01-01", end: "2025-01-01", every: 604800}}
+      # retry: {attempts: 6, base: 0.2}     # else the client's Retry, else `attempts` tries
     map: mapping:to_ours          # module:function (the file's folder is importable), or {fields: {...}}
     sink: {type: http, base_url: http://127.0.0.1:9090, path: /v1/contacts/batch, batch_size: 100}
 
@@ -29,8 +32,9 @@ from typing import Any, Callable, Dict
 
 from isthmus import errors
 from isthmus.http import Client
+from isthmus.limits import Retry
 from isthmus.pipeline import (CursorPaginator, Incremental, LinkHeaderPaginator, NextUrlPaginator,
-                              OffsetPaginator, PageNumberPaginator, Pipeline, Stream)
+                              OffsetPaginator, PageNumberPaginator, Pipeline, Stream, TimeSlices)
 from isthmus.mapping import FieldMap
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
 
@@ -80,6 +84,12 @@ def _client(spec: Dict[str, Any], where: str) -> Client:
     return _build(Client, {"base_url": base, **spec.pop("client", {})}, where + ".client")
 
 
+def _retry(spec: Dict[str, Any], where: str) -> None:
+    """``retry:`` as a mapping of Retry's fields becomes a Retry (an int stays a number of attempts)."""
+    if isinstance(spec.get("retry"), dict):
+        spec["retry"] = _build(Retry, spec["retry"], where + ".retry")
+
+
 def _import(ref: str, where: str, base: Path) -> Callable[..., Any]:
     if not isinstance(ref, str) or ":" not in ref:
         raise errors.ConfigError(f"{where}: {ref!r} is not valid; expected 'module:function'")
@@ -115,11 +125,20 @@ def pipeline_from_dict(doc: Dict[str, Any], base: Path = Path(".")) -> Pipeline:
     inc = src.pop("incremental", None)
     if inc is not None:
         inc = _build(Incremental, _section({"incremental": inc}, "incremental", "source."), "source.incremental")
+    parts = src.get("partitions")
+    if isinstance(parts, dict):
+        if set(parts) != {"time_slices"}:
+            raise errors.ConfigError(f"source.partitions: {parts!r} is not valid; expected a list of params "
+                                     "or {time_slices: {start, end, every, start_param, end_param}}")
+        src["partitions"] = _build(TimeSlices, _section(parts, "time_slices", "source.partitions."),
+                                   "source.partitions.time_slices")
+    _retry(src, "source")
     stream = _build(Stream, {"client": client, "path": path, "paginator": pag, "incremental": inc, **src}, "source")
     sink_spec = _section(doc, "sink", "")
     kind = sink_spec.pop("type", None)
     if kind == "http":
         sink_client = _client(sink_spec, "sink")
+        _retry(sink_spec, "sink")
         sink = _build(HttpSink, {"client": sink_client, **sink_spec}, "sink")
     elif kind == "jsonl":
         sink = _build(JsonlSink, {**sink_spec, "path": str(base / sink_spec.get("path", ""))}, "sink")

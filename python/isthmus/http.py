@@ -8,6 +8,7 @@ requests in one call, so fetching at volume costs no Python per request beyond b
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import http as _stdlib_http
 import itertools
@@ -209,6 +210,11 @@ class Response:
         return self._raw.redirects
 
     @property
+    def attempts(self) -> int:
+        """Requests sent to get this answer: 1, or more when the client's ``Retry`` retried."""
+        return self._raw.attempts
+
+    @property
     def elapsed(self) -> datetime.timedelta:
         return datetime.timedelta(seconds=self._raw.elapsed)
 
@@ -355,6 +361,7 @@ class _ClientBase:
             if unknown:
                 raise errors.ConfigError(
                     f"limit_key: {sorted(unknown)[0]!r} is not valid; expected keys provider, credential, tenant")
+        self._limit_key = dict(limit_key) if limit_key else None
         self._core = _core.HttpClient(
             timeout=float(timeout),
             connect_timeout=float(connect_timeout),
@@ -370,8 +377,19 @@ class _ClientBase:
             credential=auth._credential() if auth is not None else None,
             governor=self.limiter._core if self.limiter else None,
             retry=self.retry._spec() if self.retry else None,
-            limit_key=dict(limit_key) if limit_key else None,
+            limit_key=self._limit_key,
         )
+
+    def _with_retry(self, retry: "_limits.Retry") -> Any:
+        """This client retrying by ``retry`` instead: the same connections, credential and
+        limiter (one is made when the client has none, so waits are still counted). The copy
+        is for internal callers and is never closed: closing it would close this client."""
+        view = copy.copy(self)
+        view.retry = retry
+        if view.limiter is None:
+            view.limiter = _limits.Limiter()
+        view._core = self._core.governed(view.limiter._core, retry._spec(), self._limit_key)
+        return view
 
     def limits_snapshot(self) -> dict[str, dict[str, Any]]:
         """Per-key counters of this client's limiter (shared with other clients given the same
@@ -514,14 +532,7 @@ class Client(_ClientBase):
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
         requests = self._coerce_all(paths_or_requests)
-        shared: dict[int, list[tuple[str, str]]] = {}
-        items = []
-        for r in requests:
-            hdrs = shared.get(id(r.headers))
-            if hdrs is None:
-                hdrs = shared[id(r.headers)] = r.headers.multi_items()
-            items.append((r.method, r.url, hdrs, r.content, r.timeout or 0.0))
-        raws = self._core.request_many(items, concurrency)
+        raws = self._exchange_many(requests, concurrency)
         out: list[Union[Response, Exception]] = []
         first_error: Optional[Exception] = None
         for raw, request in zip(raws, requests):
@@ -535,6 +546,17 @@ class Client(_ClientBase):
         if first_error is not None and not return_exceptions:
             raise first_error
         return out
+
+    def _exchange_many(self, requests: list[Request], concurrency: int) -> list[Any]:
+        """The core's raw answers, in order; a failed request's answer carries its error."""
+        shared: dict[int, list[tuple[str, str]]] = {}
+        items = []
+        for r in requests:
+            hdrs = shared.get(id(r.headers))
+            if hdrs is None:
+                hdrs = shared[id(r.headers)] = r.headers.multi_items()
+            items.append((r.method, r.url, hdrs, r.content, r.timeout or 0.0))
+        return self._core.request_many(items, concurrency)
 
     def iter_many(
         self,

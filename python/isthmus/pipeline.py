@@ -9,14 +9,16 @@
                            state="contacts.db").run(progress=True)
     run.summary()
 
-Pages are fetched on a background thread (the core does the HTTP and parses each page's JSON
-with the GIL released) into a small bounded queue; mapping, the sink and checkpoints run on
-the caller's thread. A checkpoint moves only past records the sink accepted, so a rerun after
-a crash resumes there and may resend a few records, never skip one.
+Pages are fetched on background threads (one per partition being read, the core doing the
+HTTP with the GIL released and retrying through the governor) into a small bounded queue;
+mapping, the sink and checkpoints run on the caller's thread. A checkpoint moves each partition
+only past records the sink accepted, so a rerun after a crash resumes there and may resend a
+few records, never skip one.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import gc
 import hashlib
@@ -31,13 +33,14 @@ import traceback
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from isthmus import _core, errors
+from isthmus.http import redact_url
 from isthmus.mapping import FieldMap
-from isthmus.sinks import Counters, Sink, send_with_retry
+from isthmus.sinks import Counters, Sink, as_stage_retry, governed, send
 from isthmus.store import StateStore
 
 __all__ = [
     "Stream", "Paginator", "CursorPaginator", "OffsetPaginator", "PageNumberPaginator",
-    "LinkHeaderPaginator", "NextUrlPaginator", "Incremental", "Pipeline", "Run",
+    "LinkHeaderPaginator", "NextUrlPaginator", "Incremental", "TimeSlices", "Pipeline", "Run",
 ]
 
 Step = Dict[str, Any]  # {"url": absolute URL or None (the stream's path), "params": {...}}
@@ -259,16 +262,112 @@ class _IncrementalTracker:
         return {"max": self.max_value, "boundary": sorted(merged.items())}
 
 
+# -- time slices -----------------------------------------------------------------------------
+
+def _instant(field: str, value: Any) -> _dt.datetime:
+    """An aware UTC datetime from a datetime, a date, ISO 8601 text or Unix seconds (UTC when
+    no offset is given)."""
+    when: Any = None
+    if isinstance(value, _dt.datetime):
+        when = value
+    elif isinstance(value, _dt.date):
+        when = _dt.datetime(value.year, value.month, value.day)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        when = _dt.datetime.fromtimestamp(value, _dt.timezone.utc)
+    elif isinstance(value, str):
+        try:
+            when = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            when = None
+    if when is None:
+        raise errors.ConfigError(f"{field}: {value!r} is not valid; expected a datetime, a date, "
+                                 "ISO 8601 text ('2024-01-01T00:00:00Z') or Unix seconds")
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc)
+
+
+class TimeSlices(list):
+    """Partitions for an API that filters by time: ``[start, end)`` cut into slices of ``every``,
+    each ``{start_param: slice start, end_param: slice end}``. Give them to ``Stream(partitions=)``
+    and ``concurrency`` slices are read at once::
+
+        isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                       partitions=isthmus.TimeSlices("2024-01-01", "2025-01-01", every=timedelta(days=30),
+                                                     start_param="updated_since", end_param="updated_before"),
+                       concurrency=4)
+
+    With an inclusive start and an exclusive end at the API, every record is in exactly one
+    slice; with both ends inclusive, a record exactly on a boundary comes twice (an idempotent
+    sink absorbs it) — never zero times. ``end=None`` is now: the last slice then differs from
+    run to run, so a resume reads it again from its start. ``format``: ``"iso"`` (UTC with
+    milliseconds, ``2024-01-01T00:00:00.000Z``), ``"unix"`` (seconds) or a function of an aware
+    datetime returning the param's value.
+    """
+
+    MAX_SLICES = 100_000
+
+    def __init__(self, start: Any, end: Any = None, *, every: Union[float, _dt.timedelta],
+                 start_param: str = "updated_since", end_param: str = "updated_before",
+                 format: Union[str, Callable[[_dt.datetime], Any]] = "iso"):  # noqa: A002
+        begin = _instant("start", start)
+        finish = _dt.datetime.now(_dt.timezone.utc) if end is None else _instant("end", end)
+        if finish <= begin:
+            raise errors.ConfigError(f"end: {end!r} is not valid; expected a time after start ({begin.isoformat()})")
+        if isinstance(every, _dt.timedelta):
+            step = every
+        elif isinstance(every, (int, float)) and not isinstance(every, bool) and every > 0:
+            step = _dt.timedelta(seconds=every)
+        else:
+            raise errors.ConfigError(f"every: {every!r} is not valid; expected seconds > 0 or a timedelta")
+        if step <= _dt.timedelta(0):
+            raise errors.ConfigError(f"every: {every!r} is not valid; expected a positive duration")
+        count = -(-(finish - begin) // step)
+        if count > self.MAX_SLICES:
+            raise errors.ConfigError(f"every: {every!r} cuts {begin.isoformat()} .. {finish.isoformat()} into "
+                                     f"{count:,} slices; at most {self.MAX_SLICES:,} are allowed")
+        for field, name in (("start_param", start_param), ("end_param", end_param)):
+            if not isinstance(name, str) or not name:
+                raise errors.ConfigError(f"{field}: {name!r} is not valid; expected a query parameter name")
+        if start_param == end_param:
+            raise errors.ConfigError(f"end_param: {end_param!r} is not valid; it must differ from start_param")
+        if format == "iso":
+            def render(t: _dt.datetime) -> Any:
+                return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+        elif format == "unix":
+            def render(t: _dt.datetime) -> Any:
+                stamp = t.timestamp()
+                return int(stamp) if stamp == int(stamp) else stamp
+        elif callable(format):
+            render = format
+        else:
+            raise errors.ConfigError(f"format: {format!r} is not valid; expected 'iso', 'unix' or a function")
+        super().__init__()
+        lo = begin
+        while lo < finish:
+            hi = min(lo + step, finish)
+            self.append({start_param: render(lo), end_param: render(hi)})
+            lo = hi
+        self.start, self.end, self.every = begin, finish, step
+        self.start_param, self.end_param = start_param, end_param
+
+    def __repr__(self) -> str:
+        return (f"TimeSlices({self.start.isoformat()} .. {self.end.isoformat()}, every={self.every}, "
+                f"{len(self)} slices of {self.start_param}/{self.end_param})")
+
+
 # -- the stream ------------------------------------------------------------------------------
 
 class _Chunk:
-    """One page, parsed, with where a resume should start once the sink has accepted it."""
+    """One page, parsed, with where its partition resumes once the sink has accepted it; or,
+    with ``done``, the mark that a partition has delivered its last page."""
 
-    __slots__ = ("records", "partition", "after", "units", "total", "bytes")
+    __slots__ = ("records", "partition", "after", "units", "total", "done")
 
     def __init__(self, records: list, partition: int, after: Optional[Step], units: Optional[Tuple[int, int]],
-                 total: Optional[int]):
+                 total: Optional[int], done: bool = False):
         self.records, self.partition, self.after, self.units, self.total = records, partition, after, units, total
+        self.done = done
 
 
 class Stream:
@@ -276,27 +375,50 @@ class Stream:
 
     ``records`` is the dotted path of the records array in each page ("" for a bare array);
     ``key`` the dotted path of a record's identity (dead letters, idempotency keys, dedupe);
-    ``partitions`` a list of extra params, each read as its own sub-stream in turn.
+    ``partitions`` a list of extra params (or ``TimeSlices``), each read as its own sub-stream,
+    up to ``concurrency`` of them at once; ``retry`` the ``Retry`` pages are fetched with
+    (default: the client's, else ``Retry(attempts=attempts)``).
     """
 
     def __init__(self, client: Any, path: str, *, records: str = "data", paginator: Optional[Paginator] = None,
                  params: Optional[Dict[str, Any]] = None, incremental: Optional[Incremental] = None,
                  partitions: Optional[List[Dict[str, Any]]] = None, key: str = "id",
-                 attempts: int = 6, parser: str = "core", name: Optional[str] = None):
+                 attempts: int = 6, parser: str = "core", name: Optional[str] = None,
+                 concurrency: int = 4, retry: Any = None):
         if paginator is not None and not isinstance(paginator, Paginator):
             raise errors.ConfigError(f"paginator: {paginator!r} is not an isthmus.Paginator")
         if parser not in ("core", "python"):
             raise errors.ConfigError(f"parser: {parser!r} is not valid; expected 'core' or 'python'")
         if partitions is not None and (not isinstance(partitions, list) or not all(isinstance(p, dict) for p in partitions)):
             raise errors.ConfigError(f"partitions: {partitions!r} is not valid; expected a list of dicts of params")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise errors.ConfigError(f"attempts: {attempts!r} is not valid; expected an int >= 1")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
         self.client, self.path, self.records_path = client, path, records
         self.paginator = paginator
         self.params = dict(params or {})
         self.incremental = incremental
-        self.partitions = partitions or [{}]
+        self.partitions = list(partitions or [{}])
+        # A partition's checkpoint is filed under its params, so a changed list never resumes
+        # one partition at another's position.
+        self.partition_keys = [json.dumps(p, sort_keys=True, default=str) for p in self.partitions]
+        for i, k in enumerate(self.partition_keys):
+            if self.partition_keys.index(k) != i:
+                raise errors.ConfigError(f"partitions[{i}]: {self.partitions[i]!r} repeats "
+                                         f"partitions[{self.partition_keys.index(k)}]; each must differ")
+        if incremental is not None:
+            for i, p in enumerate(self.partitions):
+                if incremental.param in p:
+                    raise errors.ConfigError(
+                        f"partitions[{i}]: sets {incremental.param!r}, which incremental= also sets; "
+                        "filter partitions by another param (e.g. TimeSlices(start_param=...))")
         self.key = key
         self._key_path = key.split(".")
         self.attempts, self.parser = attempts, parser
+        self.concurrency = concurrency
+        self.retry = as_stage_retry(retry)
+        self._http: Any = None
         self.name = name or path.strip("/").replace("/", "_")
 
     def keys(self, records: List[Any]) -> List[str]:
@@ -313,25 +435,56 @@ class Stream:
                 out[i] = str(v)
         return out
 
-    # The fetch loop runs on a background thread and puts _Chunks (or an exception) on `out`.
-    def _fetch(self, position: Optional[Dict[str, Any]], inc_value: Any, out: "queue.Queue",
+    def _open(self) -> None:
+        """Picks the client pages go through (the governor's Retry does the retrying)."""
+        if self._http is None:
+            self._http, _ = governed(self.client, self.retry, self.attempts)
+
+    # The fetch runs on background threads and puts _Chunks (or an exception) on `out`.
+    def _fetch(self, todo: List[Tuple[int, Any]], inc_value: Any, out: "queue.Queue",
                stop: threading.Event, counters: Counters) -> None:
-        try:
-            start_partition = (position or {}).get("partition", 0)
-            for p in range(start_partition, len(self.partitions)):
-                inner = (position or {}).get("inner") if p == start_partition else None
-                base: Step = {"url": None, "params": {**self.params, **self.partitions[p]}}
-                if self.incremental is not None and inc_value is not None:
-                    base["params"][self.incremental.param] = inc_value
-                if self.paginator is not None and self.paginator.parallel:
-                    self._fetch_ranges(p, base, inner, out, stop, counters)
-                else:
-                    self._fetch_sequential(p, base, inner, out, stop, counters)
-                if stop.is_set():
-                    return
+        """Reads the partitions in ``todo`` (index, where to resume) on up to ``concurrency``
+        threads. A partition's chunks arrive in order, then its done mark; after all of them
+        None, or the first exception instead."""
+        pending = list(reversed(todo))
+        lock = threading.Lock()
+        failed = threading.Event()
+
+        def work() -> None:
+            try:
+                while not (stop.is_set() or failed.is_set()):
+                    with lock:
+                        if not pending:
+                            return
+                        p, inner = pending.pop()
+                    self._fetch_partition(p, inner, inc_value, out, stop, counters)
+                    if not stop.is_set():
+                        self._put(out, _Chunk([], p, None, None, None, done=True), stop)
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                failed.set()
+                self._put(out, exc, stop)
+
+        helpers = [threading.Thread(target=work, name=f"isthmus-fetch-{self.name}-{i + 1}", daemon=True)
+                   for i in range(min(self.concurrency, len(todo)) - 1)]
+        for t in helpers:
+            t.start()
+        work()
+        for t in helpers:
+            t.join()
+        if not failed.is_set():
             self._put(out, None, stop)
-        except BaseException as exc:  # handed to the caller's thread, raised there
-            self._put(out, exc, stop)
+
+    def _fetch_partition(self, p: int, inner: Any, inc_value: Any, out: "queue.Queue",
+                         stop: threading.Event, counters: Counters) -> None:
+        base: Step = {"url": None, "params": {**self.params, **self.partitions[p]}}
+        if self.incremental is not None and inc_value is not None:
+            base["params"][self.incremental.param] = inc_value
+        # Partitions page at the same time: each gets its own copy of the paginator.
+        paginator = copy.copy(self.paginator)
+        if paginator is not None and paginator.parallel:
+            self._fetch_ranges(paginator, p, base, inner, out, stop, counters)
+        else:
+            self._fetch_sequential(paginator, p, base, inner, out, stop, counters)
 
     @staticmethod
     def _put(out: "queue.Queue", item: Any, stop: threading.Event) -> None:
@@ -345,20 +498,23 @@ class Stream:
     def _request(self, step: Step) -> Any:
         return self.client.build_request("GET", step["url"] or self.path, params=step["params"] or None)
 
-    def _get_pages(self, steps: List[Step], counters: Counters, concurrency: int) -> List[Page]:
+    def _get_pages(self, paginator: Optional[Paginator], steps: List[Step], counters: Counters,
+                   concurrency: int) -> List[Page]:
         reqs = [self._request(s) for s in steps]
-        wanted = self.paginator.fields() if self.paginator else []
+        wanted = paginator.fields() if paginator else []
         pages: List[Optional[Page]] = [None] * len(steps)
         todo = list(range(len(steps)))
         for attempt in range(1, self.attempts + 1):
-            answers = send_with_retry(self.client, [reqs[i] for i in todo], counters, self.attempts, concurrency)
+            answers = send(self._http, [reqs[i] for i in todo], counters, concurrency)
+            for resp in answers:
+                if isinstance(resp, Exception):
+                    raise resp
             damaged = []
             for i, resp in zip(todo, answers):
                 if not 200 <= resp.status_code < 300:
                     raise errors.PipelineError(
-                        f"Stream {self.path}: GET {resp.request.url} answered {resp.status_code} "
-                        f"{resp.reason_phrase}" + (f" after {self.attempts} attempts" if resp.status_code >= 500
-                                                   or resp.status_code == 429 else "")
+                        f"Stream {self.path}: GET {redact_url(resp.request.url)} answered {resp.status_code} "
+                        f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
                         + f": {resp._redacted_excerpt(300)}")
                 try:
                     pages[i] = self._parse(steps[i], resp, wanted)
@@ -370,7 +526,7 @@ class Stream:
                     damaged.append(i)
             if not damaged:
                 break
-            counters.retries += len(damaged)
+            counters.add_retries(len(damaged))
             todo = damaged
         return pages  # type: ignore[return-value]
 
@@ -395,8 +551,8 @@ class Stream:
                 f"({shape}); set records= to the path of the records array")
         return Page(records, dict(zip(wanted, values)), resp, step)
 
-    def _fetch_sequential(self, partition: int, base: Step, inner: Optional[Step], out: "queue.Queue",
-                          stop: threading.Event, counters: Counters) -> None:
+    def _fetch_sequential(self, paginator: Optional[Paginator], partition: int, base: Step, inner: Optional[Step],
+                          out: "queue.Queue", stop: threading.Event, counters: Counters) -> None:
         step: Optional[Step] = inner or base
         seen: set = set()
         n = 0
@@ -407,20 +563,19 @@ class Stream:
                     f"Stream {self.path}: the paginator loops: page {n + 1} would fetch {step!r} again "
                     f"(already fetched in this run); the API returned the same cursor twice")
             seen.add(fingerprint)
-            page = self._get_pages([step], counters, 1)[0]
+            page = self._get_pages(paginator, [step], counters, 1)[0]
             n += 1
-            nxt = self.paginator.next(page) if self.paginator is not None else None
-            if nxt is not None and not page.records and self.paginator is not None:
+            nxt = paginator.next(page) if paginator is not None else None
+            if nxt is not None and not page.records:
                 nxt = None  # an empty page with a cursor: nothing more will come
             self._put(out, _Chunk(page.records, partition, nxt, None, None), stop)
             step = nxt
 
-    def _fetch_ranges(self, partition: int, base: Step, inner: Optional[Dict[str, Any]], out: "queue.Queue",
-                      stop: threading.Event, counters: Counters) -> None:
-        pag: _RangePaginator = self.paginator  # type: ignore[assignment]
+    def _fetch_ranges(self, pag: Any, partition: int, base: Step, inner: Optional[Dict[str, Any]],
+                      out: "queue.Queue", stop: threading.Event, counters: Counters) -> None:
         unit = inner["unit"] if inner else pag.start
         per = pag.units_per_page()
-        first = self._get_pages([pag.step(base, unit)], counters, 1)[0]
+        first = self._get_pages(pag, [pag.step(base, unit)], counters, 1)[0]
         end = pag.end_unit(first.fields.get(pag.total)) if pag.total else None
         n = len(first.records)
         if isinstance(pag, OffsetPaginator) and 0 < n < per and (end is None or unit + n < end):
@@ -438,7 +593,7 @@ class Stream:
             units = [unit + per * k for k in range(pag.window)]
             if end is not None:
                 units = [u for u in units if u < end]
-            pages = self._get_pages([pag.step(base, u) for u in units], counters, pag.window)
+            pages = self._get_pages(pag, [pag.step(base, u) for u in units], counters, pag.window)
             for u, page in zip(units, pages):
                 if end is None and not page.records:
                     return  # without a total, the first empty page ends the stream
@@ -558,17 +713,18 @@ _COUNT_NAMES = ["read", "written", "dead_lettered", "dropped", "skipped", "reque
                 "retries", "bytes_in", "bytes_out", "wait_seconds"]
 
 
-def _limiter_wait_seconds(*clients: Any) -> float:
-    """Seconds the clients' limiters have held calls back so far (a limiter shared by several
-    clients counts once)."""
-    seen, total = set(), 0.0
-    for client in clients:
-        limiter = getattr(client, "limiter", None)
-        if limiter is None or id(limiter) in seen:
-            continue
-        seen.add(id(limiter))
-        total += sum(v.get("wait_seconds", 0.0) for v in limiter.snapshot().values())
-    return total
+def _partition_positions(position: Optional[Dict[str, Any]], keys: List[str]) -> Dict[str, Dict[str, Any]]:
+    """Each partition's saved position, by its key (the JSON of its params)."""
+    if not position:
+        return {}
+    if "partitions" in position:
+        return {k: dict(v) for k, v in position["partitions"].items()}
+    # Saved when partitions were read one after another: those before `partition` are done.
+    at = position.get("partition", 0)
+    out: Dict[str, Dict[str, Any]] = {k: {"done": True} for k in keys[:at]}
+    if at < len(keys) and position.get("inner") is not None:
+        out[keys[at]] = {"inner": position["inner"]}
+    return out
 
 
 class Run:
@@ -739,27 +895,28 @@ class Pipeline:
         state = self.store.load(self.name)
         run = Run(self, self.store.begin_run(self.name))
         counters = Counters()
-        clients = (getattr(self.source, "client", None), getattr(self.sink, "client", None))
-        limiter_waits = _limiter_wait_seconds(*clients)
 
         def waited() -> float:
-            return counters.wait_seconds + _limiter_wait_seconds(*clients) - limiter_waits
+            """Seconds calls were held back so far: by the clients' limiters, and backing off."""
+            return counters.wait_seconds
         self.sink.open(counters)
         bar = _Progress(progress, self.name)
         src = self.source
+        src._open()
         inc = _IncrementalTracker(src.incremental, state["incremental"]) if src.incremental else None
         inc_value = src.incremental.start_value(state["incremental"]) if src.incremental else None
-        position = state["position"]
-        if position is not None and position.get("done"):
-            position = None
+        # Every partition's position: {"inner": where it resumes} or {"done": True}; a
+        # partition not in it starts from the beginning.
+        keys = src.partition_keys
+        positions = _partition_positions(state["position"], keys)
+        todo = [(i, positions.get(k, {}).get("inner")) for i, k in enumerate(keys)
+                if not positions.get(k, {}).get("done")]
         stop = threading.Event()
         pages: "queue.Queue" = queue.Queue(maxsize=self.prefetch)
-        fetcher = threading.Thread(target=src._fetch, args=(position, inc_value, pages, stop, counters),
+        fetcher = threading.Thread(target=src._fetch, args=(todo, inc_value, pages, stop, counters),
                                    name=f"isthmus-fetch-{self.name}", daemon=True)
-        watermark: Optional[Any] = None
-        wm_partition = -1
-        committed_position = position
-        pending_position = position
+        watermarks: Dict[int, Any] = {}
+        totals: Dict[int, int] = {}
         pending_dead: List[Dict[str, Any]] = []
         since_commit = 0
         last_commit = time.monotonic()
@@ -768,15 +925,15 @@ class Pipeline:
         stage = run.stage_seconds
 
         def commit(final: bool = False) -> None:
-            nonlocal committed_position, pending_dead, since_commit, last_commit
+            nonlocal pending_dead, since_commit, last_commit
             began = time.perf_counter()
             self.sink.flush()
             if final:
                 self.store.commit(self.name, run.id, None, pending_dead,
                                   incremental=inc.state() if inc else ...)
             else:
-                self.store.commit(self.name, run.id, pending_position, pending_dead)
-            committed_position = pending_position
+                self.store.commit(self.name, run.id, {"partitions": positions} if positions else None,
+                                  pending_dead)
             pending_dead, since_commit, last_commit = [], 0, time.monotonic()
             # Cycles made since the last checkpoint (a traceback kept for a dead letter, a
             # mapping's own) are collected here, young objects only: a few thousand at most.
@@ -801,20 +958,21 @@ class Pipeline:
                     raise item
                 chunk: _Chunk = item
                 if chunk.total is not None:
-                    total = chunk.total
+                    totals[chunk.partition] = chunk.total
+                    total = sum(totals.values()) if len(totals) == len(todo) else None
                 records = chunk.records
                 run.counts["read"] += len(records)
-                keys = src.keys(records)
+                rkeys = src.keys(records)
                 if inc is not None:
-                    keep = [not inc.skip(r, k) for r, k in zip(records, keys)]
+                    keep = [not inc.skip(r, k) for r, k in zip(records, rkeys)]
                     if not all(keep):
                         run.counts["skipped"] += keep.count(False)
                         records = [r for r, ok in zip(records, keep) if ok]
-                        keys = [k for k, ok in zip(keys, keep) if ok]
-                    inc.observe(records, keys)
+                        rkeys = [k for k, ok in zip(rkeys, keep) if ok]
+                    inc.observe(records, rkeys)
                 dead: List[Dict[str, Any]] = []
                 began = time.perf_counter()
-                mapped, mkeys, dropped = self._apply_map(records, keys, run, dead)
+                mapped, mkeys, dropped = self._apply_map(records, rkeys, run, dead)
                 mapped_at = time.perf_counter()
                 written = self._sink(mapped, mkeys, dead)
                 stage["map"] += mapped_at - began
@@ -823,16 +981,18 @@ class Pipeline:
                 run.counts["dropped"] += dropped
                 run.counts["dead_lettered"] += len(dead)
                 pending_dead.extend(dead)
-                # The sink has accepted (or rejected for good) every record of this chunk.
-                if chunk.units is not None:
-                    if watermark is None or wm_partition != chunk.partition:
-                        watermark, wm_partition = _core.Watermark(chunk.units[0]), chunk.partition
-                    mark = watermark.complete(*chunk.units)
-                    pending_position = {"partition": chunk.partition, "inner": {"unit": mark}}
-                elif chunk.after is not None:
-                    pending_position = {"partition": chunk.partition, "inner": chunk.after}
+                # The sink has accepted (or rejected for good) every record of this chunk: its
+                # partition may resume after it.
+                p = chunk.partition
+                if chunk.done or (chunk.units is None and chunk.after is None):
+                    positions[keys[p]] = {"done": True}
+                    watermarks.pop(p, None)
+                elif chunk.units is not None:
+                    if p not in watermarks:
+                        watermarks[p] = _core.Watermark(chunk.units[0])
+                    positions[keys[p]] = {"inner": {"unit": watermarks[p].complete(*chunk.units)}}
                 else:
-                    pending_position = {"partition": chunk.partition + 1, "inner": None}
+                    positions[keys[p]] = {"inner": chunk.after}
                 since_commit += len(records)
                 if since_commit >= self.checkpoint_every or time.monotonic() - last_commit > 2.0:
                     commit()
@@ -857,7 +1017,7 @@ class Pipeline:
             run.duration = time.monotonic() - started
             for k in ("requests", "status_429", "retries", "bytes_in", "bytes_out"):
                 run.counts[k] = getattr(counters, k)
-            # Time calls spent held back: by the clients' rate limiters, and backing off to retry.
+            # Time calls spent held back: by the clients' limiters, and backing off to retry.
             run.counts["wait_seconds"] = round(waited(), 3)
             self.sink.close()
             bar.update(run.counts["read"], total, final=True, waited=waited)
@@ -885,7 +1045,9 @@ class Pipeline:
         """Sends dead letters through again (map ones through map and the sink, sink ones to the sink).
 
         ``where`` is an SQL condition on the dead-letter columns (``"stage = 'map'"``) or a function
-        of a row dict. Delivered ones are marked resolved; the rest get one more attempt counted.
+        of a row dict. Delivered ones are marked resolved; the rest get one more attempt counted,
+        with the stage they fail at now (a map dead letter that now maps but that the sink
+        rejects becomes a sink dead letter holding the mapped record).
         """
         rows = self.store.dead_letters(self.name, where=where if isinstance(where, str) else None)
         if callable(where):
@@ -907,7 +1069,8 @@ class Pipeline:
                     failed += 1
                     d = dead[0]
                     self.store.bump_dead_letter(row["id"], d["error"], d.get("http_status"),
-                                                d.get("response_excerpt"), d.get("traceback"))
+                                                d.get("response_excerpt"), d.get("traceback"),
+                                                stage=d["stage"], record=d["record"])
                 elif ok or dropped:
                     delivered.append(row["id"])
             self.sink.flush()
@@ -917,9 +1080,15 @@ class Pipeline:
         return {"replayed": len(rows), "delivered": len(delivered), "failed": failed}
 
     def runs(self) -> Any:
+        """This pipeline's run history as a DataFrame: one row per run, start and finish as UTC
+        datetimes (finish empty while running, or when the process was killed), and its counts."""
         import pandas as pd
         rows = self.store.runs(self.name)
         flat = [{**{k: v for k, v in r.items() if k != "counts"}, **{k: r["counts"].get(k) for k in _COUNT_NAMES},
                  **{f"{k}_s": (r["counts"].get("stage_seconds") or {}).get(k) for k in _STAGES}}
                 for r in rows]
-        return pd.DataFrame(flat)
+        df = pd.DataFrame(flat, columns=["id", "pipeline", "started_at", "finished_at", "status", "error",
+                                         *_COUNT_NAMES, *(f"{k}_s" for k in _STAGES)])
+        for c in ("started_at", "finished_at"):
+            df[c] = pd.to_datetime(df[c], unit="s", utc=True)
+        return df

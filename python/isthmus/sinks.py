@@ -10,85 +10,90 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import sqlite3
-import time
+import threading
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from isthmus import _core, errors
+from isthmus.http import Response, redact_url
+from isthmus.limits import Retry, as_retry
 
 __all__ = ["Sink", "HttpSink", "JsonlSink", "SqliteSink", "CallableSink"]
 
 Rejection = Dict[str, Any]  # index, error, http_status, response_excerpt, attempts, traceback
 
+# Answers that say nothing about whether a batch was applied: the run stops on them.
+_TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
 
 class Counters:
-    """What a run reports about the network: requests, 429s, retries, bytes."""
+    """What a run reports about the network: requests, 429s, retries, bytes, time held back.
 
-    __slots__ = ("requests", "status_429", "retries", "bytes_in", "bytes_out", "wait_seconds")
+    Several fetch threads count at once, so counting goes through ``count`` (under a lock).
+    """
+
+    __slots__ = ("requests", "status_429", "retries", "bytes_in", "bytes_out", "wait_seconds", "_lock")
 
     def __init__(self) -> None:
         self.requests = self.status_429 = self.retries = self.bytes_in = self.bytes_out = 0
-        self.wait_seconds = 0.0  # backing off between attempts (limiter waits are added by the run)
+        self.wait_seconds = 0.0  # held back by the limiter and backing off between attempts
+        self._lock = threading.Lock()
+
+    def count(self, raw: Any, request: Any) -> None:
+        """Counts every attempt behind one answer of the core (a raw response)."""
+        # Counted without taking the body out of the core, which may parse it in place.
+        with self._lock:
+            self.requests += raw.attempts
+            self.retries += max(0, raw.attempts - 1)
+            self.status_429 += raw.retried_429 + (raw.status == 429)
+            self.bytes_in += raw.retried_bytes + raw.body_size
+            if request.content:
+                self.bytes_out += len(request.content) * raw.attempts
+            self.wait_seconds += raw.waited
+
+    def add_retries(self, n: int) -> None:
+        with self._lock:
+            self.retries += n
 
 
-_RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+def governed(client: Any, retry: Optional[Retry], attempts: int) -> Tuple[Any, Retry]:
+    """The client a stream or sink sends through, and the ``Retry`` it retries by.
 
-
-def _retry_after(response: Any) -> Optional[float]:
-    value = response.headers.get("retry-after") if response is not None else None
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
-
-
-def send_with_retry(client: Any, requests: Sequence[Any], counters: Counters, attempts: int,
-                    concurrency: int = 8, backoff: float = 0.1) -> List[Any]:
-    """Sends requests (in parallel), retrying 429, 5xx and transport errors with backoff.
-
-    Returns one Response per request (the last one, which may still be a 4xx, or a 5xx after
-    the last attempt) in order; raises the transport error of a request that never got an
-    answer. Until the governor branch lands in the clients, this is the pipeline's retry.
+    One retry mechanism, the governor's: ``retry`` when given, else the client's own, else
+    ``Retry(attempts=attempts)`` without a circuit breaker (a run stops on failures that
+    outlast the attempts, and its rerun resumes from the checkpoint).
     """
-    results: List[Any] = [None] * len(requests)
-    pending = list(range(len(requests)))
-    for attempt in range(1, attempts + 1):
-        batch = [requests[i] for i in pending]
-        answers = client.get_many(batch, concurrency=concurrency, return_exceptions=True)
-        counters.requests += len(batch)
-        again, wait = [], 0.0
-        for i, req, ans in zip(pending, batch, answers):
-            if req.content:
-                counters.bytes_out += len(req.content)
-            if isinstance(ans, Exception):
-                results[i] = ans
-                if isinstance(ans, (errors.TransportError, errors.TimeoutError)):
-                    again.append(i)
-                continue
-            # Counted without taking the body out of the core, which may parse it in place.
-            counters.bytes_in += len(ans._content) if ans._content is not None else ans._raw.body_size
-            results[i] = ans
-            if ans.status_code == 429:
-                counters.status_429 += 1
-            if ans.status_code in _RETRYABLE_STATUS:
-                again.append(i)
-                wait = max(wait, _retry_after(ans) or 0.0)
-        if not again or attempt == attempts:
-            break
-        counters.retries += len(again)
-        # Exponential backoff with jitter, or longer when the server said so.
-        pause = max(wait, backoff * (2 ** (attempt - 1)) * (0.5 + random.random()))
-        counters.wait_seconds += pause
-        time.sleep(pause)
-        pending = again
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
-    return results
+    if retry is not None:
+        return client._with_retry(retry), retry
+    if getattr(client, "retry", None) is not None:
+        return client, client.retry
+    default = Retry(attempts=attempts, circuit_breaker=False)
+    return client._with_retry(default), default
+
+
+def as_stage_retry(retry: Any) -> Optional[Retry]:
+    """``retry=`` of a Stream or HttpSink: None (the client's, or a default), a Retry, or attempts."""
+    if retry is None:
+        return None
+    if isinstance(retry, bool):
+        raise errors.ConfigError(f"retry: {retry!r} is not valid; expected a Retry(...), an int number "
+                                 "of attempts, or None for the client's retry")
+    return as_retry(retry)
+
+
+def send(client: Any, requests: Sequence[Any], counters: Counters,
+         concurrency: int) -> List[Union[Any, Exception]]:
+    """Sends requests in parallel through the client (its governor retries 429s, 5xx and
+    transport errors); counts every attempt. One Response, or the error of a request that
+    never got an answer, per request, in order."""
+    client._check_open()
+    raws = client._exchange_many(list(requests), concurrency)
+    out: List[Union[Any, Exception]] = []
+    for raw, req in zip(raws, requests):
+        counters.count(raw, req)
+        out.append(Response(raw, req) if raw.ok else raw.exception(req.method, redact_url(req.url)))
+    return out
 
 
 def _excerpt(response: Any, limit: int = 500) -> str:
@@ -126,7 +131,8 @@ class HttpSink(Sink):
 
     def __init__(self, client: Any, path: str, *, batch_size: int = 100,
                  idempotency_key: Any = True, attempts: int = 6, concurrency: int = 8,
-                 wrap: Optional[str] = None, headers: Optional[Dict[str, str]] = None):
+                 wrap: Optional[str] = None, headers: Optional[Dict[str, str]] = None,
+                 retry: Any = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 100_000:
             raise errors.ConfigError(f"batch_size: {batch_size!r} is not valid; expected an int from 1 to 100000")
         if not (idempotency_key in (True, False, None) or callable(idempotency_key)):
@@ -136,6 +142,13 @@ class HttpSink(Sink):
         self.idempotency_key = idempotency_key
         self.attempts, self.concurrency, self.wrap = attempts, concurrency, wrap
         self.headers = dict(headers or {})
+        self.retry = as_stage_retry(retry)
+        self._http: Any = None
+
+    def open(self, counters: Counters) -> None:
+        super().open(counters)
+        if self._http is None:
+            self._http, _ = governed(self.client, self.retry, self.attempts)
 
     def _key(self, records: List[Any], keys: List[str]) -> Optional[str]:
         if self.idempotency_key in (False, None):
@@ -161,15 +174,18 @@ class HttpSink(Sink):
     def _send(self, records: List[Any], keys: List[str], spans: List[tuple], rejected: List[Rejection],
               narrowing: bool) -> None:
         reqs = [self._request(records[a:b], keys[a:b]) for a, b in spans]
-        answers = send_with_retry(self.client, reqs, self.counters, self.attempts, self.concurrency)
+        answers = send(self._http, reqs, self.counters, self.concurrency)
+        for resp in answers:
+            if isinstance(resp, Exception):
+                raise resp  # the checkpoint stays before these records; a rerun sends them again
         retry_singly: List[tuple] = []
         for (a, b), resp in zip(spans, answers):
             status = resp.status_code
             if 200 <= status < 300:
                 continue
-            if status in _RETRYABLE_STATUS:
+            if status in _TRANSIENT_STATUS:
                 raise errors.PipelineError(
-                    f"HttpSink: POST {self.path} still answered {status} after {self.attempts} attempts; "
+                    f"HttpSink: POST {self.path} still answered {status} after {resp.attempts} attempts; "
                     f"stopping without moving the checkpoint: {_excerpt(resp, 200)}")
             if b - a > 1 and not narrowing:
                 retry_singly.extend((i, i + 1) for i in range(a, b))

@@ -194,11 +194,32 @@ class StateStore:
         return out
 
     def bump_dead_letter(self, dl_id: int, error: str, http_status: Optional[int],
-                         excerpt: Optional[str], traceback: Optional[str] = None) -> None:
-        self._db.execute(
-            "UPDATE dead_letters SET attempts = attempts + 1, last_seen = ?, error = ?, http_status = ?, "
-            "response_excerpt = ?, traceback = COALESCE(?, traceback) WHERE id = ?",
-            (time.time(), error, http_status, excerpt, traceback, dl_id))
+                         excerpt: Optional[str], traceback: Optional[str] = None, *,
+                         stage: Optional[str] = None, record: Any = None) -> None:
+        """One more failed attempt of a dead letter. With ``stage`` (and the ``record`` as that
+        stage saw it), the stage it fails at now; an older dead letter of the same record at
+        that stage is superseded by this one."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT pipeline, record_key, stage FROM dead_letters WHERE id = ?",
+                             (dl_id,)).fetchone()
+            if row is not None and stage is not None and stage != row[2]:
+                db.execute("DELETE FROM dead_letters WHERE pipeline = ? AND record_key = ? AND stage = ?",
+                           (row[0], row[1], stage))
+                db.execute("UPDATE dead_letters SET stage = ?, record = ? WHERE id = ?",
+                           (stage, json.dumps(record, default=str), dl_id))
+            # At another stage now, the old stage's traceback no longer applies.
+            keep_tb = stage is None or row is None or stage == row[2]
+            db.execute(
+                "UPDATE dead_letters SET attempts = attempts + 1, last_seen = ?, error = ?, http_status = ?, "
+                "response_excerpt = ?, traceback = " + ("COALESCE(?, traceback)" if keep_tb else "?") +
+                " WHERE id = ?",
+                (time.time(), error, http_status, excerpt, traceback, dl_id))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def pipelines(self) -> List[str]:
         rows = self._db.execute("SELECT pipeline FROM runs UNION SELECT pipeline FROM checkpoints "

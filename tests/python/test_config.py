@@ -73,3 +73,25 @@ def test_config_errors_name_the_field(tmp_path, monkeypatch):
     with pytest.raises(isthmus.ConfigError, match=r"source.paginator.type: 'cursr' is not valid"):
         load_pipeline(path)
     assert cli.main(["run", path]) == 2
+
+
+def test_time_slices_and_retry_from_config(tmp_path):
+    from isthmus.config import pipeline_from_dict
+    with isthmus.Sandbox(records=200) as src, isthmus.Sandbox() as dst:
+        doc = {
+            "name": "sliced", "state": "state.db",
+            "source": {"base_url": src.url, "path": "/v1/contacts", "params": {"limit": 30},
+                       "paginator": {"type": "cursor"}, "concurrency": 3,
+                       "partitions": {"time_slices": {"start": "2024-01-01", "end": "2025-01-01",
+                                                      "every": 86400 * 60}},
+                       "retry": {"attempts": 4, "base": 0.05}},
+            "sink": {"type": "http", "base_url": dst.url, "path": "/v1/contacts/batch", "retry": 3},
+        }
+        pipe = pipeline_from_dict(doc, tmp_path)
+        assert len(pipe.source.partitions) == 7 and pipe.source.retry.attempts == 4
+        assert pipe.sink.retry.attempts == 3
+        run = pipe.run()
+        assert run.counts["read"] == 200 and dst.stats()["records_received"]["contacts"]["unique"] == 200
+        doc["source"]["partitions"] = {"slices": {}}
+        with pytest.raises(isthmus.ConfigError, match="source.partitions"):
+            pipeline_from_dict(doc, tmp_path)

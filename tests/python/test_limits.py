@@ -205,9 +205,11 @@ def test_post_is_retried_only_with_an_idempotency_key():
     faults = {"POST /v1/contacts": {"error_rate": {"503": 1.0}}}
     with isthmus.Sandbox(faults=faults) as api:
         with isthmus.Client(api.url, retry=isthmus.Retry(attempts=3, base=0.001, circuit_breaker=False)) as c:
-            assert c.post("/v1/contacts", json={"id": "x"}).status_code == 503
+            unsafe = c.post("/v1/contacts", json={"id": "x"})
+            assert (unsafe.status_code, unsafe.attempts) == (503, 1)
             assert len(arrivals(api)) == 1
-            assert c.post("/v1/contacts", json={"id": "x"}, headers={"Idempotency-Key": "k1"}).status_code == 503
+            keyed = c.post("/v1/contacts", json={"id": "x"}, headers={"Idempotency-Key": "k1"})
+            assert (keyed.status_code, keyed.attempts) == (503, 3)  # the answer says what it took
             assert len(arrivals(api)) == 4
             assert c.limits_snapshot()[f"127.0.0.1:{api.port}///"]["retries"] == 2
 

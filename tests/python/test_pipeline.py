@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 import pytest
 
 import isthmus
+from isthmus.store import StateStore
 
 N = 1000
 
@@ -77,8 +79,10 @@ def test_core_and_python_parsers_give_the_same_records(tmp_path):
     assert got["core"] == got["python"]
 
 
-CRASHING_CHILD = textwrap.dedent("""
-    import os, signal, sys
+# A pipeline run in a child process that SIGKILLs itself while mapping its kill_at-th record:
+# no cleanup, no final checkpoint. The stream and the pipeline's options follow.
+KILLED_WHILE_MAPPING = textwrap.dedent("""
+    import datetime, os, signal, sys
     import isthmus
     src_url, dst_url, state, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     seen = 0
@@ -86,9 +90,12 @@ CRASHING_CHILD = textwrap.dedent("""
         global seen
         seen += 1
         if seen == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no final checkpoint
+            os.kill(os.getpid(), signal.SIGKILL)
         return {"id": r["id"]}
     client, dclient = isthmus.Client(src_url), isthmus.Client(dst_url)
+""")
+
+CRASHING_CHILD = KILLED_WHILE_MAPPING + textwrap.dedent("""
     stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 50})
     isthmus.Pipeline(stream, map=mapping, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch", batch_size=25),
                      state=state, checkpoint_every=100).run()
@@ -118,6 +125,9 @@ def test_a_killed_run_resumes_and_loses_nothing(dest, tmp_path):
     assert after["duplicate"] + after["idempotent_replays"] <= 150
     runs = isthmus.Pipeline(stream, sink=isthmus.JsonlSink(str(tmp_path / "x")), state=state).runs()
     assert list(runs["status"]) == ["running", "completed"]  # the killed run never finished
+    assert str(runs["started_at"].dtype) == str(runs["finished_at"].dtype) == "datetime64[ns, UTC]"
+    assert runs["finished_at"].isna().tolist() == [True, False]
+    assert runs["started_at"].iloc[0] < runs["started_at"].iloc[1] < runs["finished_at"].iloc[1]
 
 
 def test_mapping_errors_and_wrong_types_dead_letter_and_the_run_reconciles(dest, tmp_path):
@@ -357,3 +367,195 @@ def test_cycles_a_mapping_makes_are_collected_at_each_checkpoint(tmp_path):
     # A checkpoint after every page collected the page's cycles, so memory stays bounded.
     assert freed_when_900_mapped[0] >= 800
     assert gc.isenabled()
+
+
+# -- partitions, time slices ------------------------------------------------------------------
+
+YEAR_2024 = dict(start="2024-01-01", end="2025-01-01", start_param="updated_since", end_param="updated_before")
+
+
+@pytest.mark.parametrize("style", ["cursor", "offset"])
+def test_time_slices_deliver_every_record_once(style, dest, tmp_path):
+    dst, dclient = dest
+    slices = isthmus.TimeSlices(every=datetime.timedelta(days=30), **YEAR_2024)
+    assert len(slices) == 13 and slices[0] == {"updated_since": "2024-01-01T00:00:00.000Z",
+                                               "updated_before": "2024-01-31T00:00:00.000Z"}
+    with isthmus.Sandbox(records=N, pagination=style) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=PAGINATORS[style](),
+                                params={"limit": 40} if style == "cursor" else None,
+                                partitions=slices, concurrency=4)
+        run = isthmus.Pipeline(stream, map=slim, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch"),
+                               state=str(tmp_path / "s.db")).run()
+    # Overlapping slices would read some records twice; slices the server ignored, far more.
+    assert run.counts["read"] == N and run.counts["written"] == N
+    assert received(dst) == {"unique": N, "duplicate": 0, "idempotent_replays": 0}
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_partitions_are_fetched_concurrently_up_to_the_bound(concurrency, tmp_path):
+    # Every page takes 30 ms, so partitions fetched at once need connections of their own.
+    faults = {"GET /v1/contacts": {"latency_ms": 30}}
+    with isthmus.Sandbox(records=400, faults=faults) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 25},
+                                partitions=isthmus.TimeSlices(every=datetime.timedelta(days=61), **YEAR_2024),
+                                concurrency=concurrency)
+        out = []
+        isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=str(tmp_path / "s.db")).run()
+        max_open = src.stats()["connections"]["max_open"]
+    assert len(out) == 400 and len({r["id"] for r in out}) == 400
+    if concurrency == 1:
+        assert max_open == 1  # one partition after another, on one kept-alive connection
+    else:
+        assert 2 <= max_open <= 4
+
+
+PARTITIONED_CHILD = KILLED_WHILE_MAPPING + textwrap.dedent("""
+    slices = isthmus.TimeSlices("2024-01-01", "2025-01-01", every=datetime.timedelta(days=92),
+                                start_param="updated_since", end_param="updated_before")
+    stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 20},
+                            partitions=slices, concurrency=4)
+    isthmus.Pipeline(stream, map=mapping, sink=isthmus.HttpSink(dclient, "/v1/contacts/batch", batch_size=20),
+                     state=state, checkpoint_every=60).run()
+""")
+
+
+def test_a_killed_partitioned_run_resumes_every_partition_where_it_stopped(dest, tmp_path):
+    dst, dclient = dest
+    state = str(tmp_path / "s.db")
+    # Partitions finish at different times: some pages of a slice come back slowly.
+    faults = {"GET /v1/contacts": {"latency_ms": {"min": 0, "max": 40}}}
+    with isthmus.Sandbox(records=N, faults=faults) as src:
+        child = subprocess.run([sys.executable, "-c", PARTITIONED_CHILD, src.url, dst.url, state, "700"],
+                               capture_output=True, timeout=60)
+        assert child.returncode == -signal.SIGKILL, child.stderr.decode()
+        before = received(dst)
+        saved = StateStore(state).load("v1_contacts")["position"]["partitions"]
+        # Several partitions were under way at once, each with its own position.
+        assert sum(1 for p in saved.values() if "inner" in p) >= 2
+        with isthmus.Client(src.url) as client:
+            stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                    params={"limit": 20}, concurrency=4,
+                                    partitions=isthmus.TimeSlices(every=datetime.timedelta(days=92), **YEAR_2024))
+            run = isthmus.Pipeline(stream, map=lambda r: {"id": r["id"]},
+                                   sink=isthmus.HttpSink(dclient, "/v1/contacts/batch", batch_size=20),
+                                   state=state).run()
+    after = received(dst)
+    assert 0 < before["unique"] < N
+    assert after["unique"] == N and after["duplicate"] == 0  # nothing skipped, nothing twice
+    # Each partition resumed from its checkpoint: read again is only what the sink accepted
+    # after the last one (under checkpoint_every plus a page).
+    assert 0 <= run.counts["read"] - (N - before["unique"]) < 60 + 20
+
+
+def test_a_checkpoint_from_one_partition_at_a_time_resumes_in_parallel(tmp_path):
+    # The position format before partitions ran in parallel: partition 1 of 3, at a cursor.
+    state = str(tmp_path / "s.db")
+    slices = isthmus.TimeSlices(every=datetime.timedelta(days=122), **YEAR_2024)
+    assert len(slices) == 3
+    with isthmus.Sandbox(records=300) as src, isthmus.Client(src.url) as client:
+        first = client.get("/v1/contacts", params={"limit": 20, **slices[1]}).json()
+        store = StateStore(state)
+        store.commit("v1_contacts", 0, {"partition": 1, "inner": {
+            "url": None, "params": {"limit": 20, **slices[1], "cursor": first["meta"]["next_cursor"]}}})
+        out = []
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 20},
+                                partitions=slices)
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=store).run()
+    ids = sorted(int(r["id"][4:]) for r in out)
+    # Partition 0 was done, partition 1 resumes after its first page, partition 2 is read whole.
+    after_first_page = int(first["data"][-1]["id"][4:]) + 1
+    assert run.counts["read"] == len(ids)
+    assert ids == list(range(after_first_page, 301))
+
+
+def test_time_slices_and_partitions_validate_their_configuration():
+    with pytest.raises(isthmus.ConfigError, match="end"):
+        isthmus.TimeSlices("2024-02-01", "2024-01-01", every=60)
+    with pytest.raises(isthmus.ConfigError, match="start"):
+        isthmus.TimeSlices("last tuesday", "2024-01-01", every=60)
+    with pytest.raises(isthmus.ConfigError, match="every"):
+        isthmus.TimeSlices("2024-01-01", "2024-01-02", every=0)
+    with pytest.raises(isthmus.ConfigError, match="at most 100,000"):
+        isthmus.TimeSlices("2000-01-01", "2024-01-01", every=1)
+    unix = isthmus.TimeSlices(0, 150, every=60, format="unix", start_param="from", end_param="to")
+    assert list(unix) == [{"from": 0, "to": 60}, {"from": 60, "to": 120}, {"from": 120, "to": 150}]
+    with pytest.raises(isthmus.ConfigError, match=r"partitions\[1\].*repeats partitions\[0\]"):
+        isthmus.Stream(None, "/x", partitions=[{"a": 1}, {"a": 1}])
+    with pytest.raises(isthmus.ConfigError, match="updated_since.*incremental"):
+        isthmus.Stream(None, "/x", partitions=isthmus.TimeSlices(every=86400 * 31, **YEAR_2024),
+                       incremental=isthmus.Incremental("updated_at", "updated_since"))
+    with pytest.raises(isthmus.ConfigError, match="concurrency"):
+        isthmus.Stream(None, "/x", concurrency=0)
+
+
+# -- one retry mechanism: the governor's ----------------------------------------------------------
+
+def _gets(sb):
+    return sb.stats()["requests"]["by_endpoint"]["GET /v1/contacts"]
+
+
+def test_run_counters_match_what_the_server_saw(tmp_path):
+    faults = {"GET /v1/contacts": {"error_rate": {"429": 0.15, "503": 0.1}}}
+    with isthmus.Sandbox(records=N, faults=faults) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 25})
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda r: None), state=str(tmp_path / "s.db")).run()
+        seen = _gets(src)
+    c = run.counts
+    assert c["read"] == N
+    assert c["requests"] == sum(seen.values())
+    assert c["status_429"] == seen["429"] > 0
+    assert c["retries"] == seen["429"] + seen["503"]
+    assert c["wait_seconds"] > 0  # backing off between attempts
+    assert c["bytes_in"] > N * 100
+
+
+def test_a_stream_retries_by_the_clients_retry_when_it_has_one(tmp_path):
+    faults = {"GET /v1/contacts": {"error_rate": {"503": 1.0}}}
+    with isthmus.Sandbox(records=10, faults=faults) as src, \
+            isthmus.Client(src.url, retry=isthmus.Retry(attempts=2, base=0.01)) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), attempts=5)
+        pipe = isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda r: None), state=str(tmp_path / "s.db"))
+        with pytest.raises(isthmus.PipelineError, match="503 Service Unavailable after 2 attempts"):
+            pipe.run()
+        assert sum(_gets(src).values()) == 2
+        # A Retry given to the stream wins over the client's.
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                retry=isthmus.Retry(attempts=3, base=0.01))
+        pipe = isthmus.Pipeline(stream, sink=isthmus.CallableSink(lambda r: None), state=str(tmp_path / "t.db"))
+        with pytest.raises(isthmus.PipelineError, match="after 3 attempts"):
+            pipe.run()
+        assert sum(_gets(src).values()) == 5
+    last = pipe.runs().iloc[-1]
+    assert (last["status"], last["requests"], last["retries"]) == ("failed", 3, 2)
+
+
+def test_a_replayed_dead_letter_that_fails_further_on_records_its_new_stage(tmp_path):
+    broken = {"map": True, "sink": True}
+    delivered = []
+
+    def mapping(r):
+        if broken["map"] and r["id"].endswith("7"):
+            raise RuntimeError("lookup failed")
+        return {"id": r["id"], "mapped": True}
+
+    def sink(records):
+        if broken["sink"] and any(r["id"].endswith("7") for r in records):
+            raise ValueError("the destination refuses it")
+        delivered.extend(records)
+
+    with isthmus.Sandbox(records=100) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 50})
+        pipe = isthmus.Pipeline(stream, map=mapping, sink=isthmus.CallableSink(sink), state=str(tmp_path / "s.db"))
+        pipe.run()
+        assert set(pipe.dead_letters()["stage"]) == {"map"} and len(pipe.dead_letters()) == 10
+        broken["map"] = False  # the mapping is fixed; the destination still refuses those records
+        assert pipe.replay_dead_letters() == {"replayed": 10, "delivered": 0, "failed": 10}
+        df = pipe.dead_letters()
+        assert len(df) == 10 and set(df["stage"]) == {"sink"}
+        row = df[df["record_key"] == "con_0000000007"].iloc[0]
+        assert row["record"] == {"id": "con_0000000007", "mapped": True}  # what the sink was given
+        assert "refuses it" in row["error"] and "lookup failed" not in (row["traceback"] or "")
+        assert row["attempts"] == 2
+        broken["sink"] = False
+        assert pipe.replay_dead_letters(where="stage = 'sink'")["delivered"] == 10
+    assert pipe.dead_letters().empty and len(delivered) == 100

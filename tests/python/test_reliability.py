@@ -169,7 +169,7 @@ def test_crash_resume(tmp_path):
             after = _received(dst)
             resent = (after["duplicate"] - before["duplicate"]) + (after["idempotent_replays"]
                                                                    - before["idempotent_replays"])
-            start = ((position or {}).get("inner") or {}).get("unit", 0)
+            start = ((position or {"partitions": {}})["partitions"].get("{}", {}).get("inner") or {}).get("unit", 0)
             restarts.append({"run": i, "mode": mode, "rc": p.returncode, "resumed_at": start,
                              "new": after["unique"] - before["unique"],
                              # Every record already at the destination at or past the checkpoint

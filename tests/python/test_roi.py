@@ -420,9 +420,12 @@ def test_import_does_not_load_matplotlib():
 def test_from_run_matches_what_the_sandboxes_saw(tmp_path):
     import isthmus
 
-    # A source that allows 5 requests a second, one at a time, so the run meets some 429s.
+    # A source that allows 5 requests a second, one at a time, and a client that paces itself
+    # at 50 a second (so it does not wait on the source's X-RateLimit-Remaining: 0): the run
+    # meets some 429s.
     with isthmus.Sandbox(records=300, rate_limit=5, burst=1) as src, isthmus.Sandbox() as dst, \
-            isthmus.Client(src.url) as crm, isthmus.Client(dst.url) as ours:
+            isthmus.Client(src.url, rate_limit=isthmus.RateLimit(50, burst=1)) as crm, \
+            isthmus.Client(dst.url) as ours:
         stream = isthmus.Stream(crm, "/v1/contacts", paginator=isthmus.CursorPaginator(),
                                 params={"limit": 100})
         pipeline = isthmus.Pipeline(stream, map=lambda r: {"id": r["id"], "email": r["email"]},

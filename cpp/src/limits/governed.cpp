@@ -279,6 +279,11 @@ class GovernedTransport::Impl : public std::enable_shared_from_this<GovernedTran
     TimePoint started{};
     std::optional<TimePoint> deadline;
     int attempts = 0;
+    // What the caller is told about the attempts before the answer it gets.
+    int retried_429 = 0;
+    std::uint64_t retried_bytes = 0;
+    double waited = 0;        // seconds in the governor's queue and backing off
+    TimePoint queued_at{};    // when the current attempt joined the governor's queue
     Phase phase = Phase::queued;
     bool cancelled = false;
     std::uint64_t wait_id = 0;   // in the governor's queue
@@ -352,6 +357,7 @@ class GovernedTransport::Impl : public std::enable_shared_from_this<GovernedTran
       std::lock_guard lock(op->m);
       if (op->cancelled) return finish_locked(op, make_error_code(errc::cancelled), "cancelled");
       op->phase = Phase::queued;
+      op->queued_at = now();
     }
     if (breaker_ && !breaker_->allow(op->host)) {
       char msg[160];
@@ -372,6 +378,10 @@ class GovernedTransport::Impl : public std::enable_shared_from_this<GovernedTran
   }
 
   void on_granted(const std::shared_ptr<Op>& op, std::error_code ec, const Reservation& r) {
+    {
+      std::lock_guard lock(op->m);
+      op->waited += to_seconds(now() - op->queued_at);
+    }
     if (ec) {
       if (breaker_) breaker_->abandon(op->host);
       http::Response resp;
@@ -441,6 +451,9 @@ class GovernedTransport::Impl : public std::enable_shared_from_this<GovernedTran
                                  obs.retry_after, uniform01());
     if (!d.retry) return finish_locked(op, ec, resp.error_message, std::move(resp));
     op->phase = Phase::backoff;
+    if (!ec && resp.status == 429) ++op->retried_429;
+    op->retried_bytes += resp.body.size();
+    op->waited += d.delay;
     lock.unlock();
     limiter.note_retry(op->key);
     op->timer.expires_after(seconds(d.delay));
@@ -467,6 +480,10 @@ class GovernedTransport::Impl : public std::enable_shared_from_this<GovernedTran
       if (resp.error_message.empty()) resp.error_message = std::move(message);
     }
     resp.elapsed = to_seconds(now() - op->started);
+    resp.attempts = op->attempts;
+    resp.retried_429 = op->retried_429;
+    resp.retried_bytes = op->retried_bytes;
+    resp.waited = op->waited;
     auto done = std::move(op->done);
     {
       std::lock_guard lock(ops_mutex_);

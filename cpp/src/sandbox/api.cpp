@@ -5,6 +5,7 @@
 #include <openssl/hmac.h>
 #include <openssl/sha.h>
 
+#include <algorithm>
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -509,18 +510,26 @@ struct Page {
 
 }  // namespace
 
-static std::string encode_cursor(std::uint64_t next, std::uint64_t since) {
-  return base64("v1:" + std::to_string(next) + ":" + std::to_string(since), true);
+// A cursor carries the next index and the time filters: "v1:next:since[:before]".
+static std::string encode_cursor(std::uint64_t next, std::uint64_t since, std::uint64_t before) {
+  std::string raw = "v1:" + std::to_string(next) + ":" + std::to_string(since);
+  if (before) raw += ":" + std::to_string(before);
+  return base64(raw, true);
 }
 
-static bool decode_cursor(std::string_view cursor, std::uint64_t& next, std::uint64_t& since) {
+static bool decode_cursor(std::string_view cursor, std::uint64_t& next, std::uint64_t& since,
+                          std::uint64_t& before) {
   auto raw = unbase64(cursor, true);
   if (!raw || raw->rfind("v1:", 0) != 0) return false;
   std::string_view rest(*raw);
   rest.remove_prefix(3);
   auto colon = rest.find(':');
-  if (colon == std::string_view::npos) return false;
-  return parse_u64(rest.substr(0, colon), next) && parse_u64(rest.substr(colon + 1), since);
+  if (colon == std::string_view::npos || !parse_u64(rest.substr(0, colon), next)) return false;
+  rest.remove_prefix(colon + 1);
+  colon = rest.find(':');
+  before = 0;
+  if (colon == std::string_view::npos) return parse_u64(rest, since);
+  return parse_u64(rest.substr(0, colon), since) && parse_u64(rest.substr(colon + 1), before) && before > 0;
 }
 
 bool Router::handle_api(const Request& req, Reply& out) {
@@ -716,14 +725,21 @@ Reply Router::list(const Request& req, int res) {
     if (!parse_time(*v, since))
       return api_error(400, "bad_parameter", "updated_since must be an RFC 3339 time or unix seconds");
   }
+  std::uint64_t before = 0;  // exclusive; 0 = no upper bound
+  if (const std::string* v = req.query_param("updated_before")) {
+    if (!parse_time(*v, before) || before == 0)
+      return api_error(400, "bad_parameter", "updated_before must be an RFC 3339 time or unix seconds after 1970");
+  }
   std::uint64_t start = 0, skip = 0, page = 1;
   const bool by_cursor = c.pagination == Pagination::cursor || c.pagination == Pagination::link ||
                          c.pagination == Pagination::next_url;
   if (by_cursor) {
     if (const std::string* v = req.query_param("cursor"); v && !v->empty()) {
-      std::uint64_t csince = 0;
-      if (!decode_cursor(*v, start, csince) || start > N) return api_error(400, "bad_cursor", "cursor is not valid");
+      std::uint64_t csince = 0, cbefore = 0;
+      if (!decode_cursor(*v, start, csince, cbefore) || start > N)
+        return api_error(400, "bad_cursor", "cursor is not valid");
       since = csince;
+      before = cbefore;
     }
   } else if (c.pagination == Pagination::offset) {
     if (const std::string* v = req.query_param("offset"); v && !parse_u64(*v, skip))
@@ -735,10 +751,24 @@ Reply Router::list(const Request& req, int res) {
   }
 
   // Matching records in id order: changed records from before the base range, then the base
-  // range [first, N) with its changes applied.
+  // range [first, last) with its changes applied. A change only moves updated_at forward, so
+  // with an upper bound the base range loses the records changed since (`excluded`), and no
+  // record past it can match.
   std::uint64_t first = since ? first_index_since(since, N) : 0;
-  std::vector<std::pair<std::uint64_t, Change>> early;  // changed, base < since, updated >= since
+  std::uint64_t last = before ? std::max(first, first_index_since(before, N)) : N;
+  std::vector<std::pair<std::uint64_t, Change>> early;  // changed, base < since, updated in range
+  std::vector<std::uint64_t> excluded;                  // in [first, last), changed to >= before
   std::map<std::uint64_t, Change> changed_in_range;
+  // Where a page starts in the base range: an index (cursor) or the k-th match (offset).
+  auto base_start = [&] {
+    if (by_cursor) return std::max(first, start);
+    std::uint64_t i = skip > early.size() ? first + (skip - early.size()) : first;
+    for (std::uint64_t e : excluded) {
+      if (e > i) break;
+      ++i;
+    }
+    return i;
+  };
   Page pg;
   {
     std::unique_lock lock(state_->mutex, std::defer_lock);
@@ -747,35 +777,47 @@ Reply Router::list(const Request& req, int res) {
       const auto& changes = state_->changes[res];
       if (since)
         for (auto it = changes.begin(); it != changes.end() && it->first < first; ++it)
-          if (it->second.updated_ms >= since) early.emplace_back(it->first, it->second);
+          if (it->second.updated_ms >= since && (!before || it->second.updated_ms < before))
+            early.emplace_back(it->first, it->second);
+      if (before)
+        for (auto it = changes.lower_bound(first); it != changes.end() && it->first < last; ++it)
+          if (it->second.updated_ms >= before) excluded.push_back(it->first);
       // Changes inside the window this page can reach.
-      std::uint64_t from = by_cursor ? std::max(first, start)
-                                     : (skip > early.size() ? first + (skip - early.size()) : first);
-      for (auto it = changes.lower_bound(from); it != changes.end() && it->first < from + limit; ++it)
+      const std::uint64_t from = base_start();
+      const std::uint64_t to = from + limit + excluded.size();
+      for (auto it = changes.lower_bound(from); it != changes.end() && it->first < to; ++it)
         changed_in_range.emplace(it->first, it->second);
     }
   }
-  pg.total = early.size() + (N - first);
+  pg.total = early.size() + (last - first) - excluded.size();
   auto change_of = [&](std::uint64_t i) {
     auto it = changed_in_range.find(i);
     return it != changed_in_range.end() ? it->second : Change{1, base_updated_ms(i, N)};
   };
+  auto is_excluded = [&](std::uint64_t i) { return std::binary_search(excluded.begin(), excluded.end(), i); };
+  // Base records from index `from` up to the page's limit.
+  auto take_base = [&](std::uint64_t from) {
+    for (std::uint64_t i = from; i < last && pg.items.size() < limit; ++i)
+      if (!is_excluded(i)) pg.items.emplace_back(i, change_of(i));
+  };
   if (by_cursor) {
     for (auto& e : early)
       if (e.first >= start && pg.items.size() < limit) pg.items.push_back(e);
-    for (std::uint64_t i = std::max(start, first); i < N && pg.items.size() < limit; ++i)
-      pg.items.emplace_back(i, change_of(i));
+    take_base(base_start());
     pg.next = pg.items.empty() ? N : pg.items.back().first + 1;
-    bool more_early = false;
-    for (auto& e : early) more_early |= e.first >= pg.next;
-    pg.more = more_early || std::max(pg.next, first) < N;
+    bool more = false;
+    for (auto& e : early) more |= e.first >= pg.next;
+    const std::uint64_t rest = std::max(pg.next, first);
+    if (rest < last) {
+      const auto gone = excluded.end() - std::lower_bound(excluded.begin(), excluded.end(), rest);
+      more |= last - rest > static_cast<std::uint64_t>(gone);
+    }
+    pg.more = more;
   } else {
-    std::uint64_t k = skip;
-    for (std::size_t e = static_cast<std::size_t>(std::min<std::uint64_t>(k, early.size()));
+    for (std::size_t e = static_cast<std::size_t>(std::min<std::uint64_t>(skip, early.size()));
          e < early.size() && pg.items.size() < limit; ++e)
       pg.items.push_back(early[e]);
-    std::uint64_t from = k > early.size() ? first + (k - early.size()) : first;
-    for (std::uint64_t i = from; i < N && pg.items.size() < limit; ++i) pg.items.emplace_back(i, change_of(i));
+    take_base(base_start());
     pg.more = skip + pg.items.size() < pg.total;
   }
 
@@ -791,7 +833,7 @@ Reply Router::list(const Request& req, int res) {
   std::string host(req.header("host"));
   if (host.empty()) host = "127.0.0.1";
   std::string base = "http://" + host + "/v1/" + std::string(kResources[res].name) + "?limit=" + std::to_string(limit);
-  std::string cursor = pg.more ? encode_cursor(pg.next, since) : std::string();
+  std::string cursor = pg.more ? encode_cursor(pg.next, since, before) : std::string();
   switch (c.pagination) {
     case Pagination::cursor:
       b += ",\"meta\":{\"next_cursor\":";

@@ -144,6 +144,8 @@ TEST_F(GovernedTest, RetriesA503ThenCompletesOnce) {
   EXPECT_FALSE(ec);
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(fake->sent().size(), 2u);
+  EXPECT_EQ(r.attempts, 2);  // the answer says what it took
+  EXPECT_EQ(r.retried_429, 0);
   auto snap = t->governor()->limiter().snapshot();
   ASSERT_EQ(snap.size(), 1u);
   EXPECT_EQ(snap[0].retries, 1u);
@@ -155,6 +157,7 @@ TEST_F(GovernedTest, RetryAfterHoldsTheNextAttemptBack) {
   fake->respond = [](const http::Request&, int n) {
     http::Response r;
     r.status = n == 1 ? 429 : 200;
+    r.body = n == 1 ? "slow down" : "ok";
     if (n == 1) r.headers = {{"Retry-After", "1"}};
     return r;
   };
@@ -163,10 +166,35 @@ TEST_F(GovernedTest, RetryAfterHoldsTheNextAttemptBack) {
   auto t = make({Rule{RateSpec{1000, 1, 10}}}, p);
   Result res;
   t->send(request(), res.completion());
-  EXPECT_EQ(res.get().second.status, 200);
+  auto r = res.get().second;
+  EXPECT_EQ(r.status, 200);
   auto sent = fake->sent();
   ASSERT_EQ(sent.size(), 2u);
   EXPECT_GE(sent[1].second - sent[0].second, 1s);
+  // The answer carries what the retried attempts cost; its own status and body are its own.
+  EXPECT_EQ(r.body, "ok");
+  EXPECT_EQ(r.attempts, 2);
+  EXPECT_EQ(r.retried_429, 1);
+  EXPECT_EQ(r.retried_bytes, std::string("slow down").size());
+  EXPECT_GE(r.waited, 1.0);  // the Retry-After, plus a backoff of at most 1 ms
+  EXPECT_LT(r.waited, 1.5);
+}
+
+TEST_F(GovernedTest, TheAnswerCountsTimeHeldBackByTheLimiter) {
+  auto t = make({Rule{RateSpec{5, 1, 1}}});  // one call every 200 ms
+  Result first, second;
+  t->send(request(), first.completion());
+  auto a = first.get().second;
+  t->send(request(), second.completion());
+  auto b = second.get().second;
+  EXPECT_EQ(a.attempts, 1);
+  EXPECT_EQ(b.attempts, 1);
+  EXPECT_LT(a.waited, 0.05);
+  EXPECT_GT(b.waited, 0.1);
+  EXPECT_LT(b.waited, 0.5);
+  auto snap = t->governor()->limiter().snapshot();
+  ASSERT_EQ(snap.size(), 1u);
+  EXPECT_NEAR(snap[0].wait_seconds, a.waited + b.waited, 0.01);
 }
 
 TEST_F(GovernedTest, PostIsNotRetriedWithoutAnIdempotencyKey) {
@@ -197,6 +225,7 @@ TEST_F(GovernedTest, QuotaExhaustedSaysWhenItResets) {
   EXPECT_EQ(ec, make_error_code(errc::quota_exhausted));
   ASSERT_NE(r.header(kResetsAtHeader), nullptr);
   EXPECT_NE(r.error_message.find("resets at"), std::string::npos);
+  EXPECT_EQ(r.attempts, 0);  // refused before anything was sent
   EXPECT_EQ(fake->sent().size(), 2u);
 }
 

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 #include <ctime>
+#include <map>
 #include <random>
 
 #include "isthmus/error.hpp"
@@ -118,6 +119,61 @@ TEST(SandboxRouter, UpdatesShowUpInUpdatedSince) {
   json body = json::parse(router.handle(get("/v1/contacts?updated_since=2030-01-01T00:00:00Z&limit=100")).body);
   ASSERT_FALSE(body["data"].empty());
   for (auto& rec : body["data"]) EXPECT_GE(rec["version"].get<int>(), 2);
+}
+
+// Every record a GET of `query` serves, page by page, in the router's pagination style.
+std::vector<json> read_all(Router& router, const std::string& style, std::string query) {
+  std::vector<json> out;
+  for (std::uint64_t k = 0, page = 1; k < 1000; ++k) {
+    std::string target = "/v1/contacts?limit=7&" + query;
+    if (style == "offset") target += "&offset=" + std::to_string(out.size());
+    if (style == "page") target += "&page=" + std::to_string(page++);
+    Reply r = router.handle(get(target));
+    EXPECT_EQ(r.status, 200) << target << " " << r.body;
+    if (r.status != 200) break;
+    json body = json::parse(r.body);
+    for (auto& rec : body["data"]) out.push_back(rec);
+    if (style == "cursor") {
+      if (!body["meta"]["has_more"].get<bool>()) break;
+      query = "cursor=" + body["meta"]["next_cursor"].get<std::string>();  // carries the filters
+    } else if (body["data"].empty() || out.size() >= body["meta"]["total"].get<std::size_t>()) {
+      EXPECT_EQ(out.size(), body["meta"]["total"].get<std::size_t>()) << target;
+      break;
+    }
+  }
+  return out;
+}
+
+TEST(SandboxRouter, TimeSlicesSplitTheRecordsExactly) {
+  for (std::string style : {"cursor", "offset", "page"}) {
+    SCOPED_TRACE(style);
+    Router router = make(R"({"records": 97, "updates_per_second": 60, "pagination": ")" + style + R"("})");
+    router.tick(2000000000.0);  // 2033: some records change, moving their updated_at there
+    const std::vector<std::string> bounds = {"2024-01-01T00:00:00Z", "2024-05-01T00:00:00Z", "2024-05-20T12:00:00Z",
+                                             "2025-01-01T00:00:00Z", "2040-01-01T00:00:00Z"};
+    std::map<std::string, int> seen;
+    int changed = 0;
+    for (std::size_t i = 0; i + 1 < bounds.size(); ++i) {
+      std::uint64_t lo = 0, hi = 0;
+      ASSERT_TRUE(parse_time(bounds[i], lo));
+      ASSERT_TRUE(parse_time(bounds[i + 1], hi));
+      auto records = read_all(router, style, "updated_since=" + bounds[i] + "&updated_before=" + bounds[i + 1]);
+      for (auto& rec : records) {
+        std::uint64_t at = 0;
+        ASSERT_TRUE(parse_time(rec["updated_at"].get<std::string>(), at));
+        EXPECT_GE(at, lo) << rec["id"];
+        EXPECT_LT(at, hi) << rec["id"];  // the upper bound is exclusive
+        ++seen[rec["id"].get<std::string>()];
+        changed += rec["version"].get<int>() > 1;
+      }
+    }
+    EXPECT_EQ(seen.size(), 97u);  // every record in exactly one slice
+    for (auto& [id, n] : seen) EXPECT_EQ(n, 1) << id;
+    EXPECT_GT(changed, 0);  // changed records moved to the last slice, not seen twice
+  }
+  Router router = make(R"({"records": 10})");
+  EXPECT_EQ(router.handle(get("/v1/contacts?updated_before=soon")).status, 400);
+  EXPECT_EQ(router.handle(get("/v1/contacts?updated_before=0")).status, 400);
 }
 
 TEST(SandboxRouter, TokenEndpointRejectsWrongClient) {

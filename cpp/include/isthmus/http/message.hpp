@@ -42,6 +42,13 @@ struct Response {
   // Set when the exchange failed; the HTTP status (if any) is kept apart from it.
   std::error_code error;
   std::string error_message;  // human detail; never contains credentials
+  // The whole call, when a retrying transport (limits::GovernedTransport) made it: requests
+  // sent (0 when refused before sending), the 429 answers and body bytes of the attempts it
+  // retried past, and seconds held back by the limiter and backing off between attempts.
+  int attempts = 1;
+  int retried_429 = 0;
+  std::uint64_t retried_bytes = 0;
+  double waited = 0;
 
   const std::string* header(std::string_view name) const noexcept {
     return find_header(headers, name);
