@@ -23,6 +23,7 @@ import datetime as _dt
 import gc
 import hashlib
 import html
+import itertools
 import json
 import queue
 import re
@@ -511,11 +512,7 @@ class Stream:
                     raise resp
             damaged = []
             for i, resp in zip(todo, answers):
-                if not 200 <= resp.status_code < 300:
-                    raise errors.PipelineError(
-                        f"Stream {self.path}: GET {redact_url(resp.request.url)} answered {resp.status_code} "
-                        f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
-                        + f": {resp._redacted_excerpt(300)}")
+                self._check_status(resp)
                 try:
                     pages[i] = self._parse(steps[i], resp, wanted)
                 except _MalformedPage:
@@ -529,6 +526,45 @@ class Stream:
             counters.add_retries(len(damaged))
             todo = damaged
         return pages  # type: ignore[return-value]
+
+    def _check_status(self, resp: Any) -> None:
+        """Raises PipelineError for an answer that is not a 2xx (the governor has retried it)."""
+        if not 200 <= resp.status_code < 300:
+            raise errors.PipelineError(
+                f"Stream {self.path}: GET {redact_url(resp.request.url)} answered {resp.status_code} "
+                f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
+                + f": {resp._redacted_excerpt(300)}")
+
+    def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int], counters: Counters) -> Iterator[Tuple[int, Page]]:
+        """Pages of a range paginator, in order, with ``pag.window`` requests in flight all the
+        time: the next requests go out while this thread parses and hands over a page. Closing
+        the iterator cancels what is still in flight."""
+        wanted = pag.fields()
+        sent: List[int] = []
+
+        def requests() -> Iterator[Any]:
+            for u in units:
+                sent.append(u)
+                yield self._request(pag.step(base, u))
+
+        answers = self._http.iter_many(requests(), concurrency=pag.window, chunk_size=2 * pag.window,
+                                       return_exceptions=True)
+        try:
+            for n, resp in enumerate(answers):
+                u = sent[n]
+                if isinstance(resp, Exception):
+                    raise resp
+                counters.count(resp._raw, resp.request)
+                self._check_status(resp)
+                try:
+                    page = self._parse(pag.step(base, u), resp, wanted)
+                except _MalformedPage:
+                    # Damaged on the way: fetched again on its own, up to `attempts` times in all.
+                    counters.add_retries(1)
+                    page = self._get_pages(pag, [pag.step(base, u)], counters, 1)[0]
+                yield u, page
+        finally:
+            answers.close()
 
     def _parse(self, step: Step, resp: Any, wanted: List[str]) -> Page:
         if self.parser == "core" and resp._content is None:
@@ -588,17 +624,17 @@ class Stream:
         self._put(out, _Chunk(first.records, partition, None, (unit, unit + per), total_records), stop)
         if n == 0:
             return
-        unit += per
-        while not stop.is_set() and (end is None or unit < end):
-            units = [unit + per * k for k in range(pag.window)]
-            if end is not None:
-                units = [u for u in units if u < end]
-            pages = self._get_pages(pag, [pag.step(base, u) for u in units], counters, pag.window)
-            for u, page in zip(units, pages):
+        units = itertools.count(unit + per, per) if end is None else iter(range(unit + per, end, per))
+        pages = self._pages_in_order(pag, base, units, counters)
+        try:
+            for u, page in pages:
+                if stop.is_set():
+                    return
                 if end is None and not page.records:
                     return  # without a total, the first empty page ends the stream
                 self._put(out, _Chunk(page.records, partition, None, (u, u + per), None), stop)
-            unit = units[-1] + per
+        finally:
+            pages.close()
 
 
 def _parse_in_python(body: bytes, path: str, wanted: List[str]) -> Tuple[str, Any, List[Optional[str]]]:
