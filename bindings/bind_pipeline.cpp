@@ -362,11 +362,47 @@ class FieldMapper {
   std::vector<Rule> rules_;
 };
 
+// Each record's identity as text: the value at a path of dict keys, a str as it is, another
+// scalar through str(); None where a record has none (the caller hashes those).
+py::list record_keys(const py::list& records, const std::vector<std::string>& path) {
+  std::vector<py::object> steps;
+  for (const auto& p : path) steps.push_back(py::str(p));
+  const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+  py::list out(n);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* at = PyList_GET_ITEM(records.ptr(), i);
+    for (const auto& step : steps) {
+      if (!PyDict_Check(at)) {
+        at = nullptr;
+        break;
+      }
+      at = PyDict_GetItemWithError(at, step.ptr());
+      if (!at) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        break;
+      }
+    }
+    py::object key;
+    if (!at || at == Py_None || PyDict_Check(at) || PyList_Check(at)) {
+      key = py::none();
+    } else if (PyUnicode_CheckExact(at)) {
+      key = py::reinterpret_borrow<py::object>(at);
+    } else {
+      key = py::str(at);
+    }
+    PyList_SET_ITEM(out.ptr(), i, key.release().ptr());
+  }
+  return out;
+}
+
 }  // namespace
 
 void bind_pipeline(py::module_& m) {
   m.def("parse_page", &parse_page, py::arg("body"), py::arg("records_path"), py::arg("fields"),
         "Parse a page: (status, records, field texts). See isthmus.pipeline.");
+
+  m.def("record_keys", &record_keys, py::arg("records"), py::arg("path"),
+        "Each record's identity at a path of keys, as text; None where it has none.");
 
   py::class_<FieldMapper>(m, "FieldMapper", "The core of isthmus.FieldMap.")
       .def(py::init<const py::list&>(), py::arg("rules"))

@@ -424,16 +424,10 @@ class Stream:
 
     def keys(self, records: List[Any]) -> List[str]:
         """Each record's identity as text; a hash of its JSON when it has none."""
-        if len(self._key_path) == 1:
-            k = self._key_path[0]
-            out = [r.get(k) if isinstance(r, dict) else None for r in records]
-        else:
-            out = [_get_path(r, self._key_path) for r in records]
+        out = _core.record_keys(records, self._key_path)
         for i, v in enumerate(out):
             if v is None:
                 out[i] = "sha1:" + hashlib.sha1(json.dumps(records[i], sort_keys=True, default=str).encode()).hexdigest()
-            elif not isinstance(v, str):
-                out[i] = str(v)
         return out
 
     def _open(self) -> None:

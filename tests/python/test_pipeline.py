@@ -559,3 +559,13 @@ def test_a_replayed_dead_letter_that_fails_further_on_records_its_new_stage(tmp_
         broken["sink"] = False
         assert pipe.replay_dead_letters(where="stage = 'sink'")["delivered"] == 10
     assert pipe.dead_letters().empty and len(delivered) == 100
+
+
+def test_record_identity_is_text_at_the_key_path_or_a_hash_of_the_record(client):
+    stream = isthmus.Stream(client, "/v1/contacts", key="ref.id")
+    records = [{"ref": {"id": "a"}}, {"ref": {"id": 7}}, {"ref": {"id": None}}, {"ref": 3}, {"other": 1}]
+    keys = stream.keys(records)
+    assert keys[:2] == ["a", "7"]
+    # No identity: a hash of the record's JSON, the same for equal records, different otherwise.
+    assert all(k.startswith("sha1:") for k in keys[2:]) and len(set(keys[2:])) == 3
+    assert stream.keys([{"other": 1}]) == [keys[4]]
