@@ -354,7 +354,7 @@ class Stream:
             for i, resp in zip(todo, answers):
                 if not 200 <= resp.status_code < 300:
                     raise errors.PipelineError(
-                        f"Stream {self.path}: GET {resp.request.url} answered {resp.status_code} "
+                        f"Stream {self.path}: GET {_core.redact_url(resp.request.url)} answered {resp.status_code} "
                         f"{resp.reason_phrase}" + (f" after {self.attempts} attempts" if resp.status_code >= 500
                                                    or resp.status_code == 429 else "")
                         + f": {resp._redacted_excerpt(300)}")
@@ -377,7 +377,7 @@ class Stream:
             status, records, values = _core.parse_page(resp._raw, self.records_path, wanted)
         else:
             status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
-        where = f"GET {resp.request.url}"
+        where = f"GET {_core.redact_url(resp.request.url)}"  # a key may travel in the query
         if status.startswith("invalid:"):
             raise _MalformedPage(f"Stream {self.path}: {where} returned malformed JSON "
                                  f"{self.attempts} times: {status[8:]}")
