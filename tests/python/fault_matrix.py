@@ -92,6 +92,11 @@ class TransportChaos(threading.Thread):
     def _episode(self, kind: str, name: str, px: FaultProxy) -> Dict[str, Any]:
         before, at, t0 = px.stats(), self.progress(), time.monotonic()
         if kind == "bounce":
+            # With a connection open, so that the bounce cuts one (a client between two
+            # connections would only meet refused connects, which the proxy cannot count).
+            deadline = time.monotonic() + 5.0
+            while not px.stats()["open"] and time.monotonic() < deadline:
+                self.stop.wait(0.005)
             px.down()  # refuses connects and resets every open connection
             self.stop.wait(0.3)
             px.up()
