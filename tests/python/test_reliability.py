@@ -66,7 +66,7 @@ def test_a_malformed_page_is_fetched_again_within_the_run(tmp_path):
 
 # -- crash and resume --------------------------------------------------------------------------
 
-CRASH_RECORDS = 80_000
+CRASH_RECORDS = 120_000  # room for every planned kill even on a fast, quiet machine
 CRASH_SEED = 20261128
 CRASH_PAGE = 100  # crash_child.PAGE
 TOKEN_KEY = bytes(range(32)).hex()
@@ -88,7 +88,7 @@ def test_crash_resume(tmp_path):
     rng.shuffle(plan)
     state, tokens = str(tmp_path / "crash.db"), str(tmp_path / "tokens.db")
     env = dict(os.environ, ISTHMUS_TOKEN_KEY=TOKEN_KEY)
-    src_opts = dict(records=CRASH_RECORDS, pagination="offset", auth="oauth2", token_lifetime=1,
+    src_opts = dict(records=CRASH_RECORDS, pagination="offset", auth="oauth2", token_lifetime=0.5,
                     rotate_refresh_tokens=True, client_id="crash-client", client_secret="crash-secret",
                     faults={"GET /v1/contacts": {"latency_ms": {"min": 5, "max": 25}}})
     restarts = []
@@ -152,10 +152,13 @@ def test_crash_resume(tmp_path):
     assert restarts[-1]["rc"] == 0
     assert final["unique"] == CRASH_RECORDS
     assert final["duplicate"] == 0  # resends are idempotent replays, never a second delivery
-    # Exactly what was behind the checkpoint is sent again, nothing more (a refused run sends
-    # nothing: its token request is refused before its first page).
+    # Exactly what was behind the checkpoint is sent again, nothing more (a refused run stops
+    # when its stored access token runs out, maybe before it got through all of it).
     for r in restarts:
-        assert r["resent_records"] == (0 if r["refused"] else r["behind_checkpoint"]), r
+        if r["refused"]:
+            assert r["resent_records"] <= r["behind_checkpoint"], r
+        else:
+            assert r["resent_records"] == r["behind_checkpoint"], r
     # The token store never hands out a damaged record: after a kill anywhere in its write,
     # the next run reads either the new refresh token or the previous one, and only a write
     # torn before its commit record (or a random kill landing in the same window) loses the
