@@ -29,7 +29,7 @@ install: venv
 demo: install
 	$(PY) -m isthmus.demo
 
-test: install test-cpp test-python
+test: install test-cpp test-cpp-tsan test-python
 
 # The GoogleTest suite, built and run under AddressSanitizer + UBSan.
 test-cpp: deps venv
@@ -37,10 +37,11 @@ test-cpp: deps venv
 	PATH=$(abspath $(VENV))/bin:$$PATH cmake --build --preset asan -j $(JOBS)
 	PATH=$(abspath $(VENV))/bin:$$PATH ctest --preset asan -j $(JOBS)
 
+# The same suite under ThreadSanitizer (its own build: TSan and ASan cannot share objects).
 test-cpp-tsan: deps venv
 	PATH=$(abspath $(VENV))/bin:$$PATH cmake --preset tsan >/dev/null
 	PATH=$(abspath $(VENV))/bin:$$PATH cmake --build --preset tsan -j $(JOBS)
-	PATH=$(abspath $(VENV))/bin:$$PATH ctest --preset tsan
+	PATH=$(abspath $(VENV))/bin:$$PATH ctest --preset tsan -j $(JOBS)
 
 test-python: install
 	$(PY) -m pytest

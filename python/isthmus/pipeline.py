@@ -569,7 +569,7 @@ class Stream:
                 status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
         else:
             status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
-        where = f"GET {resp.request.url}"
+        where = f"GET {_core.redact_url(resp.request.url)}"  # a key may travel in the query
         if status.startswith("invalid:"):
             raise _MalformedPage(f"Stream {self.path}: {where} returned malformed JSON "
                                  f"{self.attempts} times: {status[8:]}")

@@ -179,19 +179,20 @@ class HttpSink(Sink):
             if isinstance(resp, Exception):
                 raise resp  # the checkpoint stays before these records; a rerun sends them again
         retry_singly: List[tuple] = []
+        shown = _core.redact_url(self.path)  # an API key may travel in the query
         for (a, b), resp in zip(spans, answers):
             status = resp.status_code
             if 200 <= status < 300:
                 continue
             if status in _TRANSIENT_STATUS:
                 raise errors.PipelineError(
-                    f"HttpSink: POST {self.path} still answered {status} after {resp.attempts} attempts; "
+                    f"HttpSink: POST {shown} still answered {status} after {resp.attempts} attempts; "
                     f"stopping without moving the checkpoint: {_excerpt(resp, 200)}")
             if b - a > 1 and not narrowing:
                 retry_singly.extend((i, i + 1) for i in range(a, b))
             else:
                 for i in range(a, b):
-                    rejected.append({"index": i, "error": f"{status} {resp.reason_phrase} from POST {self.path}",
+                    rejected.append({"index": i, "error": f"{status} {resp.reason_phrase} from POST {shown}",
                                      "http_status": status, "response_excerpt": _excerpt(resp),
                                      "attempts": 1})
         if retry_singly:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 
 import isthmus
 
@@ -47,3 +49,16 @@ def wait_until(predicate, timeout=10.0, interval=0.01):
             return
         time.sleep(interval)
     raise AssertionError("condition not reached before the deadline")
+
+
+def authorization_code_refresh_token(api) -> str:
+    """A refresh token from the sandbox, obtained by hand (authorize -> code -> token)."""
+    redirect = "http://127.0.0.1:9/cb"
+    r = requests.get(api.authorize_url, params={"response_type": "code", "client_id": api.client_id,
+                                                "redirect_uri": redirect}, allow_redirects=False)
+    code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
+    t = requests.post(api.token_url, data={"grant_type": "authorization_code", "code": code,
+                                           "redirect_uri": redirect},
+                      auth=(api.client_id, api.client_secret))
+    t.raise_for_status()
+    return t.json()["refresh_token"]

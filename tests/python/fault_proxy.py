@@ -12,7 +12,10 @@ Sits between a client and a server on 127.0.0.1 and damages the byte stream on d
   connection reset; ``up()`` listens again on the same port.
 
 Modes are plain attributes, read live by every connection, so a test can change them mid-run.
-``stats()`` counts connections (accepted, open, resets it caused). Threads only, no asyncio:
+``stats()`` counts connections (accepted, open), resets it caused (``resets``: cut by
+``reset_after``, ``partial_cuts`` of them inside a chunk of the server's bytes, i.e. mid-body;
+``down_resets``: open connections reset by ``down()``), ``downs``, bytes ``forwarded`` and
+``swallowed`` (black hole) and chunks ``delayed`` by latency. Threads only, no asyncio:
 each connection has two pump threads; everything stops within ~0.1 s of ``stop()``.
 """
 
@@ -94,22 +97,26 @@ class _Conn:
                 self.close(reset=False)
                 return
             if p.black_hole or self.server is None:
+                p._count("swallowed", len(data))
                 continue
             if p.latency_ms > 0:
+                p._count("delayed")
                 if self.closed.wait(p.latency_ms / 1000.0):
                     return
-            cut = False
+            cut = partial = False
             if not to_server and p.reset_after is not None:
                 with self.lock:
                     room = max(0, p.reset_after - self.from_server)
                     if len(data) >= room:
-                        data, cut = data[:room], True
+                        data, cut, partial = data[:room], True, 0 < room
                     self.from_server += len(data)
             if not self._send(self.server if to_server else self.client, data):
                 return
+            p._count("forwarded", len(data))
             if cut:
-                with p._lock:
-                    p._resets += 1
+                p._count("resets")
+                if partial:
+                    p._count("partial_cuts")
                 self.close(reset=True)
                 return
 
@@ -163,7 +170,8 @@ class FaultProxy:
         self._conns: List[_Conn] = []
         self._accepted = 0
         self._max_open = 0
-        self._resets = 0
+        self._counts = dict.fromkeys(("resets", "partial_cuts", "down_resets", "downs", "forwarded",
+                                      "swallowed", "delayed"), 0)
         self._listener: Optional[socket.socket] = None
         self._acceptor: Optional[threading.Thread] = None
         self._stopping = threading.Event()
@@ -206,11 +214,13 @@ class FaultProxy:
         s, self._listener = self._listener, None
         if s is not None:
             s.close()
+            self._count("downs")
         if self._acceptor is not None:
             self._acceptor.join(timeout=5)
             self._acceptor = None
         with self._lock:
             conns = list(self._conns)
+        self._count("down_resets", len(conns))
         for c in conns:
             c.close(reset=True)
         for c in conns:
@@ -224,7 +234,7 @@ class FaultProxy:
     def stats(self) -> dict:
         with self._lock:
             return {"accepted": self._accepted, "open": len(self._conns), "max_open": self._max_open,
-                    "resets": self._resets}
+                    **self._counts}
 
     # -- internals ----------------------------------------------------------------------------
     def _accept(self, listener: socket.socket) -> None:
@@ -241,6 +251,10 @@ class FaultProxy:
                 self._conns.append(conn)
                 self._max_open = max(self._max_open, len(self._conns))
             conn.start()
+
+    def _count(self, what: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[what] += n
 
     def _forget(self, conn: _Conn) -> None:
         with self._lock:

@@ -25,7 +25,7 @@ import requests
 import isthmus
 from isthmus import _core
 
-from conftest import wait_until
+from conftest import authorization_code_refresh_token, wait_until
 
 KEY = bytes(range(32)).hex()
 
@@ -38,19 +38,6 @@ def token_key(monkeypatch):
 
 def oauth_sandbox(**options):
     return isthmus.Sandbox(auth="oauth2", records=50, **options)
-
-
-def authorization_code_refresh_token(api) -> str:
-    """A refresh token from the sandbox, obtained by hand (authorize -> code -> token)."""
-    redirect = "http://127.0.0.1:9/cb"
-    r = requests.get(api.authorize_url, params={"response_type": "code", "client_id": api.client_id,
-                                                "redirect_uri": redirect}, allow_redirects=False)
-    code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
-    t = requests.post(api.token_url, data={"grant_type": "authorization_code", "code": code,
-                                           "redirect_uri": redirect},
-                      auth=(api.client_id, api.client_secret))
-    t.raise_for_status()
-    return t.json()["refresh_token"]
 
 
 # ---- static credentials ---------------------------------------------------------------------

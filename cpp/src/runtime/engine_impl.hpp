@@ -20,15 +20,19 @@ class Engine::Impl {
   ~Impl();
 
   boost::asio::io_context& io() { return io_; }
+  // Stops the io_context; from any thread but an I/O thread, also joins the I/O threads.
   void stop();
   bool stopped() const { return stopped_.load(); }
   int threads() const { return static_cast<int>(threads_.size()); }
+  bool on_io_thread() const;
 
  private:
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   std::vector<std::thread> threads_;
-  std::mutex stop_mutex_;
+  std::vector<std::thread::id> thread_ids_;  // written once, before anyone can post work
+  std::mutex stop_mutex_;                    // never held while joining: I/O threads take it too
+  std::mutex join_mutex_;
   std::atomic<bool> stopped_{false};
 };
 

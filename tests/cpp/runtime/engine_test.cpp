@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <boost/asio/post.hpp>
+#include <chrono>
 #include <future>
+#include <memory>
+#include <thread>
 
 #include "isthmus/error.hpp"
 
@@ -23,6 +26,45 @@ TEST(Engine, StopIsIdempotent) {
   engine->stop();
   engine->stop();
   EXPECT_TRUE(engine->stopped());
+}
+
+TEST(Engine, StopFromItsOwnThreadThenDestroyFromOutside) {
+  auto engine = Engine::create({.io_threads = 2});
+  std::promise<void> stopped;
+  boost::asio::post(engine->impl().io(), [&] {
+    engine->stop();  // must not join (or detach) the thread it runs on
+    stopped.set_value();
+  });
+  stopped.get_future().get();
+  EXPECT_TRUE(engine->stopped());
+  engine.reset();  // joins both threads, the one that called stop() included
+}
+
+TEST(Engine, TheLastOwnerMayLetGoInsideOneOfItsHandlers) {
+  // An operation that keeps its engine alive can finish after every other owner let go: the
+  // engine is then destroyed on one of its own threads, inside the handler that is running.
+  struct Sentinel {};
+  std::weak_ptr<Sentinel> pending;
+  std::promise<void> released, destroyed;
+  {
+    auto engine = Engine::create();
+    auto& io = engine->impl().io();
+    auto sentinel = std::make_shared<Sentinel>();
+    pending = sentinel;
+    boost::asio::post(io, [engine, &released, &destroyed]() mutable {
+      released.get_future().wait();
+      engine.reset();  // the last owner: ~Engine runs here, on the I/O thread
+      destroyed.set_value();
+    });
+    // Queued behind it, never run: destroyed with the io_context, which releases the sentinel.
+    boost::asio::post(io, [sentinel] {});
+  }
+  released.set_value();
+  destroyed.get_future().get();
+  // The io_context is destroyed once its thread has left the handler (ASan/TSan check that it
+  // is not destroyed under it); until then the queued handler keeps the sentinel alive.
+  for (int i = 0; i < 500 && !pending.expired(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(pending.expired());
 }
 
 TEST(Engine, RejectsZeroThreads) {

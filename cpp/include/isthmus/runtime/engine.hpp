@@ -22,7 +22,9 @@ class Engine {
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
 
-  // Stops the I/O threads and joins them. Idempotent; safe from any thread but an I/O thread.
+  // Stops the I/O threads and joins them. Idempotent. From an I/O thread (inside a handler)
+  // it only stops them; they are joined by a later stop() from outside or by the destructor.
+  // The last reference may be dropped anywhere, an I/O thread included.
   void stop();
   bool stopped() const;
   int io_threads() const;
