@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import types
 
 import pytest
 
 import isthmus
+from isthmus.pipeline import Page
 
 N = 1000
 
@@ -47,6 +49,28 @@ def test_every_pagination_style_delivers_every_record_exactly_once(style, dest, 
                                state=str(tmp_path / "s.db")).run()
     assert run.counts["read"] == N and run.counts["written"] == N
     assert received(dst) == {"unique": N, "duplicate": 0, "idempotent_replays": 0}
+
+
+def _link_page(*values):
+    response = types.SimpleNamespace(headers=isthmus.Headers([("Link", v) for v in values]))
+    return Page([], {}, response, {"url": None, "params": {}})
+
+
+@pytest.mark.parametrize("values, rel, expected", [
+    (['<https://h/p?page=2>; rel="next"'], "next", "https://h/p?page=2"),
+    (['<https://h/p?page=1>; rel="prev", <https://h/p?page=3>; rel=next'], "next", "https://h/p?page=3"),
+    (['<https://h/p?page=9>; rel="last next"'], "next", "https://h/p?page=9"),
+    (['<https://h/a,b>; title="a, b; \\"c\\""; rel="Next"'], "next", "https://h/a,b"),
+    (['<https://h/p?page=1>; rel=prev', '<https://h/p?page=4>; rel=next'], "next", "https://h/p?page=4"),
+    (['<https://h/p?page=1>; rel=prev', '<https://h/p?page=4>; rel=next'], "prev", "https://h/p?page=1"),
+    (['<https://h/p?page=9>; rel="last"'], "next", None),
+    (['<https://h/x>; rel="nextpage"', '<https://h/y>; title="rel=next"'], "next", None),
+    (["garbage, <https://h/p?page=5>; rel=next"], "next", "https://h/p?page=5"),
+    ([], "next", None),
+])
+def test_link_header_paginator_reads_every_link_field(values, rel, expected):
+    step = isthmus.LinkHeaderPaginator(rel=rel).next(_link_page(*values))
+    assert step == (None if expected is None else {"url": expected, "params": {}})
 
 
 def test_offset_without_total_stops_at_the_first_empty_page(dest, tmp_path):
