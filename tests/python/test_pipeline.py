@@ -73,6 +73,16 @@ def test_link_header_paginator_reads_every_link_field(values, rel, expected):
     assert step == (None if expected is None else {"url": expected, "params": {}})
 
 
+@pytest.mark.parametrize("body, says", [
+    (b'{"data": [1], "x": 1e600}', "number overflow"),            # was a RuntimeError
+    (b'{"data": [1], "x": \xc3\xa9}', "\\xc3"),                 # was a UnicodeDecodeError
+    (b'{"data": ' + b"[" * 1_000_000 + b"]" * 1_000_000 + b"}", "nested deeper than 1000"),  # was a segfault
+])
+def test_hostile_page_bodies_are_malformed_pages(body, says):
+    status, records, _ = isthmus._core.parse_page(body, "data", [])
+    assert status.startswith("invalid:") and says in status and records is None
+
+
 def test_offset_without_total_stops_at_the_first_empty_page(dest, tmp_path):
     dst, dclient = dest
     with isthmus.Sandbox(records=N + 37, pagination="offset", max_page_size=50) as src, \

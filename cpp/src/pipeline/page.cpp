@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "isthmus/error.hpp"
+
 namespace isthmus::pipeline {
 
 using json = nlohmann::json;
@@ -13,13 +15,43 @@ struct Page::Impl {
 Page::Page(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Page::~Page() = default;
 
+namespace {
+
+// The offset of the first '[' or '{' that opens level kMaxDepth + 1, outside strings; npos
+// when the body nests no deeper than that. Unbalanced input is left for the parser to report.
+std::size_t too_deep_at(std::string_view body) {
+  std::size_t depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < body.size(); ++i) {
+    const char c = body[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > Page::kMaxDepth) return i;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace
+
 std::unique_ptr<Page> Page::parse(std::string_view body, std::string& error) {
+  if (const auto at = too_deep_at(body); at != std::string_view::npos) {
+    error = "JSON nested deeper than " + std::to_string(kMaxDepth) + " levels at byte " + std::to_string(at);
+    return nullptr;
+  }
   auto impl = std::make_unique<Impl>();
   try {
     impl->doc = json::parse(body.begin(), body.end());
-  } catch (const json::parse_error& e) {
-    // nlohmann's message names the byte offset and what it expected there.
-    error = e.what();
+  } catch (const json::exception& e) {
+    // A syntax error names the byte offset and what was expected there; a number too large
+    // for a double is an out_of_range error. Either quotes bytes of the body.
+    error = printable(e.what());
     return nullptr;
   }
   return std::unique_ptr<Page>(new Page(std::move(impl)));
