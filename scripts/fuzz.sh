@@ -3,11 +3,12 @@
 # executions each, from its committed seed corpus and dictionary, and prints executions/s per
 # target. Exits non-zero if any target crashes, leaks, times out or breaks one of its properties.
 #   scripts/fuzz.sh              1,000,000 executions per target; on the 2-core development box
-#                                (shared with other builds) the five take about 13 minutes in
-#                                all, 1.5-4 minutes each; the first build adds about 75 s
+#                                (shared with other builds) the five took 9-10 minutes in all,
+#                                1-3 minutes each (5,600-15,000 exec/s); the first build adds ~75 s
 #   scripts/fuzz.sh 20000        a short run (`make fuzz-smoke`, part of `make test`)
 #   SEED=7 scripts/fuzz.sh       another seed (default 1: the same inputs every time)
 #   TARGETS="page webhook" scripts/fuzz.sh
+#   MAX_LEN=65536 scripts/fuzz.sh  longer inputs (default 4096 bytes)
 # The committed corpus is only read; inputs found in a run go to build/fuzz/corpus/<target>/.
 # A failing input is saved as build/fuzz/artifacts/<target>-crash-<sha1> (or -leak-, -timeout-,
 # -oom-); reproduce it with: build/fuzz/tests/fuzz/<target>_fuzz <that file>
@@ -16,6 +17,7 @@ cd "$(dirname "$0")/.."
 
 runs=${1:-1000000}
 seed=${SEED:-1}
+max_len=${MAX_LEN:-4096}
 read -r -a targets <<< "${TARGETS:-link_header server_signals page webhook sandbox_config}"
 if ! [[ "$runs" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: scripts/fuzz.sh [RUNS]   (RUNS: a positive number of executions per target)" >&2
@@ -34,7 +36,7 @@ for t in "${targets[@]}"; do
   work="$out/corpus/$t"
   rm -rf "$work" && mkdir -p "$work"  # a fresh working corpus: a run depends only on seed and seeds
   log="$out/logs/$t.log"
-  args=(-seed="$seed" -runs="$runs" -max_len=4096 -timeout=10 -rss_limit_mb=2048
+  args=(-seed="$seed" -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048
         -print_final_stats=1 -artifact_prefix="$out/artifacts/$t-")
   [ -f "tests/fuzz/$t.dict" ] && args+=(-dict="tests/fuzz/$t.dict")
   start=$(date +%s.%N)
