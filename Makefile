@@ -29,7 +29,7 @@ install: venv
 demo: install
 	$(PY) -m isthmus.demo
 
-test: install test-cpp test-cpp-tsan test-python
+test: install test-cpp test-cpp-tsan fuzz-smoke test-python
 
 # The GoogleTest suite, built and run under AddressSanitizer + UBSan.
 test-cpp: deps venv
@@ -45,6 +45,15 @@ test-cpp-tsan: deps venv
 
 test-python: install
 	$(PY) -m pytest
+
+# The libFuzzer targets of tests/fuzz (clang, ASan + UBSan): a short seeded run of each, from its
+# committed corpus. `make fuzz` (scripts/fuzz.sh) runs each for 1,000,000 executions.
+.PHONY: fuzz-smoke fuzz
+fuzz-smoke: deps
+	JOBS=$(JOBS) bash scripts/fuzz.sh 20000
+
+fuzz: deps
+	JOBS=$(JOBS) bash scripts/fuzz.sh
 
 # `make bench` runs every benchmark; `make bench B=http` runs one.
 bench: install

@@ -14,6 +14,7 @@
 #include "isthmus/auth/credential.hpp"
 #include "isthmus/error.hpp"
 #include "isthmus/http/client.hpp"
+#include "isthmus/http/link.hpp"
 #include "isthmus/http/url.hpp"
 #include "isthmus/limits/governed.hpp"
 #include "isthmus/runtime/engine.hpp"
@@ -289,6 +290,16 @@ class CompletionQueue {
 void bind_http(py::module_& m) {
   m.def("redact_url", [](const std::string& url) { return http::redact_url(url); },
         "The URL with a password and secret-looking query values replaced by ***.");
+  m.def("find_link",
+        [](const std::vector<std::string>& values, std::string_view rel) {
+          http::Headers headers;
+          headers.reserve(values.size());
+          for (const auto& v : values) headers.emplace_back("Link", v);
+          return http::find_link(headers, rel);
+        },
+        py::arg("values"), py::arg("rel"),
+        "The target of the first link whose rel includes `rel`, across the values of Link "
+        "header fields in order (RFC 8288); None when there is none.");
 
   py::class_<Response>(m, "Response", "A raw response from the core; isthmus.Response wraps it.")
       .def_readonly("status", &Response::status)

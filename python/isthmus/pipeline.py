@@ -117,22 +117,20 @@ class NextUrlPaginator(Paginator):
         return {"url": url, "params": {}} if url else None
 
 
-_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]*)*)')
-
-
 class LinkHeaderPaginator(Paginator):
-    """Follows ``Link: <url>; rel="next"`` (RFC 8288) until there is none."""
+    """Follows ``Link: <url>; rel="next"`` (RFC 8288) until there is none.
+
+    The core parses every Link field of the response: quoted parameters, several relation
+    types in one ``rel``, several links in a field and several fields; ``rel`` is compared
+    case-insensitively.
+    """
 
     def __init__(self, rel: str = "next"):
         self.rel = rel
 
     def next(self, page: Page) -> Optional[Step]:
-        for value in page.response.headers.get_list("link"):
-            for url, attrs in _LINK.findall(value):
-                rels = re.findall(r'rel\s*=\s*"?([^";]+)"?', attrs)
-                if any(self.rel in r.split() for r in rels):
-                    return {"url": url, "params": {}}
-        return None
+        url = _core.find_link(page.response.headers.get_list("link"), self.rel)
+        return {"url": url, "params": {}} if url is not None else None
 
 
 class _RangePaginator(Paginator):

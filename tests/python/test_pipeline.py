@@ -9,10 +9,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 
 import isthmus
+from isthmus.pipeline import Page
 from isthmus.store import StateStore
 
 N = 1000
@@ -50,6 +52,39 @@ def test_every_pagination_style_delivers_every_record_exactly_once(style, dest, 
                                state=str(tmp_path / "s.db")).run()
     assert run.counts["read"] == N and run.counts["written"] == N
     assert received(dst) == {"unique": N, "duplicate": 0, "idempotent_replays": 0}
+
+
+def _link_page(*values):
+    response = types.SimpleNamespace(headers=isthmus.Headers([("Link", v) for v in values]))
+    return Page([], {}, response, {"url": None, "params": {}})
+
+
+@pytest.mark.parametrize("values, rel, expected", [
+    (['<https://h/p?page=2>; rel="next"'], "next", "https://h/p?page=2"),
+    (['<https://h/p?page=1>; rel="prev", <https://h/p?page=3>; rel=next'], "next", "https://h/p?page=3"),
+    (['<https://h/p?page=9>; rel="last next"'], "next", "https://h/p?page=9"),
+    (['<https://h/a,b>; title="a, b; \\"c\\""; rel="Next"'], "next", "https://h/a,b"),
+    (['<https://h/p?page=1>; rel=prev', '<https://h/p?page=4>; rel=next'], "next", "https://h/p?page=4"),
+    (['<https://h/p?page=1>; rel=prev', '<https://h/p?page=4>; rel=next'], "prev", "https://h/p?page=1"),
+    (['<https://h/p?page=9>; rel="last"'], "next", None),
+    (['<https://h/x>; rel="nextpage"', '<https://h/y>; title="rel=next"'], "next", None),
+    (["garbage, <https://h/p?page=5>; rel=next"], "next", "https://h/p?page=5"),
+    ([], "next", None),
+])
+def test_link_header_paginator_reads_every_link_field(values, rel, expected):
+    step = isthmus.LinkHeaderPaginator(rel=rel).next(_link_page(*values))
+    assert step == (None if expected is None else {"url": expected, "params": {}})
+
+
+@pytest.mark.parametrize("body, says", [
+    (b'{"data": [1], "x": 1e600}', "number"),                     # was a RuntimeError
+    (b'{"data": [1], "x": \xc3\xa9}', "improper structure"),     # was a UnicodeDecodeError
+    (b"", "empty"),                                               # undefined behaviour in simdjson
+    (b'{"data": ' + b"[" * 1_000_000 + b"]" * 1_000_000 + b"}", "nested deeper than 1000"),  # was a segfault
+])
+def test_hostile_page_bodies_are_malformed_pages(body, says):
+    status, records, _ = isthmus._core.parse_page(body, "data", [])
+    assert status.startswith("invalid:") and says in status and records is None
 
 
 def test_offset_without_total_stops_at_the_first_empty_page(dest, tmp_path):

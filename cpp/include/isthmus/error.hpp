@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace isthmus {
@@ -39,6 +40,11 @@ enum class errc {
 
 const std::error_category& category() noexcept;
 std::error_code make_error_code(errc e) noexcept;
+
+// Untrusted bytes made safe to quote in an error message: printable ASCII is kept and every
+// other byte is written as \xNN, so a message is one line of valid UTF-8 (it becomes a Python
+// str) whatever the input held.
+std::string printable(std::string_view bytes);
 
 // Thrown only by synchronous facades (and translated to Python in one place).
 // what() is the message as given (std::system_error would append the code's description).

@@ -17,11 +17,52 @@ struct Page::Impl {
 Page::Page(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Page::~Page() = default;
 
+namespace {
+
+// The offset of the first '[' or '{' that opens level kMaxDepth + 1, outside strings; npos
+// when the body nests no deeper than that. Unbalanced input is left for the parser to report.
+std::size_t too_deep_at(std::string_view body) {
+  std::size_t depth = 0;
+  bool in_string = false;
+  for (std::size_t i = 0; i < body.size(); ++i) {
+    const char c = body[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > Page::kMaxDepth) return i;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return std::string_view::npos;
+}
+
+}  // namespace
+
 std::unique_ptr<Page> Page::parse(std::string_view body, std::string& error) {
+  // Refused up front with the offset: walking records recurses once per level.
+  if (const auto at = too_deep_at(body); at != std::string_view::npos) {
+    error = "JSON nested deeper than " + std::to_string(kMaxDepth) + " levels at byte " + std::to_string(at);
+    return nullptr;
+  }
+  if (body.empty()) {
+    // Also keeps simdjson from copying zero bytes from a null pointer (undefined behaviour).
+    error = "parse error: the body is empty";
+    return nullptr;
+  }
   auto impl = std::make_unique<Impl>();
   // The body is not padded for SIMD loads, so simdjson copies it into a padded buffer first.
+  // Its own depth limit sits above ours, which the scan above has already enforced.
+  if (auto e = impl->parser.allocate(body.size(), kMaxDepth + 2); e) {
+    error = std::string("parse error: ") + simdjson::error_message(e);
+    return nullptr;
+  }
   auto result = impl->parser.parse(body.data(), body.size(), /*realloc_if_needed=*/true);
   if (result.error()) {
+    // simdjson's messages name the kind of error and never quote the body.
     error = std::string("parse error: ") + simdjson::error_message(result.error());
     return nullptr;
   }

@@ -10,10 +10,16 @@ namespace {
 
 using nlohmann::json;
 
+// Options whose values are credentials: an error names them but never shows the value.
+bool is_credential(const std::string& field) {
+  return field == "client_secret" || field == "password" || field == "api_key" ||
+         field == "bearer_token" || field == "signing_secret";
+}
+
 [[noreturn]] void invalid(const std::string& field, const json& value, const std::string& valid) {
-  throw Error(errc::invalid_argument, "sandbox option " + field + "=" +
-                                          value.dump(-1, ' ', false, json::error_handler_t::replace) +
-                                          " is invalid: expected " + valid);
+  const std::string shown =
+      is_credential(field) ? "***" : value.dump(-1, ' ', false, json::error_handler_t::replace);
+  throw Error(errc::invalid_argument, "sandbox option " + field + "=" + shown + " is invalid: expected " + valid);
 }
 
 std::string range_text(double lo, double hi, bool integer) {
@@ -121,7 +127,7 @@ Config parse_config(const std::string& json_text) {
   try {
     j = json::parse(json_text.empty() ? std::string("{}") : json_text);
   } catch (const json::exception& e) {
-    throw Error(errc::invalid_argument, std::string("sandbox config is not valid JSON: ") + e.what());
+    throw Error(errc::invalid_argument, "sandbox config is not valid JSON: " + printable(e.what()));
   }
   if (!j.is_object()) invalid("config", j, "a JSON object");
   Config c;
@@ -172,7 +178,8 @@ Config parse_config(const std::string& json_text) {
     else if (k == "webhook_backoff") c.webhook_backoff = get_number(k, v, 0.001, 3600);
     else if (k == "max_body_bytes") c.max_body_bytes = get_uint(k, v, 1024, 1ull << 32);
     else if (k == "max_arrivals") c.max_arrivals = get_uint(k, v, 0, 100000000);
-    else invalid(k, v, "a known option (see docs/sandbox.md)");
+    // An unknown option may be a misspelt credential: its value is not shown.
+    else throw Error(errc::invalid_argument, "sandbox option " + k + " is unknown: see docs/sandbox.md for the options");
   }
   if (c.default_page_size > c.max_page_size) {
     if (!j.contains("default_page_size")) c.default_page_size = c.max_page_size;

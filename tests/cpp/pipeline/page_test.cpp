@@ -69,10 +69,63 @@ TEST(Page, BareArrayIsTheEmptyPath) {
   EXPECT_EQ(n, 3u);
 }
 
+// Found by tests/fuzz/page_fuzz: an empty body made simdjson copy zero bytes from a null pointer.
+TEST(Page, AnEmptyBodyIsAnError) {
+  std::string err;
+  EXPECT_EQ(Page::parse(std::string_view{}, err), nullptr);
+  EXPECT_NE(err.find("empty"), std::string::npos) << err;
+}
+
 TEST(Page, MalformedBodyIsAnErrorWithItsPlace) {
   std::string err;
   EXPECT_EQ(Page::parse(R"({"data": [1, 2)", err), nullptr);
   EXPECT_NE(err.find("parse error"), std::string::npos) << err;
+}
+
+// Found by tests/fuzz/page_fuzz: a number beyond a double's range once escaped Page::parse as
+// an exception (a RuntimeError in Python, not a malformed page).
+TEST(Page, ANumberTooLargeForADoubleIsAnErrorNotAnException) {
+  std::string err;
+  std::unique_ptr<Page> page;
+  EXPECT_NO_THROW(page = Page::parse(R"({"data": [1], "x": -1.5e600})", err));
+  EXPECT_EQ(page, nullptr);
+  EXPECT_NE(err.find("number"), std::string::npos) << err;
+}
+
+// Found by tests/fuzz/page_fuzz: a parser's message that quoted the bytes it choked on, half a
+// UTF-8 character included, broke the Python str it becomes. The messages never quote the body.
+TEST(Page, AnErrorMessageIsPrintableWhateverTheBodyHeld) {
+  std::string err;
+  EXPECT_EQ(Page::parse("{\"data\": [1], \"x\": \xc3}", err), nullptr);
+  for (unsigned char c : err) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << err;
+  EXPECT_NE(err.find("parse error"), std::string::npos) << err;
+  EXPECT_EQ(Page::parse("[\"a\n\x01\"]", err), nullptr);
+  for (unsigned char c : err) EXPECT_TRUE(c >= 0x20 && c < 0x7f) << err;
+}
+
+// Found while writing page_fuzz (its inputs are too short to reach it): a 2 MB body of '['
+// made visit_records recurse a million deep and crashed the process. Deep bodies are refused.
+TEST(Page, NestingBeyondTheLimitIsRefusedAndTheLimitItselfWorks) {
+  auto nested = [](std::size_t depth) {
+    return R"({"data":)" + std::string(depth - 1, '[') + std::string(depth - 1, ']') + "}";
+  };
+  std::string err;
+  EXPECT_EQ(Page::parse(nested(1'000'000), err), nullptr);
+  EXPECT_NE(err.find("nested deeper than 1000 levels at byte 1007"), std::string::npos) << err;
+  EXPECT_EQ(Page::parse(nested(Page::kMaxDepth + 1), err), nullptr);
+
+  auto page = Page::parse(nested(Page::kMaxDepth), err);
+  ASSERT_TRUE(page) << err;
+  std::size_t n = 0;
+  ASSERT_EQ(page->find_records("data", n), Page::Records::ok);
+  EXPECT_EQ(n, 1u);
+  Printer p;
+  page->visit_records("data", p);
+  EXPECT_EQ(p.out, std::string(Page::kMaxDepth - 1, '[') + std::string(Page::kMaxDepth - 1, ']'));
+
+  // Brackets inside strings are text, not nesting.
+  const std::string in_strings = R"({"data":[")" + std::string(5000, '[') + R"(\"{"]})";
+  ASSERT_TRUE(Page::parse(in_strings, err)) << err;
 }
 
 }  // namespace

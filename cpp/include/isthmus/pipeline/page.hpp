@@ -33,6 +33,10 @@ class Page {
  public:
   enum class Records { ok, missing, not_an_array };
 
+  // Arrays and objects nested deeper than this are refused: walking records recurses once per
+  // level, and a hostile body of a few hundred kilobytes of '[' would overflow the stack.
+  static constexpr std::size_t kMaxDepth = 1000;
+
   // Parses a body; on failure returns nullptr and sets `error` to a message with the offset.
   static std::unique_ptr<Page> parse(std::string_view body, std::string& error);
 
