@@ -95,9 +95,17 @@ SANDBOX_OPTIONS: Dict[str, Tuple[Any, Callable[[Any], bool], str]] = {
 }
 
 
+# Options whose values are credentials: an error names the option but never shows the value.
+_SECRET_OPTIONS = frozenset({"client_secret", "api_key", "password", "bearer_token", "signing_secret"})
+
+
+def _shown(field: str, value: Any) -> str:
+    return f"{field}=***" if field in _SECRET_OPTIONS else f"{field}={value!r}"
+
+
 def _check(field: str, value: Any, ok: Callable[[Any], bool], valid: str) -> None:
     if not ok(value):
-        raise ConfigError(f"sandbox option {field}={value!r} is invalid: expected {valid}")
+        raise ConfigError(f"sandbox option {_shown(field, value)} is invalid: expected {valid}")
 
 
 def validate_options(options: Dict[str, Any]) -> Dict[str, Any]:
@@ -105,7 +113,8 @@ def validate_options(options: Dict[str, Any]) -> Dict[str, Any]:
     config: Dict[str, Any] = {}
     for field, value in options.items():
         if field not in SANDBOX_OPTIONS:
-            raise ConfigError(f"sandbox option {field}={value!r} is invalid: expected one of "
+            # The value is left out: a misspelt credential option would otherwise show it.
+            raise ConfigError(f"sandbox option {field!r} is not known: expected one of "
                              + ", ".join(sorted(SANDBOX_OPTIONS)))
         _default, ok, valid = SANDBOX_OPTIONS[field]
         _check(field, value, ok, valid)
