@@ -36,6 +36,7 @@ LATENCY_TAIL = {"median": 2, "p99": 4900}
 SANDBOX_FAULTS = ("status_500", "status_503", "status_429", "reset", "truncate", "malformed", "latency")
 EPISODES = ("bounce", "reset_mid_body", "black_hole", "slow_link")
 MAX_RUNS = 30
+RERUN_PAUSE = 0.5  # seconds between a failed run and the next
 
 
 def each_way(rate: float) -> Dict[str, Any]:
@@ -108,8 +109,9 @@ class TransportChaos(threading.Thread):
         if kind == "bounce":
             # With a connection open, so that the bounce cuts one (a client between two
             # connections would only meet refused connects, which the proxy cannot count).
-            deadline = time.monotonic() + 5.0
-            while not px.stats()["open"] and time.monotonic() < deadline:
+            # (Up to 30 s: between failed runs a side can be idle for a while.)
+            deadline = time.monotonic() + 30.0
+            while not px.stats()["open"] and time.monotonic() < deadline and not self.stop.is_set():
                 self.stop.wait(0.005)
             px.down()  # refuses connects and resets every open connection
             self.stop.wait(0.3)
@@ -182,6 +184,9 @@ def run_matrix(records: int, state: str, *, rate: float = 0.05, page: int = PAGE
                         break
                     except isthmus.IsthmusError as exc:
                         failures.append(f"{type(exc).__name__}: {str(exc)[:160]}")
+                        # Rerun after a pause, as a scheduler would: a run that failed on a
+                        # proxy that is down for 0.3 s would otherwise fail again at once.
+                        chaos.stop.wait(RERUN_PAUSE)
                 finished_at, finished_t = received(dst)["unique"], time.monotonic()
             finally:
                 chaos.stop.set()
