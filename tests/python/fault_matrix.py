@@ -110,12 +110,17 @@ class TransportChaos(threading.Thread):
             # With a connection open, so that the bounce cuts one (a client between two
             # connections would only meet refused connects, which the proxy cannot count).
             # (Up to 30 s: between failed runs a side can be idle for a while.)
+            # A connection seen open may close before the bounce lands (a token request's
+            # does at once): then the bounce is tried again, a few times.
             deadline = time.monotonic() + 30.0
-            while not px.stats()["open"] and time.monotonic() < deadline and not self.stop.is_set():
-                self.stop.wait(0.005)
-            px.down()  # refuses connects and resets every open connection
-            self.stop.wait(0.3)
-            px.up()
+            for _ in range(5):
+                while not px.stats()["open"] and time.monotonic() < deadline and not self.stop.is_set():
+                    self.stop.wait(0.005)
+                px.down()  # refuses connects and resets every open connection
+                self.stop.wait(0.3)
+                px.up()
+                if px.stats()["down_resets"] > before["down_resets"] or self.stop.is_set():
+                    break
         elif kind == "reset_mid_body":
             px.reset_after = 3000  # a page is ~100 KB: cut inside the body of each answer
             deadline = time.monotonic() + 3.0
