@@ -173,6 +173,47 @@ py::tuple parse_page(const py::object& body, const std::string& records_path,
   return py::make_tuple("ok", builder.take(), field_values);
 }
 
+// One step of a dotted path into a Python record: a dict key, and a list index when the step
+// is digits ("tags.0").
+struct RecordStep {
+  py::object key;  // the step as an interned str
+  long index;      // the step as a list index, or -1
+};
+
+py::object interned(const std::string& text) {
+  PyObject* s = PyUnicode_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
+  if (!s) throw py::error_already_set();
+  PyUnicode_InternInPlace(&s);
+  return py::reinterpret_steal<py::object>(s);
+}
+
+RecordStep record_step(const std::string& text) {
+  RecordStep st{interned(text), -1};
+  if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos && text.size() < 10)
+    st.index = std::stol(text);
+  return st;
+}
+
+// The value at `path` in a record (borrowed), or nullptr when a step is absent.
+PyObject* walk_record(PyObject* record, const std::vector<RecordStep>& path) {
+  PyObject* at = record;
+  for (const auto& step : path) {
+    if (PyDict_Check(at)) {
+      at = PyDict_GetItemWithError(at, step.key.ptr());
+      if (!at) {
+        if (PyErr_Occurred()) throw py::error_already_set();
+        return nullptr;
+      }
+    } else if (PyList_Check(at) && step.index >= 0) {
+      if (step.index >= PyList_GET_SIZE(at)) return nullptr;
+      at = PyList_GET_ITEM(at, step.index);
+    } else {
+      return nullptr;
+    }
+  }
+  return at;
+}
+
 // The declarative field mapping (isthmus.FieldMap), run over Python records without calling
 // Python per record: each rule reads a source path, casts, and writes a target path.
 class FieldMapper {
@@ -189,11 +230,7 @@ class FieldMapper {
         r.has_source = true;
         r.source_text = dotted(t[1].cast<py::list>());
         for (const auto& step : t[1].cast<py::list>()) {
-          const auto text = step.cast<std::string>();
-          Step st{interned(text), -1};
-          if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos && text.size() < 10)
-            st.index = std::stol(text);
-          r.source.push_back(std::move(st));
+          r.source.push_back(record_step(step.cast<std::string>()));
         }
       }
       const auto name = t[2].cast<std::string>();
@@ -224,51 +261,20 @@ class FieldMapper {
   }
 
  private:
-  struct Step {
-    py::object key;  // the step as an interned str
-    long index;      // the step as a list index, or -1
-  };
   struct Rule {
     std::vector<py::object> target;
     std::string target_text, source_text;
     bool has_source = false;
-    std::vector<Step> source;
+    std::vector<RecordStep> source;
     pipeline::Cast cast = pipeline::Cast::none;
     bool required = false;
     py::object fallback;
   };
 
-  static py::object interned(const std::string& text) {
-    PyObject* s = PyUnicode_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
-    if (!s) throw py::error_already_set();
-    PyUnicode_InternInPlace(&s);
-    return py::reinterpret_steal<py::object>(s);
-  }
-
   static std::string dotted(const py::list& steps) {
     std::string out;
     for (const auto& s : steps) out += (out.empty() ? "" : ".") + s.cast<std::string>();
     return out;
-  }
-
-  // The value at the rule's source path (borrowed), or nullptr when a step is absent.
-  static PyObject* lookup(PyObject* record, const std::vector<Step>& path) {
-    PyObject* at = record;
-    for (const auto& step : path) {
-      if (PyDict_Check(at)) {
-        at = PyDict_GetItemWithError(at, step.key.ptr());
-        if (!at) {
-          if (PyErr_Occurred()) throw py::error_already_set();
-          return nullptr;
-        }
-      } else if (PyList_Check(at) && step.index >= 0) {
-        if (step.index >= PyList_GET_SIZE(at)) return nullptr;
-        at = PyList_GET_ITEM(at, step.index);
-      } else {
-        return nullptr;
-      }
-    }
-    return at;
   }
 
   static std::optional<pipeline::Scalar> to_scalar(PyObject* v) {
@@ -302,7 +308,7 @@ class FieldMapper {
 
   // The rule's value for one record; a null object and `why` when the record fails it.
   static py::object value(const Rule& r, PyObject* record, std::string& why) {
-    PyObject* found = r.has_source ? lookup(record, r.source) : nullptr;
+    PyObject* found = r.has_source ? walk_record(record, r.source) : nullptr;
     if (!found || found == Py_None) {
       if (r.required && r.has_source) {
         why = "field '" + r.target_text + "': '" + r.source_text + "' is " + (found ? "null" : "missing") +
@@ -365,23 +371,12 @@ class FieldMapper {
 // Each record's identity as text: the value at a path of dict keys, a str as it is, another
 // scalar through str(); None where a record has none (the caller hashes those).
 py::list record_keys(const py::list& records, const std::vector<std::string>& path) {
-  std::vector<py::object> steps;
-  for (const auto& p : path) steps.push_back(py::str(p));
+  std::vector<RecordStep> steps;
+  for (const auto& p : path) steps.push_back(record_step(p));
   const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
   py::list out(n);
   for (Py_ssize_t i = 0; i < n; ++i) {
-    PyObject* at = PyList_GET_ITEM(records.ptr(), i);
-    for (const auto& step : steps) {
-      if (!PyDict_Check(at)) {
-        at = nullptr;
-        break;
-      }
-      at = PyDict_GetItemWithError(at, step.ptr());
-      if (!at) {
-        if (PyErr_Occurred()) throw py::error_already_set();
-        break;
-      }
-    }
+    PyObject* at = walk_record(PyList_GET_ITEM(records.ptr(), i), steps);
     py::object key;
     if (!at || at == Py_None || PyDict_Check(at) || PyList_Check(at)) {
       key = py::none();

@@ -19,6 +19,7 @@ few records, never skip one.
 from __future__ import annotations
 
 import copy
+import collections
 import datetime as _dt
 import gc
 import hashlib
@@ -26,7 +27,6 @@ import html
 import itertools
 import json
 import queue
-import re
 import sys
 import threading
 import time
@@ -532,7 +532,8 @@ class Stream:
         time: the next requests go out while this thread parses and hands over a page. Closing
         the iterator cancels what is still in flight."""
         wanted = pag.fields()
-        sent: List[int] = []
+        # Units sent and not yet handed over, oldest first: answers come back in this order.
+        sent: "collections.deque[int]" = collections.deque()
 
         def requests() -> Iterator[Any]:
             for u in units:
@@ -542,8 +543,8 @@ class Stream:
         answers = self._http.iter_many(requests(), concurrency=pag.window, chunk_size=2 * pag.window,
                                        return_exceptions=True)
         try:
-            for n, resp in enumerate(answers):
-                u = sent[n]
+            for resp in answers:
+                u = sent.popleft()
                 if isinstance(resp, Exception):
                     raise resp
                 counters.count(resp._raw, resp.request)
