@@ -1,15 +1,47 @@
-"""The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `dlq list|show|replay`."""
+"""The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `dlq list|show|replay`,
+`schema pipeline`.
+
+Every command runs inside one wrapper in ``main()``: an isthmus error, Ctrl-C or a closed pipe
+becomes one line on stderr and an exit code from ``EXIT_CODES``, never a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
+import sqlite3
 import sys
 import threading
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
+
+from isthmus import errors
 
 __all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DEAD_LETTERS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Exception):
+    """A command line that cannot be carried out as given (a missing file, bad --where SQL)."""
+
+
+# First match wins: the most specific classes come first.
+EXIT_CODES = (
+    (errors.ConfigError, EXIT_USAGE),
+    (errors.InvalidURL, EXIT_USAGE),
+    (UsageError, EXIT_USAGE),
+    (errors.IsthmusError, EXIT_FAILED),
+)
+
+EPILOG = """exit codes:
+  0    ok
+  1    the run failed (or a replay left records failing)
+  2    bad configuration or usage
+  3    the run finished with dead letters and --fail-on-dead-letters was given
+  130  interrupted (Ctrl-C)"""
 
 
 def _add_sandbox(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -18,25 +50,31 @@ def _add_sandbox(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> 
     p = sub.add_parser("sandbox", help="serve the mock SaaS API until Ctrl-C",
                        description="Serve the sandbox mock API on 127.0.0.1 until Ctrl-C and print "
                                    "its URL and credentials. See docs/sandbox.md.")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="0 picks a free port (default 8080)")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="I/O threads (default 1)")
     p.add_argument("--records", type=int, help="synthetic records per resource")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--updates-per-second", type=float, dest="updates_per_second")
-    p.add_argument("--pagination", choices=PAGINATION_STYLES)
-    p.add_argument("--max-page-size", type=int, dest="max_page_size")
-    p.add_argument("--auth", choices=AUTH_MODES)
-    p.add_argument("--api-key-in", choices=("header", "query"), dest="api_key_in")
-    p.add_argument("--token-lifetime", type=float, dest="token_lifetime", help="seconds")
-    p.add_argument("--rotate-refresh-tokens", action="store_true", default=None, dest="rotate_refresh_tokens")
+    p.add_argument("--seed", type=int, help="makes records and faults repeatable (default 42)")
+    p.add_argument("--updates-per-second", type=float, dest="updates_per_second",
+                   help="records changed per second")
+    p.add_argument("--pagination", choices=PAGINATION_STYLES, help="page style of GET /v1/<resource>")
+    p.add_argument("--max-page-size", type=int, dest="max_page_size", help="larger limits are clamped to it")
+    p.add_argument("--auth", choices=AUTH_MODES, help="what /v1/* requires")
+    p.add_argument("--api-key-in", choices=("header", "query"), dest="api_key_in",
+                   help="where the API key goes")
+    p.add_argument("--token-lifetime", type=float, dest="token_lifetime", help="OAuth2 token lifetime in seconds")
+    p.add_argument("--rotate-refresh-tokens", action="store_true", default=None, dest="rotate_refresh_tokens",
+                   help="single-use refresh tokens")
     p.add_argument("--signing-secret", dest="signing_secret", help="require HMAC-signed requests")
     p.add_argument("--rate-limit", type=float, dest="rate_limit", help="requests per second per credential")
-    p.add_argument("--burst", type=int)
-    p.add_argument("--daily-quota", type=int, dest="daily_quota")
-    p.add_argument("--retry-after", choices=("seconds", "http-date"), dest="retry_after")
-    p.add_argument("--overload-capacity", type=float, dest="overload_capacity")
-    p.add_argument("--overload-behavior", choices=("errors", "stall", "mixed"), dest="overload_behavior")
+    p.add_argument("--burst", type=int, help="requests allowed back to back")
+    p.add_argument("--daily-quota", type=int, dest="daily_quota", help="requests per credential per UTC day")
+    p.add_argument("--retry-after", choices=("seconds", "http-date"), dest="retry_after",
+                   help="form of Retry-After on a 429")
+    p.add_argument("--overload-capacity", type=float, dest="overload_capacity",
+                   help="hidden capacity in requests/s across all credentials")
+    p.add_argument("--overload-behavior", choices=("errors", "stall", "mixed"), dest="overload_behavior",
+                   help="what happens above the capacity")
     p.add_argument("--config", help="more options as a JSON object (e.g. faults)")
     p.set_defaults(func=_run_sandbox)
 
@@ -52,17 +90,15 @@ def _run_sandbox(args: argparse.Namespace) -> int:
         try:
             options.update(json.loads(args.config))
         except ValueError as e:
-            print(f"isthmus sandbox: --config is not valid JSON: {e}", file=sys.stderr)
-            return 2
+            raise UsageError(f"--config is not valid JSON: {e}") from None
     for key, value in vars(args).items():
         if key not in _CLI_ONLY and value is not None:
             options[key] = value
     try:
         api = Sandbox(host=args.host, port=args.port, threads=args.threads, **options)
         api.start()
-    except ValueError as e:
-        print(f"isthmus sandbox: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the sandbox names the bad option
+        raise UsageError(str(e)) from None
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -98,62 +134,83 @@ def _run_sandbox(args: argparse.Namespace) -> int:
 
 
 def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser("run", help="run a pipeline file to the end of its stream",
+    p = sub.add_parser("run", help="run a pipeline file to the end of its stream", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run the pipeline declared in a YAML file (see docs/pipeline.md), "
                                    "resuming from its last checkpoint, and print its summary.")
     p.add_argument("pipeline", help="the pipeline's YAML file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--fail-on-dead-letters", action="store_true",
+                   help="exit 3 when the run finished but dead-lettered records")
     p.set_defaults(func=_run_pipeline)
 
 
 def _run_pipeline(args: argparse.Namespace) -> int:
-    from isthmus import errors
     from isthmus.config import load_pipeline
 
-    try:
-        pipeline = load_pipeline(args.pipeline)
-        run = pipeline.run(progress=not args.no_progress)
-    except errors.ConfigError as e:
-        print(f"isthmus run: {e}", file=sys.stderr)
-        return 2
-    except errors.PipelineError as e:
-        print(f"isthmus run: {e}", file=sys.stderr)
-        return 1
+    run = load_pipeline(args.pipeline).run(progress=not args.no_progress)
+    summary = run.summary()
     print(run)
-    print(json.dumps(run.summary(), indent=2))
-    return 0
+    print(json.dumps(summary, indent=2))
+    if args.fail_on_dead_letters and summary.get("dead_lettered"):
+        return EXIT_DEAD_LETTERS
+    return EXIT_OK
 
 
 def _add_dlq(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    p = sub.add_parser("dlq", help="list, show and replay dead letters",
-                       description="Dead letters of a pipeline: records that failed in map or sink.")
-    dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION")
+    p = sub.add_parser("dlq", help="list, show and replay dead letters", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Dead letters of a pipeline: records that failed in map or sink. "
+                                   "list and show read only the state file: the YAML's ${VAR}s of the "
+                                   "source and the sink need not be set.")
+    dsub = p.add_subparsers(dest="dlq_command", metavar="ACTION", help="what to do")
     dsub.required = True
-    ls = dsub.add_parser("list", help="one line per dead letter")
+    where_help = "an SQL condition on the columns, e.g. \"stage = 'sink'\""
+    ls = dsub.add_parser("list", help="one line per dead letter", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("pipeline", help="the pipeline's YAML file, or its state .db file")
-    ls.add_argument("--where", help="an SQL condition on the columns, e.g. \"stage = 'sink'\"")
+    ls.add_argument("--where", help=where_help)
     ls.add_argument("--all", action="store_true", help="include resolved (replayed) ones")
     ls.set_defaults(func=_dlq_list)
-    show = dsub.add_parser("show", help="one dead letter in full: record, error, traceback, response")
-    show.add_argument("pipeline")
-    show.add_argument("id", type=int)
+    show = dsub.add_parser("show", help="one dead letter in full: record, error, traceback, response",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    show.add_argument("pipeline", help="the pipeline's YAML file, or its state .db file")
+    show.add_argument("id", type=int, help="the dead letter's id, as dlq list shows it")
     show.set_defaults(func=_dlq_show)
-    rp = dsub.add_parser("replay", help="send dead letters through map and sink again")
+    rp = dsub.add_parser("replay", help="send dead letters through map and sink again", epilog=EPILOG,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("pipeline", help="the pipeline's YAML file (the sink to send to)")
-    rp.add_argument("--where")
+    rp.add_argument("--where", help=where_help)
     rp.set_defaults(func=_dlq_replay)
+
+
+@contextlib.contextmanager
+def _user_sql(where: Optional[str]) -> Iterator[None]:
+    """A bad --where is the user's SQL, not a damaged state file: say which."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if not where:
+            raise
+        raise UsageError(f"--where {where!r}: {exc}") from None
 
 
 def _dlq_rows(args: argparse.Namespace, include_resolved: bool = False) -> List[Dict[str, Any]]:
     from isthmus.store import StateStore
 
+    name: Optional[str] = None
+    state = args.pipeline
     if args.pipeline.endswith((".yaml", ".yml", ".json")):
-        from isthmus.config import load_pipeline
-        pipe = load_pipeline(args.pipeline)
-        return pipe.store.dead_letters(pipe.name, where=getattr(args, "where", None),
-                                       include_resolved=include_resolved)
-    return StateStore(args.pipeline).dead_letters(where=getattr(args, "where", None),
-                                                  include_resolved=include_resolved)
+        from isthmus.config import pipeline_state
+        name, state = pipeline_state(args.pipeline)
+    # Opening a missing file would create an empty state file and report nothing wrong.
+    if not os.path.exists(state):
+        raise UsageError(f"state file {state} does not exist")
+    where = getattr(args, "where", None)
+    with _user_sql(where):
+        rows: List[Dict[str, Any]] = StateStore(state).dead_letters(name, where=where,
+                                                                     include_resolved=include_resolved)
+    return rows
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
@@ -166,14 +223,13 @@ def _dlq_list(args: argparse.Namespace) -> int:
         print(f"{r['id']:>6}  {r['stage']:<5}  {r['http_status'] or '-':>6}  {r['attempts']:>8}  {seen:<19}  "
               f"{r['record_key'][:20]:<20}  {r['error'][:100]}")
     print(f"{len(rows)} dead letter(s)")
-    return 0
+    return EXIT_OK
 
 
 def _dlq_show(args: argparse.Namespace) -> int:
     rows = [r for r in _dlq_rows(args, True) if r["id"] == args.id]
     if not rows:
-        print(f"isthmus dlq show: no dead letter with id {args.id}", file=sys.stderr)
-        return 1
+        raise UsageError(f"no dead letter with id {args.id}")
     r = rows[0]
     for k in ("id", "record_key", "stage", "error", "http_status", "attempts", "run_id"):
         print(f"{k:<17} {r[k]}")
@@ -183,32 +239,79 @@ def _dlq_show(args: argparse.Namespace) -> int:
         print("response excerpt:\n" + r["response_excerpt"])
     if r.get("traceback"):
         print(r["traceback"].rstrip())
-    return 0
+    return EXIT_OK
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
     from isthmus.config import load_pipeline
 
-    result = load_pipeline(args.pipeline).replay_dead_letters(where=args.where)
+    pipeline = load_pipeline(args.pipeline)
+    with _user_sql(args.where):
+        result = pipeline.replay_dead_letters(where=args.where)
     print(json.dumps(result))
-    return 0 if result["failed"] == 0 else 1
+    return EXIT_OK if result["failed"] == 0 else EXIT_FAILED
+
+
+def _add_schema(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("schema", help="print the JSON Schema of a file isthmus reads",
+                       description="Print a JSON Schema (draft 2020-12), e.g. for an editor's YAML "
+                                   "completion: isthmus schema pipeline > pipeline.schema.json")
+    p.add_argument("kind", choices=("pipeline",), help="which file: pipeline (isthmus run's YAML)")
+    p.set_defaults(func=_print_schema)
+
+
+def _print_schema(args: argparse.Namespace) -> int:
+    from isthmus.config import pipeline_schema
+
+    print(json.dumps(pipeline_schema(), indent=2))
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="isthmus", description="isthmus integration engine")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    from isthmus import __version__
+
+    parser = argparse.ArgumentParser(prog="isthmus", description="isthmus integration engine",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"isthmus {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do")
     sub.required = True
     _add_sandbox(sub)
     _add_run(sub)
     _add_dlq(sub)
+    _add_schema(sub)
     return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    return text or type(exc).__name__
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    result: int = args.func(args)
-    return result
+    command = " ".join(c for c in ("isthmus", args.command, getattr(args, "dlq_command", None)) if c)
+    try:
+        result: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the wrapper, not at exit
+        return result
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader stopped reading (`| head`): what it wanted was printed. Point stdout at
+        # /dev/null so the interpreter's last flush does not complain either.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except tuple(cls for cls, _ in EXIT_CODES) as exc:
+        code = next(c for cls, c in EXIT_CODES if isinstance(exc, cls))
+        shown = _one_line(exc)
+        if not isinstance(exc, (errors.ConfigError, UsageError)):
+            shown = f"{type(exc).__name__}: {shown}"
+        print(f"{command}: {shown}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

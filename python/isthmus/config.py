@@ -5,47 +5,221 @@
     name: contacts
     state: contacts.db
     source:
-      base_url: http://127.0.0.1:8080
+      base_url: https://crm.example.com
+      auth: {type: oauth2_client_credentials, token_url: https://crm.example.com/oauth/token,
+             client_id: "${CRM_CLIENT_ID}", client_secret: "${CRM_CLIENT_SECRET}"}
+      rate_limit: {rate: 100, per: second, burst: 10}
+      retry: {attempts: 6, base: 0.2}
+      client: {timeout: 20, headers: {Accept: application/json}}
       path: /v1/contacts
-      records: data
       params: {limit: 100}
       paginator: {type: cursor, cursor: meta.next_cursor, param: cursor}
       incremental: {cursor_field: updated_at, param: updated_since, lookback: 60}
-      # partitions: a list of params, or time slices read `concurrency` at a time:
-      # partitions: {time_slices: {start: "2024-01-01", end: "2025-01-01", every: 604800}}
-      # retry: {attempts: 6, base: 0.2}     # else the client's Retry, else `attempts` tries
     map: mapping:to_ours          # module:function (the file's folder is importable), or {fields: {...}}
-    sink: {type: http, base_url: http://127.0.0.1:9090, path: /v1/contacts/batch, batch_size: 100}
+    sink: {type: http, base_url: "${DEST_URL}", path: /v1/contacts/batch, batch_size: 100}
 
-``${NAME}`` in a string is replaced by the environment variable NAME (secrets stay out of the
-file). A bad value raises ConfigError naming the field.
+The file is checked against the JSON Schema ``schema/pipeline.schema.json`` (printed by
+``isthmus schema pipeline``) before anything is built: an unknown key, a wrong type or a
+missing key raises ``ConfigError`` naming its full path (``source.pagintor: unknown key; did
+you mean paginator?``). Then ``${NAME}`` in a string is replaced by the environment variable
+NAME (secrets stay out of the file and out of every message), and each schema object becomes
+the Python object in ``FACTORIES``.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import importlib
+import inspect
+import json
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from isthmus import errors
+from isthmus.auth import (ApiKey, AwsSigV4, BasicAuth, BearerToken, HmacSigner, JWTBearer,
+                          OAuth2AuthorizationCode, OAuth2ClientCredentials, OAuth2RefreshToken,
+                          TokenStore)
 from isthmus.http import Client
-from isthmus.limits import Retry
+from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
+from isthmus.mapping import FieldMap
 from isthmus.pipeline import (CursorPaginator, Incremental, LinkHeaderPaginator, NextUrlPaginator,
                               OffsetPaginator, PageNumberPaginator, Pipeline, Stream, TimeSlices)
-from isthmus.mapping import FieldMap
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
 
-__all__ = ["load_pipeline", "pipeline_from_dict"]
+__all__ = ["load_pipeline", "pipeline_from_dict", "pipeline_schema", "validate_pipeline"]
 
-PAGINATORS: Dict[str, Callable[..., Any]] = {
-    "cursor": CursorPaginator, "offset": OffsetPaginator, "page": PageNumberPaginator,
-    "link": LinkHeaderPaginator, "next_url": NextUrlPaginator,
+SCHEMA_PATH = Path(__file__).parent / "schema" / "pipeline.schema.json"
+DEFAULT_STATE = "isthmus-state.db"
+
+# What each object of the schema's $defs becomes. The loader passes an object's keys to its
+# factory as keyword arguments; tests/python/test_config.py checks that every factory
+# parameter is a schema key (or listed below) and every schema key a parameter.
+FACTORIES: Dict[str, Callable[..., Any]] = {
+    "pipeline": Pipeline, "source": Stream, "client": Client,
+    "paginator_cursor": CursorPaginator, "paginator_offset": OffsetPaginator,
+    "paginator_page": PageNumberPaginator, "paginator_link": LinkHeaderPaginator,
+    "paginator_next_url": NextUrlPaginator,
+    "incremental": Incremental, "time_slices": TimeSlices, "retry": Retry,
+    "limit_rate": RateLimit, "limit_quota": Quota, "limit_concurrency": Concurrency,
+    "limit_adaptive": Adaptive, "limiter": Limiter,
+    "auth_api_key": ApiKey, "auth_basic": BasicAuth, "auth_bearer": BearerToken,
+    "auth_oauth2_client_credentials": OAuth2ClientCredentials,
+    "auth_oauth2_refresh_token": OAuth2RefreshToken,
+    "auth_oauth2_authorization_code": OAuth2AuthorizationCode,
+    "auth_jwt_bearer": JWTBearer, "auth_hmac": HmacSigner, "auth_aws_sigv4": AwsSigV4,
+    "token_store_memory": TokenStore.memory, "token_store_sqlite": TokenStore.sqlite,
+    "sink_http": HttpSink, "sink_jsonl": JsonlSink, "sink_sqlite": SqliteSink,
+    "sink_callable": CallableSink,
 }
+# Schema keys that build the section's client instead of going to the section's factory.
+CLIENT_KEYS = frozenset({"base_url", "auth", "rate_limit", "client"})
+ROUTED: Dict[str, frozenset] = {"source": CLIENT_KEYS, "sink_http": CLIENT_KEYS}
+# Factory parameters the schema has no key for: built by the loader from other keys, or
+# only meaningful from Python (functions). A section's `retry` goes to its stream or sink,
+# which retries every call the pipeline makes through that client.
+NOT_IN_SCHEMA: Dict[str, frozenset] = {
+    "source": frozenset({"client"}),
+    "sink_http": frozenset({"client"}),
+    "client": frozenset({"base_url", "auth", "rate_limit", "retry"}),
+    "auth_oauth2_client_credentials": frozenset({"on_token"}),
+    "auth_oauth2_refresh_token": frozenset({"on_token"}),
+    "auth_oauth2_authorization_code": frozenset({"on_token"}),
+    "auth_jwt_bearer": frozenset({"on_token"}),
+}
+# Schema keys spelled differently from the factory's parameter.
+RENAMED: Dict[str, Dict[str, str]] = {"sink_callable": {"function": "fn"}}
+
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
+
+@functools.lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return SCHEMA_PATH.read_text(encoding="utf-8")
+
+
+def pipeline_schema() -> Dict[str, Any]:
+    """The pipeline file's JSON Schema (draft 2020-12), as a dict."""
+    result: Dict[str, Any] = json.loads(_schema_text())
+    return result
+
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> Any:
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(pipeline_schema())
+
+
+# -- schema errors as one line naming the path ----------------------------------------------
+
+_TYPE_NAMES = {"integer": "an integer", "number": "a number", "string": "a string",
+               "boolean": "true or false", "object": "a mapping", "array": "a list", "null": "null"}
+# A typo is the likeliest cause of a missing key next to it, so it is reported first.
+_RANK = {"additionalProperties": 0, "required": 1, "enum": 2, "const": 2, "type": 3}
+
+
+def _dotted(path: Iterable[Any]) -> str:
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else str(step))
+    return out
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _shown(error: Any) -> str:
+    """The offending value, unless the schema marks the field as a secret."""
+    if isinstance(error.schema, dict) and error.schema.get("writeOnly"):
+        return f"a {type(error.instance).__name__} (not shown: a secret)"
+    return repr(error.instance)
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(word), sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+def _expected_types(value: Any) -> str:
+    names = [value] if isinstance(value, str) else list(value)
+    return " or ".join(_TYPE_NAMES.get(n, n) for n in names)
+
+
+def _message(error: Any) -> str:
+    where = _dotted(error.absolute_path)
+    kind = error.validator
+    if kind == "additionalProperties":
+        known = set(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - known)[0]
+        hint = _suggest(extra, known) or "; expected one of " + ", ".join(sorted(known))
+        return f"{_join(where, extra)}: unknown key{hint}"
+    if kind == "required":
+        missing = next(k for k in error.validator_value if k not in error.instance)
+        about = error.schema.get("properties", {}).get(missing, {}).get("description")
+        return f"{_join(where, missing)}: missing" + (f"; expected {about}" if about else "")
+    if kind in ("anyOf", "oneOf"):
+        return _alternatives(error, where)
+    if kind == "type":
+        return f"{where or 'pipeline'}: expected {_expected_types(error.validator_value)}, got {_shown(error)}"
+    if kind == "enum":
+        options = [str(v) for v in error.validator_value]
+        return (f"{where}: {_shown(error)} is not valid; expected one of {', '.join(options)}"
+                + _suggest(error.instance, options))
+    if kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+        return f"{where}: expected a number {sign} {error.validator_value}, got {_shown(error)}"
+    if kind == "pattern":
+        return f"{where}: {_shown(error)} is not valid; expected 'module:function'"
+    return f"{where or 'pipeline'}: {error.message}"
+
+
+def _alternatives(error: Any, where: str) -> str:
+    """For a value that may take several shapes: the error inside the one its type matches."""
+    by_branch: Dict[int, List[Any]] = {}
+    for sub in error.context:
+        by_branch.setdefault(sub.relative_schema_path[0], []).append(sub)
+    wrong_type = {i for i, subs in by_branch.items()
+                  if any(s.validator in ("type", "enum") and not s.relative_path for s in subs)}
+    fitting = [subs for i, subs in sorted(by_branch.items()) if i not in wrong_type]
+    if fitting:
+        return _message(_first(fitting[0]))
+    shapes = []
+    for branch in error.validator_value:
+        branch = _resolve(branch)
+        if "enum" in branch:
+            shapes.append("one of " + ", ".join(str(v) for v in branch["enum"]))
+        elif "type" in branch:
+            shapes.append(_expected_types(branch["type"]))
+    return f"{where or 'pipeline'}: expected {' or '.join(shapes)}, got {_shown(error)}"
+
+
+def _resolve(branch: Dict[str, Any]) -> Dict[str, Any]:
+    ref = branch.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        result: Dict[str, Any] = pipeline_schema()["$defs"][ref[len("#/$defs/"):]]
+        return result
+    return branch
+
+
+def _first(errs: Iterable[Any]) -> Any:
+    return min(errs, key=lambda e: (_RANK.get(e.validator, 4), [str(p) for p in e.absolute_path]))
+
+
+def validate_pipeline(doc: Any) -> None:
+    """Checks a pipeline document (as loaded from YAML) against the schema; raises
+    ``ConfigError`` naming the first problem's path. ``${VAR}`` strings are not expanded."""
+    errs = list(_validator().iter_errors(doc))
+    if errs:
+        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        raise errors.ConfigError(_message(_first(errs)) + more)
+
+
+# -- building ----------------------------------------------------------------------------------
 
 def _expand(value: Any, where: str) -> Any:
     if isinstance(value, str):
@@ -55,44 +229,118 @@ def _expand(value: Any, where: str) -> Any:
             return os.environ[m.group(1)]
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand(v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _expand(v, _join(where, k)) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
-def _section(doc: Dict[str, Any], key: str, where: str, required: bool = True) -> Dict[str, Any]:
-    value = doc.get(key)
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        raise errors.ConfigError(f"{where}{key}: {value!r} is not valid; expected a mapping")
-    return dict(value)
-
-
-def _build(factory: Callable[..., Any], kwargs: Dict[str, Any], where: str) -> Any:
+def _make(defname: str, spec: Dict[str, Any], where: str, built_where: Optional[str] = None,
+          **built: Any) -> Any:
+    """Calls the factory of ``defname`` with the object's keys and what the loader built
+    (which a message places at ``built_where``)."""
+    renamed = RENAMED.get(defname, {})
+    skip = ROUTED.get(defname, frozenset()) | {"type"}
+    kwargs = {renamed.get(k, k): v for k, v in spec.items() if k not in skip}
+    kwargs.update(built)
     try:
-        return factory(**kwargs)
-    except TypeError as exc:
-        raise errors.ConfigError(f"{where}: {exc}") from None
+        return FACTORIES[defname](**kwargs)
+    except (errors.ConfigError, errors.InvalidURL) as exc:
+        text = str(exc)
+        field = text.split(":", 1)[0]
+        if field in built and built_where is not None:
+            text = _join(built_where, text)
+        elif field in spec or field in kwargs:
+            text = _join(where, text)
+        elif where:
+            text = f"{where}: {text}"
+        raise errors.ConfigError(text) from None
+    except ValueError as exc:  # a check in the core; its message names the field
+        raise errors.ConfigError(f"{where}: {exc}" if where else str(exc)) from None
 
 
-def _client(spec: Dict[str, Any], where: str) -> Client:
-    base = spec.pop("base_url", None)
-    if not base:
-        raise errors.ConfigError(f"{where}.base_url: missing; expected the API's http(s) URL")
-    return _build(Client, {"base_url": base, **spec.pop("client", {})}, where + ".client")
+def _tag(spec: Any, prefix: str, default: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+    """(the $defs name, the mapping) of a tagged object, or of its shorthand (just the type)."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    return f"{prefix}_{spec.get('type', default)}", dict(spec)
 
 
-def _retry(spec: Dict[str, Any], where: str) -> None:
-    """``retry:`` as a mapping of Retry's fields becomes a Retry (an int stays a number of attempts)."""
-    if isinstance(spec.get("retry"), dict):
-        spec["retry"] = _build(Retry, spec["retry"], where + ".retry")
+def _store(spec: Any, where: str, base: Path) -> TokenStore:
+    defname, spec = _tag(spec, "token_store")
+    for key in ("path", "key_file"):
+        if key in spec:
+            spec[key] = str(base / spec[key])
+    result: TokenStore = _make(defname, spec, where)
+    return result
+
+
+def _auth(spec: Dict[str, Any], where: str, base: Path) -> Any:
+    defname, spec = _tag(spec, "auth")
+    if "store" in spec:
+        spec["store"] = _store(spec["store"], where + ".store", base)
+    return _make(defname, spec, where)
+
+
+def _limit(spec: Dict[str, Any], where: str) -> Any:
+    defname, spec = _tag(spec, "limit", "rate")
+    if defname == "limit_limiter":
+        limits = [_limit(item, f"{where}.limits[{i}]") for i, item in enumerate(spec.pop("limits", []))]
+        return _make("limiter", spec, where, limits=Limits(limits))
+    return _make(defname, spec, where)
+
+
+def _rate_limit(spec: Any, where: str) -> Any:
+    if isinstance(spec, list):
+        return Limits([_limit(item, f"{where}[{i}]") for i, item in enumerate(spec)])
+    return _limit(spec, where)
+
+
+def _retry(spec: Any, where: str) -> Any:
+    return _make("retry", spec, where) if isinstance(spec, dict) else spec
+
+
+def _client(spec: Dict[str, Any], where: str, base: Path) -> Client:
+    options = dict(spec.get("client", {}))
+    if "auth" in spec:
+        options["auth"] = _auth(spec["auth"], where + ".auth", base)
+    if "rate_limit" in spec:
+        options["rate_limit"] = _rate_limit(spec["rate_limit"], where + ".rate_limit")
+    result: Client = _make("client", options, where + ".client", built_where=where,
+                           base_url=spec["base_url"])
+    return result
+
+
+def _source(spec: Dict[str, Any], base: Path) -> Stream:
+    spec = dict(spec)
+    if "paginator" in spec:
+        defname, pag = _tag(spec["paginator"], "paginator")
+        spec["paginator"] = _make(defname, pag, "source.paginator")
+    if "incremental" in spec:
+        spec["incremental"] = _make("incremental", spec["incremental"], "source.incremental")
+    if isinstance(spec.get("partitions"), dict):
+        spec["partitions"] = _make("time_slices", spec["partitions"]["time_slices"],
+                                   "source.partitions.time_slices")
+    if "retry" in spec:
+        spec["retry"] = _retry(spec["retry"], "source.retry")
+    result: Stream = _make("source", spec, "source", client=_client(spec, "source", base))
+    return result
+
+
+def _sink(spec: Dict[str, Any], base: Path) -> Any:
+    defname, spec = _tag(spec, "sink")
+    if defname == "sink_http":
+        if "retry" in spec:
+            spec["retry"] = _retry(spec["retry"], "sink.retry")
+        return _make(defname, spec, "sink", client=_client(spec, "sink", base))
+    if defname == "sink_callable":
+        spec["function"] = _import(spec["function"], "sink.function", base)
+    else:
+        spec["path"] = str(base / spec["path"])
+    return _make(defname, spec, "sink")
 
 
 def _import(ref: str, where: str, base: Path) -> Callable[..., Any]:
-    if not isinstance(ref, str) or ":" not in ref:
-        raise errors.ConfigError(f"{where}: {ref!r} is not valid; expected 'module:function'")
     module, _, attr = ref.partition(":")
     if str(base) not in sys.path:
         sys.path.insert(0, str(base))
@@ -102,76 +350,70 @@ def _import(ref: str, where: str, base: Path) -> Callable[..., Any]:
         raise errors.ConfigError(f"{where}: cannot import {ref!r}: {exc}") from None
     if not callable(fn):
         raise errors.ConfigError(f"{where}: {ref!r} is not callable")
-    return fn
+    result: Callable[..., Any] = fn
+    return result
 
 
-def pipeline_from_dict(doc: Dict[str, Any], base: Path = Path(".")) -> Pipeline:
-    if not isinstance(doc, dict):
-        raise errors.ConfigError(f"pipeline: expected a mapping at the top, got {type(doc).__name__}")
-    doc = _expand(doc, "pipeline")
-    src = _section(doc, "source", "")
-    client = _client(src, "source")
-    path = src.pop("path", None)
-    if not isinstance(path, str):
-        raise errors.ConfigError(f"source.path: {path!r} is not valid; expected the endpoint path")
-    pag = src.pop("paginator", None)
-    if pag is not None:
-        pag = dict(pag) if isinstance(pag, dict) else {"type": pag}
-        kind = pag.pop("type", None)
-        if kind not in PAGINATORS:
-            raise errors.ConfigError(f"source.paginator.type: {kind!r} is not valid; expected one of "
-                                     + ", ".join(sorted(PAGINATORS)))
-        pag = _build(PAGINATORS[kind], pag, "source.paginator")
-    inc = src.pop("incremental", None)
-    if inc is not None:
-        inc = _build(Incremental, _section({"incremental": inc}, "incremental", "source."), "source.incremental")
-    parts = src.get("partitions")
-    if isinstance(parts, dict):
-        if set(parts) != {"time_slices"}:
-            raise errors.ConfigError(f"source.partitions: {parts!r} is not valid; expected a list of params "
-                                     "or {time_slices: {start, end, every, start_param, end_param}}")
-        src["partitions"] = _build(TimeSlices, _section(parts, "time_slices", "source.partitions."),
-                                   "source.partitions.time_slices")
-    _retry(src, "source")
-    stream = _build(Stream, {"client": client, "path": path, "paginator": pag, "incremental": inc, **src}, "source")
-    sink_spec = _section(doc, "sink", "")
-    kind = sink_spec.pop("type", None)
-    if kind == "http":
-        sink_client = _client(sink_spec, "sink")
-        _retry(sink_spec, "sink")
-        sink = _build(HttpSink, {"client": sink_client, **sink_spec}, "sink")
-    elif kind == "jsonl":
-        sink = _build(JsonlSink, {**sink_spec, "path": str(base / sink_spec.get("path", ""))}, "sink")
-    elif kind == "sqlite":
-        sink = _build(SqliteSink, {**sink_spec, "path": str(base / sink_spec.get("path", ""))}, "sink")
-    elif kind == "callable":
-        sink = CallableSink(_import(sink_spec.get("function"), "sink.function", base))
-    else:
-        raise errors.ConfigError(f"sink.type: {kind!r} is not valid; expected one of callable, http, jsonl, sqlite")
-    spec = doc.get("map")
+def _map(spec: Any, base: Path) -> Any:
+    if spec is None:
+        return None
     if isinstance(spec, dict):
-        # map: {fields: {target: source, ...}} is a FieldMap, run in the core.
-        if set(spec) != {"fields"}:
-            raise errors.ConfigError(f"map: {spec!r} is not valid; expected module:function or {{fields: {{...}}}}")
-        fn: Any = FieldMap(spec["fields"])
-    else:
-        fn = _import(spec, "map", base) if spec else None
-    extra = {k: doc[k] for k in ("name", "checkpoint_every", "batch") if k in doc}
-    unknown = set(doc) - {"source", "sink", "map", "state", "name", "checkpoint_every", "batch"}
-    if unknown:
-        raise errors.ConfigError(f"pipeline: unknown field(s) {', '.join(sorted(unknown))}")
-    return Pipeline(stream, map=fn, sink=sink, state=str(base / doc.get("state", "isthmus-state.db")), **extra)
+        try:
+            return FieldMap(spec["fields"])
+        except errors.ConfigError as exc:
+            raise errors.ConfigError(f"map.fields: {exc}") from None
+    return _import(spec, "map", base)
 
 
-def load_pipeline(path: str) -> Pipeline:
-    """Reads a pipeline file (YAML or JSON); relative paths in it are relative to the file."""
+def pipeline_from_dict(doc: Any, base: Path = Path(".")) -> Pipeline:
+    """Builds a Pipeline from a document shaped like the YAML file; relative paths in it are
+    relative to ``base``."""
+    validate_pipeline(doc)
+    doc = _expand(doc, "")
+    options = {k: v for k, v in doc.items() if k not in ("source", "sink", "map", "state")}
+    return _make("pipeline", options, "", source=_source(doc["source"], base),
+                 sink=_sink(doc["sink"], base), map=_map(doc.get("map"), base),
+                 state=str(base / doc.get("state", DEFAULT_STATE)))
+
+
+def _read(path: str) -> Tuple[Any, Path]:
     import yaml
 
     p = Path(path)
     try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise errors.ConfigError(f"pipeline file {path!r}: {exc.strerror}") from None
+        raise errors.ConfigError(f"pipeline file {path}: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise errors.ConfigError(f"pipeline file {path!r} is not valid YAML: {exc}") from None
-    return pipeline_from_dict(doc, p.resolve().parent)
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "cannot be parsed"
+        raise errors.ConfigError(f"pipeline file {path} is not valid YAML{at}: {problem}") from None
+    return doc, p.resolve().parent
+
+
+def load_pipeline(path: str) -> Pipeline:
+    """Reads a pipeline file (YAML or JSON); relative paths in it are relative to the file."""
+    doc, base = _read(path)
+    return pipeline_from_dict(doc, base)
+
+
+def pipeline_state(path: str) -> Tuple[str, str]:
+    """(the pipeline's name, its state file) from a pipeline file, resolving only the keys
+    they depend on: reading dead letters needs no credentials of the source or the sink."""
+    doc, base = _read(path)
+    validate_pipeline(doc)
+    src = doc["source"]
+    name = _expand(doc.get("name"), "name") or _expand(src.get("name"), "source.name")
+    if not name:
+        # The stream's own rule names it from its path; no client is needed for that.
+        name = Stream(None, _expand(src["path"], "source.path")).name
+    return name, str(base / _expand(doc.get("state", DEFAULT_STATE), "state"))
+
+
+def factory_parameters(defname: str) -> List[str]:
+    """The keyword parameters of a schema object's factory (for the schema/loader check)."""
+    return [p.name for p in inspect.signature(FACTORIES[defname]).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
