@@ -136,8 +136,16 @@ def _join(where: str, key: str) -> str:
 def _shown(error: Any) -> str:
     """The offending value, unless the schema marks the field as a secret."""
     if isinstance(error.schema, dict) and error.schema.get("writeOnly"):
-        return f"a {type(error.instance).__name__} (not shown: a secret)"
+        return f"{_TYPE_NAMES.get(_json_type(error.instance), 'a value')} (not shown: a secret)"
     return repr(error.instance)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", dict: "object", list: "array", type(None): "null"}.get(type(value), "value")
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str:
@@ -161,7 +169,7 @@ def _message(error: Any) -> str:
     if kind == "required":
         missing = next(k for k in error.validator_value if k not in error.instance)
         about = error.schema.get("properties", {}).get(missing, {}).get("description")
-        return f"{_join(where, missing)}: missing" + (f"; expected {about}" if about else "")
+        return f"{_join(where, missing)}: missing" + (f" ({about})" if about else "")
     if kind in ("anyOf", "oneOf"):
         return _alternatives(error, where)
     if kind == "type":
@@ -188,14 +196,16 @@ def _alternatives(error: Any, where: str) -> str:
     fitting = [subs for i, subs in sorted(by_branch.items()) if i not in wrong_type]
     if fitting:
         return _message(_first(fitting[0]))
-    shapes = []
+    shapes, names = [], []
     for branch in error.validator_value:
         branch = _resolve(branch)
         if "enum" in branch:
+            names += [str(v) for v in branch["enum"]]
             shapes.append("one of " + ", ".join(str(v) for v in branch["enum"]))
         elif "type" in branch:
             shapes.append(_expected_types(branch["type"]))
-    return f"{where or 'pipeline'}: expected {' or '.join(shapes)}, got {_shown(error)}"
+    hint = _suggest(error.instance, names) if isinstance(error.instance, str) else ""
+    return f"{where or 'pipeline'}: expected {' or '.join(shapes)}, got {_shown(error)}{hint}"
 
 
 def _resolve(branch: Dict[str, Any]) -> Dict[str, Any]:
@@ -215,7 +225,7 @@ def validate_pipeline(doc: Any) -> None:
     ``ConfigError`` naming the first problem's path. ``${VAR}`` strings are not expanded."""
     errs = list(_validator().iter_errors(doc))
     if errs:
-        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
         raise errors.ConfigError(_message(_first(errs)) + more)
 
 
