@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -64,8 +65,7 @@ def test_version_and_exit_codes_in_help(capsys):
         main(["run", "--help"])
     out = capsys.readouterr().out
     assert EPILOG in out and "--fail-on-dead-letters" in out
-    for code in ("0", "1", "2", "3", "130"):
-        assert f"\n  {code} " in EPILOG + "\n" or f"  {code}  " in EPILOG
+    assert re.findall(r"^  (\d+) +\S", EPILOG, re.M) == ["0", "1", "2", "3", "130"]
 
 
 @pytest.mark.parametrize("base_url, code, expected", [
@@ -114,6 +114,15 @@ def failing_pipeline(tmp_path, api, records_fail=True):
                          map="cli_maps:refuse" if records_fail else "cli_maps:keep_most")
 
 
+def ran_failing_pipeline(tmp_path, monkeypatch, records):
+    """A pipeline file whose run dead-lettered every record (the sandboxes are gone after)."""
+    with isthmus.Sandbox(records=records) as api, isthmus.Sandbox() as dst:
+        monkeypatch.setenv("DEST_URL", dst.url)
+        path = failing_pipeline(tmp_path, api)
+        assert main(["run", path, "--no-progress"]) == 0
+    return path
+
+
 def test_dlq_list_needs_no_credentials_of_the_sink(tmp_path, monkeypatch, capsys):
     with isthmus.Sandbox(records=50) as api, isthmus.Sandbox() as dst:
         monkeypatch.setenv("DEST_URL", dst.url)
@@ -138,10 +147,7 @@ def test_fail_on_dead_letters_exits_3(tmp_path, monkeypatch, capsys):
 
 
 def test_bad_where_sql_is_a_usage_error(tmp_path, monkeypatch, capsys):
-    with isthmus.Sandbox(records=10) as api, isthmus.Sandbox() as dst:
-        monkeypatch.setenv("DEST_URL", dst.url)
-        path = failing_pipeline(tmp_path, api)
-        assert main(["run", path, "--no-progress"]) == 0
+    path = ran_failing_pipeline(tmp_path, monkeypatch, 10)
     capsys.readouterr()
     assert main(["dlq", "list", path, "--where", "colour = 'red'"]) == 2
     assert capsys.readouterr().err == "isthmus dlq list: --where \"colour = 'red'\": no such column: colour\n"
@@ -149,10 +155,7 @@ def test_bad_where_sql_is_a_usage_error(tmp_path, monkeypatch, capsys):
 
 def test_a_closed_pipe_ends_dlq_list_quietly(tmp_path, monkeypatch, capsys):
     # 2,000 lines are more than a pipe holds, so the writer meets the closed end.
-    with isthmus.Sandbox(records=2000) as api, isthmus.Sandbox() as dst:
-        monkeypatch.setenv("DEST_URL", dst.url)
-        path = failing_pipeline(tmp_path, api)
-        assert main(["run", path, "--no-progress"]) == 0
+    ran_failing_pipeline(tmp_path, monkeypatch, 2000)
     capsys.readouterr()
     proc = subprocess.Popen([sys.executable, "-m", "isthmus.cli", "dlq", "list", str(tmp_path / "state.db")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
