@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import traceback
+from urllib.parse import urlencode
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from isthmus import _core, errors
@@ -45,6 +46,17 @@ __all__ = [
 ]
 
 Step = Dict[str, Any]  # {"url": absolute URL or None (the stream's path), "params": {...}}
+
+
+def _call_repr(name: str, fields: Dict[str, Any], positional: Sequence[Any] = ()) -> str:
+    args = [repr(v) for v in positional] + [f"{k}={v!r}" for k, v in fields.items()]
+    return f"{name}({', '.join(args)})"
+
+
+def _shown_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Params as a repr shows them: a value the core would redact in a URL's query is ``***``."""
+    return {k: "***" if _core.redact_url("http://h/?" + urlencode({str(k): "v"})).endswith("=***") else v
+            for k, v in params.items()}
 
 
 def _get_path(record: Any, path: Sequence[str]) -> Any:
@@ -79,6 +91,13 @@ class Paginator:
 
     parallel = False
 
+    def __repr__(self) -> str:
+        return _call_repr(type(self).__name__, self._settings())
+
+    def _settings(self) -> Dict[str, Any]:
+        """What the repr shows: the settings given to the constructor."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
     def fields(self) -> List[str]:
         """Dotted paths to read from each page for ``next`` (``page.fields[path]`` is text or None)."""
         return []
@@ -108,6 +127,9 @@ class NextUrlPaginator(Paginator):
 
     def __init__(self, next: str = "next"):
         self.path = next
+
+    def _settings(self) -> Dict[str, Any]:
+        return {"next": self.path}
 
     def fields(self) -> List[str]:
         return [self.path]
@@ -168,6 +190,10 @@ class OffsetPaginator(_RangePaginator):
         super().__init__(limit, limit_param, total, window)
         self.unit_param = param
 
+    def _settings(self) -> Dict[str, Any]:
+        return {"param": self.unit_param, "limit_param": self.size_param, "limit": self.size,
+                "total": self.total, "window": self.window}
+
     def units_per_page(self) -> int:
         return self.size
 
@@ -182,6 +208,10 @@ class PageNumberPaginator(_RangePaginator):
                  total_pages: Optional[str] = "meta.total_pages", start: int = 1, window: int = 8):
         super().__init__(size, size_param, total_pages, window)
         self.unit_param, self.start = param, start
+
+    def _settings(self) -> Dict[str, Any]:
+        return {"param": self.unit_param, "size_param": self.size_param, "size": self.size,
+                "total_pages": self.total, "start": self.start, "window": self.window}
 
     def units_per_page(self) -> int:
         return 1
@@ -216,6 +246,10 @@ class Incremental:
             raise errors.ConfigError(f"lookback: {lookback!r} is not valid; expected seconds >= 0")
         self.cursor_field, self.param, self.lookback, self.initial = cursor_field, param, float(lookback), initial
         self._path = cursor_field.split(".")
+
+    def __repr__(self) -> str:
+        return _call_repr("Incremental", {"cursor_field": self.cursor_field, "param": self.param,
+                                          "lookback": self.lookback, "initial": self.initial})
 
     def start_value(self, state: Optional[Dict[str, Any]]) -> Any:
         if not state or state.get("max") is None:
@@ -370,13 +404,27 @@ class _Chunk:
 
 
 class Stream:
-    """A paginated endpoint read as one stream of records.
+    """A paginated endpoint read as one stream of records::
 
-    ``records`` is the dotted path of the records array in each page ("" for a bare array);
-    ``key`` the dotted path of a record's identity (dead letters, idempotency keys, dedupe);
-    ``partitions`` a list of extra params (or ``TimeSlices``), each read as its own sub-stream,
-    up to ``concurrency`` of them at once; ``retry`` the ``Retry`` pages are fetched with
-    (default: the client's, else ``Retry(attempts=attempts)``).
+        Stream(client, "/v1/contacts", records="data", paginator=CursorPaginator(), params={"limit": 100})
+
+    - ``client``: the ``Client`` pages are fetched with (its auth, limits and retry apply).
+    - ``path``: the endpoint, relative to the client's base URL.
+    - ``records``: the dotted path of the records array in each page ("" for a bare array).
+    - ``paginator``: how to get the next page (``CursorPaginator``, ``OffsetPaginator``, ...);
+      None reads one page.
+    - ``params``: query params of every page.
+    - ``incremental``: an ``Incremental``, to read only what changed since the last run.
+    - ``partitions``: a list of extra params (or ``TimeSlices``), each read as its own
+      sub-stream, up to ``concurrency`` of them at once.
+    - ``key``: the dotted path of a record's identity (dead letters, idempotency keys, dedupe).
+    - ``retry``: the ``Retry`` pages are fetched with (default: the client's, else
+      ``Retry(attempts=attempts)``); ``attempts`` also bounds refetches of a malformed page.
+    - ``parser``: ``"core"`` (simdjson, the default) or ``"python"`` (``json.loads``).
+    - ``name``: the name checkpoints are filed under (default: from the path).
+
+    A page answered with an error status raises a ``PipelineError`` that is also what
+    ``raise_for_status()`` raises (``AuthError`` for a 401 ...).
     """
 
     def __init__(self, client: Any, path: str, *, records: str = "data", paginator: Optional[Paginator] = None,
@@ -419,6 +467,16 @@ class Stream:
         self.retry = as_stage_retry(retry)
         self._http: Any = None
         self.name = name or path.strip("/").replace("/", "_")
+
+    def __repr__(self) -> str:
+        base = getattr(self.client, "base_url", None) or ""
+        shown: Dict[str, Any] = {"records": self.records_path, "paginator": self.paginator,
+                                 "params": _shown_params(self.params), "key": self.key}
+        if self.incremental is not None:
+            shown["incremental"] = self.incremental
+        if self.partitions != [{}]:
+            shown["partitions"] = len(self.partitions)  # a count: the list can be long
+        return _call_repr("Stream", shown, [redact_url(base + self.path)])
 
     def keys(self, records: List[Any]) -> List[str]:
         """Each record's identity as text; a hash of its JSON when it has none."""
@@ -866,6 +924,12 @@ class Pipeline:
             raise errors.ConfigError(f"stop_after_failures: {stop_after_failures!r} is not valid; "
                                      "expected an int >= 0 (0 turns the check off)")
         self.checkpoint_seconds, self.stop_after_failures = float(checkpoint_seconds), stop_after_failures
+
+    def __repr__(self) -> str:
+        fn = self.map
+        mapping = "" if fn is None else \
+            f" -> map={fn!r}" if isinstance(fn, FieldMap) else f" -> map={getattr(fn, '__qualname__', repr(fn))}"
+        return f"<Pipeline {self.name!r}: {self.source!r}{mapping} -> {self.sink!r}, state={self.store.path!r}>"
 
     # -- mapping -----------------------------------------------------------------------------
     def _apply_map(self, records: List[Any], keys: List[str], run: Optional[Run],
