@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import email.utils
+import functools
 import time
 from typing import Any, Optional
 
@@ -241,6 +242,30 @@ class PipelineError(IsthmusError, RuntimeError):
 
     Records a sink had accepted stay checkpointed; a rerun resumes after them.
     """
+
+
+@functools.lru_cache(maxsize=None)
+def _pipeline_class(cause: type) -> type:
+    # The cause's class first: its builtin base (OSError for PermissionError, TimeoutError)
+    # has the larger instance layout, so it must come before RuntimeError in the MRO.
+    return type(f"Pipeline{cause.__name__}", (cause, PipelineError),
+                {"__module__": __name__, "__doc__": f"A PipelineError caused by a {cause.__name__}."})
+
+
+def pipeline_error(message: str, cause: BaseException) -> PipelineError:
+    """The error a run raises for ``cause``: a ``PipelineError`` that is also an instance of the
+    cause's class, so ``except AuthError`` catches what a direct call would have raised. It
+    carries the cause's attributes (``status_code``, ``response``, ``url`` ...) and the cause as
+    ``__cause__``."""
+    if isinstance(cause, PipelineError):
+        cls: type = type(cause)
+    else:
+        cls = _pipeline_class(type(cause))
+    exc = cls.__new__(cls, message)
+    BaseException.__init__(exc, message)
+    exc.__dict__.update(getattr(cause, "__dict__", {}))
+    exc.__cause__ = cause
+    return exc
 
 
 class StateError(IsthmusError):

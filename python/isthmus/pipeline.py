@@ -31,12 +31,13 @@ import sys
 import threading
 import time
 import traceback
+from urllib.parse import urlencode
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from isthmus import _core, errors
 from isthmus.http import redact_url
 from isthmus.mapping import FieldMap
-from isthmus.sinks import Counters, Sink, as_stage_retry, governed, send
+from isthmus.sinks import Counters, Rejection, Sink, as_stage_retry, governed, send, status_error
 from isthmus.store import StateStore
 
 __all__ = [
@@ -45,6 +46,17 @@ __all__ = [
 ]
 
 Step = Dict[str, Any]  # {"url": absolute URL or None (the stream's path), "params": {...}}
+
+
+def _call_repr(name: str, fields: Dict[str, Any], positional: Sequence[Any] = ()) -> str:
+    args = [repr(v) for v in positional] + [f"{k}={v!r}" for k, v in fields.items()]
+    return f"{name}({', '.join(args)})"
+
+
+def _shown_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Params as a repr shows them: a value the core would redact in a URL's query is ``***``."""
+    return {k: "***" if _core.redact_url("http://h/?" + urlencode({str(k): "v"})).endswith("=***") else v
+            for k, v in params.items()}
 
 
 def _get_path(record: Any, path: Sequence[str]) -> Any:
@@ -79,6 +91,13 @@ class Paginator:
 
     parallel = False
 
+    def __repr__(self) -> str:
+        return _call_repr(type(self).__name__, self._settings())
+
+    def _settings(self) -> Dict[str, Any]:
+        """What the repr shows: the settings given to the constructor."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
     def fields(self) -> List[str]:
         """Dotted paths to read from each page for ``next`` (``page.fields[path]`` is text or None)."""
         return []
@@ -108,6 +127,9 @@ class NextUrlPaginator(Paginator):
 
     def __init__(self, next: str = "next"):
         self.path = next
+
+    def _settings(self) -> Dict[str, Any]:
+        return {"next": self.path}
 
     def fields(self) -> List[str]:
         return [self.path]
@@ -168,6 +190,10 @@ class OffsetPaginator(_RangePaginator):
         super().__init__(limit, limit_param, total, window)
         self.unit_param = param
 
+    def _settings(self) -> Dict[str, Any]:
+        return {"param": self.unit_param, "limit_param": self.size_param, "limit": self.size,
+                "total": self.total, "window": self.window}
+
     def units_per_page(self) -> int:
         return self.size
 
@@ -182,6 +208,10 @@ class PageNumberPaginator(_RangePaginator):
                  total_pages: Optional[str] = "meta.total_pages", start: int = 1, window: int = 8):
         super().__init__(size, size_param, total_pages, window)
         self.unit_param, self.start = param, start
+
+    def _settings(self) -> Dict[str, Any]:
+        return {"param": self.unit_param, "size_param": self.size_param, "size": self.size,
+                "total_pages": self.total, "start": self.start, "window": self.window}
 
     def units_per_page(self) -> int:
         return 1
@@ -216,6 +246,10 @@ class Incremental:
             raise errors.ConfigError(f"lookback: {lookback!r} is not valid; expected seconds >= 0")
         self.cursor_field, self.param, self.lookback, self.initial = cursor_field, param, float(lookback), initial
         self._path = cursor_field.split(".")
+
+    def __repr__(self) -> str:
+        return _call_repr("Incremental", {"cursor_field": self.cursor_field, "param": self.param,
+                                          "lookback": self.lookback, "initial": self.initial})
 
     def start_value(self, state: Optional[Dict[str, Any]]) -> Any:
         if not state or state.get("max") is None:
@@ -370,13 +404,27 @@ class _Chunk:
 
 
 class Stream:
-    """A paginated endpoint read as one stream of records.
+    """A paginated endpoint read as one stream of records::
 
-    ``records`` is the dotted path of the records array in each page ("" for a bare array);
-    ``key`` the dotted path of a record's identity (dead letters, idempotency keys, dedupe);
-    ``partitions`` a list of extra params (or ``TimeSlices``), each read as its own sub-stream,
-    up to ``concurrency`` of them at once; ``retry`` the ``Retry`` pages are fetched with
-    (default: the client's, else ``Retry(attempts=attempts)``).
+        Stream(client, "/v1/contacts", records="data", paginator=CursorPaginator(), params={"limit": 100})
+
+    - ``client``: the ``Client`` pages are fetched with (its auth, limits and retry apply).
+    - ``path``: the endpoint, relative to the client's base URL.
+    - ``records``: the dotted path of the records array in each page ("" for a bare array).
+    - ``paginator``: how to get the next page (``CursorPaginator``, ``OffsetPaginator``, ...);
+      None reads one page.
+    - ``params``: query params of every page.
+    - ``incremental``: an ``Incremental``, to read only what changed since the last run.
+    - ``partitions``: a list of extra params (or ``TimeSlices``), each read as its own
+      sub-stream, up to ``concurrency`` of them at once.
+    - ``key``: the dotted path of a record's identity (dead letters, idempotency keys, dedupe).
+    - ``retry``: the ``Retry`` pages are fetched with (default: the client's, else
+      ``Retry(attempts=attempts)``); ``attempts`` also bounds refetches of a malformed page.
+    - ``parser``: ``"core"`` (simdjson, the default) or ``"python"`` (``json.loads``).
+    - ``name``: the name checkpoints are filed under (default: from the path).
+
+    A page answered with an error status raises a ``PipelineError`` that is also what
+    ``raise_for_status()`` raises (``AuthError`` for a 401 ...).
     """
 
     def __init__(self, client: Any, path: str, *, records: str = "data", paginator: Optional[Paginator] = None,
@@ -419,6 +467,16 @@ class Stream:
         self.retry = as_stage_retry(retry)
         self._http: Any = None
         self.name = name or path.strip("/").replace("/", "_")
+
+    def __repr__(self) -> str:
+        base = getattr(self.client, "base_url", None) or ""
+        shown: Dict[str, Any] = {"records": self.records_path, "paginator": self.paginator,
+                                 "params": _shown_params(self.params), "key": self.key}
+        if self.incremental is not None:
+            shown["incremental"] = self.incremental
+        if self.partitions != [{}]:
+            shown["partitions"] = len(self.partitions)  # a count: the list can be long
+        return _call_repr("Stream", shown, [redact_url(base + self.path)])
 
     def keys(self, records: List[Any]) -> List[str]:
         """Each record's identity as text; a hash of its JSON when it has none."""
@@ -520,12 +578,13 @@ class Stream:
         return pages  # type: ignore[return-value]
 
     def _check_status(self, resp: Any) -> None:
-        """Raises PipelineError for an answer that is not a 2xx (the governor has retried it)."""
+        """Raises for an answer that is not a 2xx (the governor has retried it): a PipelineError
+        that is also what ``raise_for_status`` raises (``AuthError`` for a 401 ...)."""
         if not 200 <= resp.status_code < 300:
-            raise errors.PipelineError(
+            raise errors.pipeline_error(
                 f"Stream {self.path}: GET {redact_url(resp.request.url)} answered {resp.status_code} "
                 f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
-                + f": {resp._redacted_excerpt(300)}")
+                + f": {resp._redacted_excerpt(300)}", status_error(resp))
 
     def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int], counters: Counters) -> Iterator[Tuple[int, Page]]:
         """Pages of a range paginator, in order, with ``pag.window`` requests in flight all the
@@ -697,7 +756,10 @@ class _Progress:
             pass
         self.mode = "tty" if sys.stderr.isatty() else "log"
 
-    def text(self, done: int, total: Optional[int], waited: float = 0.0) -> Tuple[str, float]:
+    def text(self, done: int, total: Optional[int], waited: float = 0.0,
+             completed: bool = False) -> Tuple[str, Optional[float]]:
+        """The line, and how full the bar is: None while the total is unknown, 1.0 once the run
+        completed (a total read from the API's first page may be off by what changed since)."""
         took = max(time.monotonic() - self.started, 1e-9)
         rate = done / took
         frac = min(done / total, 1.0) if total else None
@@ -710,11 +772,12 @@ class _Progress:
             s = f"{self.label} {done:,} records {rate:,.0f} rec/s {took:,.0f}s"
         if waited >= 0.05:
             s += f", {waited:,.1f}s held back by rate limits and retries"
-        return s, frac or 0.0
+        return s, 1.0 if completed else frac
 
     def update(self, done: int, total: Optional[int], final: bool = False,
-               waited: Optional[Callable[[], float]] = None) -> None:
-        """``waited`` is only called when a line is drawn: it reads the limiters' counters."""
+               waited: Optional[Callable[[], float]] = None, completed: bool = False) -> None:
+        """``waited`` is only called when a line is drawn: it reads the limiters' counters.
+        ``completed`` (with ``final``) fills the bar."""
         if self.mode == "off":
             return
         now = time.monotonic()
@@ -722,16 +785,17 @@ class _Progress:
         if not final and now - self.last < gap:
             return
         self.last = now
-        s, frac = self.text(done, total, waited() if waited else 0.0)
+        s, frac = self.text(done, total, waited() if waited else 0.0, completed=final and completed)
         if self.mode == "tty":
             sys.stderr.write("\r" + s + ("\n" if final else ""))
             sys.stderr.flush()
         elif self.mode == "log":
             print(s, file=sys.stderr, flush=True)
         else:
+            # Without a value the browser draws an indeterminate bar: the total is not known yet.
+            value = "" if frac is None else f" value='{frac:.4f}'"
             self.handle.update(self._HTML(
-                f"<div><progress value='{frac:.4f}' max='1' style='width:30em'></progress> "
-                f"{html.escape(s)}</div>"))
+                f"<div><progress{value} max='1' style='width:30em'></progress> {html.escape(s)}</div>"))
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -827,11 +891,20 @@ class Pipeline:
     ``map`` is ``record -> record or None`` (None drops it), or with ``batch=True`` ``list -> list``,
     or an ``isthmus.FieldMap`` (declared fields, run in the core).
     An exception in it dead-letters the record with its traceback and the run goes on.
+
+    ``sink``: an ``HttpSink``, ``JsonlSink``, ``SqliteSink``, ``CallableSink`` or a ``Sink``
+    subclass. ``state``: the SQLite file of checkpoints, dead letters and runs; ``name`` the
+    pipeline's name in it. A checkpoint is written every ``checkpoint_every`` records or
+    ``checkpoint_seconds``, whichever comes first, right after the sink's ``flush``.
+    ``prefetch``: pages fetched ahead of the mapping. ``stop_after_failures``: when that many
+    records have failed (mapping or sink) before any was written, the run stops with a
+    ``PipelineError`` naming the most common reason instead of dead-lettering them all (0: never).
     """
 
     def __init__(self, source: Stream, *, sink: Sink, map: Optional[Callable[..., Any]] = None,
                  batch: bool = False, state: Union[str, StateStore] = "isthmus-state.db",
-                 name: Optional[str] = None, checkpoint_every: int = 10_000, prefetch: int = 8):
+                 name: Optional[str] = None, checkpoint_every: int = 10_000, prefetch: int = 8,
+                 checkpoint_seconds: float = 2.0, stop_after_failures: int = 1000):
         if not isinstance(source, Stream):
             raise errors.ConfigError(f"source: {source!r} is not an isthmus.Stream")
         if not isinstance(sink, Sink):
@@ -844,6 +917,19 @@ class Pipeline:
         self.store = state if isinstance(state, StateStore) else StateStore(state)
         self.name = name or source.name
         self.checkpoint_every, self.prefetch = checkpoint_every, max(1, prefetch)
+        if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)) \
+                or not checkpoint_seconds > 0:
+            raise errors.ConfigError(f"checkpoint_seconds: {checkpoint_seconds!r} is not valid; expected seconds > 0")
+        if isinstance(stop_after_failures, bool) or not isinstance(stop_after_failures, int) or stop_after_failures < 0:
+            raise errors.ConfigError(f"stop_after_failures: {stop_after_failures!r} is not valid; "
+                                     "expected an int >= 0 (0 turns the check off)")
+        self.checkpoint_seconds, self.stop_after_failures = float(checkpoint_seconds), stop_after_failures
+
+    def __repr__(self) -> str:
+        fn = self.map
+        mapping = "" if fn is None else \
+            f" -> map={fn!r}" if isinstance(fn, FieldMap) else f" -> map={getattr(fn, '__qualname__', repr(fn))}"
+        return f"<Pipeline {self.name!r}: {self.source!r}{mapping} -> {self.sink!r}, state={self.store.path!r}>"
 
     # -- mapping -----------------------------------------------------------------------------
     def _apply_map(self, records: List[Any], keys: List[str], run: Optional[Run],
@@ -906,21 +992,62 @@ class Pipeline:
         return {"record_key": key, "stage": "map", "record": record,
                 "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
-    def _sink(self, mapped: List[Any], keys: List[str], dead: List[Dict[str, Any]]) -> int:
-        """Writes; returns how many the sink accepted. Rejections go to `dead`."""
+    def _sink(self, mapped: List[Any], keys: List[str], dead: List[Dict[str, Any]], settle: bool = False) -> int:
+        """Hands records to the sink; returns how many it has not rejected (counting, with a sink
+        that keeps records, rejections of earlier ones). Rejections go to `dead`. ``settle``
+        flushes too, so the count is final."""
         if not mapped:
             return 0
-        rejected = self.sink.write(mapped, keys)
-        for rej in rejected:
-            i = rej["index"]
-            dead.append({"record_key": keys[i], "stage": "sink", "record": mapped[i], "error": rej["error"],
-                         "traceback": rej.get("traceback"), "http_status": rej.get("http_status"),
-                         "response_excerpt": rej.get("response_excerpt"), "attempts": rej.get("attempts", 1)})
-        return len(mapped) - len(rejected)
+        accepted = len(mapped)
+        result = self.sink.write(mapped, keys)
+        if result:
+            accepted -= self._file_rejections(result, "write", mapped, keys, dead)
+        if settle:
+            accepted -= self._file_rejections(self.sink.flush(), "flush", None, None, dead)
+        return accepted
+
+    def _file_rejections(self, result: Any, method: str, records: Optional[List[Any]],
+                         keys: Optional[List[str]], dead: List[Dict[str, Any]]) -> int:
+        """Turns what a sink's write or flush returned into dead letters; returns how many."""
+        if not result:
+            if result is None or isinstance(result, (list, tuple)):
+                return 0
+        expected = ("expected None or a list of isthmus.Rejection(error, index=<position in this write's records>)"
+                    " or Rejection(error, key=<the record's key>, record=<the record>)")
+        if method == "flush":
+            expected = "expected None or a list of isthmus.Rejection(error, key=<the record's key>, record=<the record>)"
+        where = f"{type(self.sink).__name__}.{method}"
+        if not isinstance(result, (list, tuple)):
+            raise errors.ConfigError(f"{where} returned {type(result).__name__} {result!r:.80}; {expected}")
+        for rej in result:
+            if not isinstance(rej, Rejection):
+                raise errors.ConfigError(f"{where} returned a list holding {type(rej).__name__} {rej!r:.80}; {expected}")
+            if rej.index is None:
+                key, record = rej.key, rej.record
+            elif records is None or keys is None or rej.index >= len(records):
+                raise errors.ConfigError(f"{where} returned {rej!r}, but there is no record at index {rej.index} "
+                                         f"(it was given {len(records or ())}); {expected}")
+            else:
+                key, record = keys[rej.index], records[rej.index]
+            dead.append({"record_key": key, "stage": "sink", "record": record, "error": rej.error,
+                         "traceback": rej.traceback, "http_status": rej.http_status,
+                         "response_excerpt": rej.response_excerpt, "attempts": rej.attempts})
+        return len(result)
 
     # -- running -----------------------------------------------------------------------------
     def run(self, progress: bool = False) -> Run:
-        """Reads the stream from the last checkpoint to its end; returns the reconciled Run."""
+        """Reads the stream from the last checkpoint to its end, mapping and writing every record;
+        returns the reconciled ``Run``.
+
+        ``progress=True`` draws a bar (terminal), an updating HTML bar (Jupyter) or a line every
+        5 s (logs). Records the sink rejects for good, and those the mapping fails on, become
+        dead letters and the run goes on. It stops, with status ``failed`` and without moving the
+        checkpoint past records the sink has not accepted, on what affects every record: a
+        destination refusing the request (401, 403, 404 ...), a failure that outlasts the retries,
+        or ``stop_after_failures`` records failing before any is written. The error raised is a
+        ``PipelineError``, and also the class a direct call would raise (``AuthError`` ...) with
+        the original as ``__cause__``. Raises ``ReconciliationError`` if the counts do not add up.
+        """
         state = self.store.load(self.name)
         run = Run(self, self.store.begin_run(self.name))
         counters = Counters()
@@ -949,20 +1076,59 @@ class Pipeline:
         pending_dead: List[Dict[str, Any]] = []
         since_commit = 0
         last_commit = time.monotonic()
+        # Where the checkpoint stands, kept for when the run stops without moving it.
+        committed = state["position"]
+        # Until a record is written, failures are watched for a cause that affects every record.
+        watching = self.stop_after_failures > 0
+        early_errors: List[str] = []
+        tripped = False
+        # False while the sink is being called: if it raises, what it holds is unknown and
+        # nothing more is flushed or checkpointed.
+        sink_ok = True
         total: Optional[int] = None
         started = time.monotonic()
         stage = run.stage_seconds
 
+        def watch(dead: List[Dict[str, Any]]) -> None:
+            """Stops the run once `stop_after_failures` records failed and none was written."""
+            nonlocal watching, tripped
+            c = run.counts
+            if c["written"] > self.sink.buffered or c["dropped"]:
+                watching = False
+                return
+            early_errors.extend(d["error"] for d in dead)
+            if c["dead_lettered"] >= self.stop_after_failures:
+                tripped = True
+                reason, times = collections.Counter(early_errors).most_common(1)[0]
+                raise errors.PipelineError(
+                    f"Pipeline {self.name}: the first {c['dead_lettered']:,} records all failed and none was "
+                    f"written; stopping without moving the checkpoint past them (they are dead letters). "
+                    f"Most common reason ({times:,} of {len(early_errors):,}): {reason}. "
+                    "Pipeline(stop_after_failures=0) turns this check off.")
+
         def commit(final: bool = False) -> None:
-            nonlocal pending_dead, since_commit, last_commit
+            nonlocal pending_dead, since_commit, last_commit, committed, sink_ok
             began = time.perf_counter()
-            self.sink.flush()
+            sink_ok = False
+            flushed = self.sink.flush()
+            sink_ok = True
+            dead: List[Dict[str, Any]] = []
+            if flushed:
+                n = self._file_rejections(flushed, "flush", None, None, dead)
+                run.counts["written"] -= n
+                run.counts["dead_lettered"] += n
+                pending_dead.extend(dead)
+            if watching:
+                watch(dead)
             if final:
                 self.store.commit(self.name, run.id, None, pending_dead,
                                   incremental=inc.state() if inc else ...)
             else:
-                self.store.commit(self.name, run.id, {"partitions": positions} if positions else None,
-                                  pending_dead)
+                # While every record so far failed, the checkpoint waits: those records are
+                # read again once the cause is fixed.
+                at = committed if watching else ({"partitions": positions} if positions else None)
+                self.store.commit(self.name, run.id, at, pending_dead)
+                committed = at
             pending_dead, since_commit, last_commit = [], 0, time.monotonic()
             # Cycles made since the last checkpoint (a traceback kept for a dead letter, a
             # mapping's own) are collected here, young objects only: a few thousand at most.
@@ -1003,13 +1169,17 @@ class Pipeline:
                 began = time.perf_counter()
                 mapped, mkeys, dropped = self._apply_map(records, rkeys, run, dead)
                 mapped_at = time.perf_counter()
+                sink_ok = False
                 written = self._sink(mapped, mkeys, dead)
+                sink_ok = True
                 stage["map"] += mapped_at - began
                 stage["sink"] += time.perf_counter() - mapped_at
                 run.counts["written"] += written
                 run.counts["dropped"] += dropped
                 run.counts["dead_lettered"] += len(dead)
                 pending_dead.extend(dead)
+                if watching:
+                    watch(dead)
                 # The sink has accepted (or rejected for good) every record of this chunk: its
                 # partition may resume after it.
                 p = chunk.partition
@@ -1023,7 +1193,7 @@ class Pipeline:
                 else:
                     positions[keys[p]] = {"inner": chunk.after}
                 since_commit += len(records)
-                if since_commit >= self.checkpoint_every or time.monotonic() - last_commit > 2.0:
+                if since_commit >= self.checkpoint_every or time.monotonic() - last_commit > self.checkpoint_seconds:
                     commit()
                 bar.update(run.counts["read"], total, waited=waited)
             commit(final=True)
@@ -1032,9 +1202,13 @@ class Pipeline:
             run.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             run.error = f"{type(exc).__name__}: {exc}"
             stop.set()
-            # Whatever the sink accepted stays accepted: checkpoint it before giving up.
             try:
-                commit()
+                if tripped:
+                    # The failed records are dead letters; the checkpoint stays before them.
+                    self.store.commit(self.name, run.id, committed, pending_dead)
+                elif sink_ok:
+                    # Whatever the sink accepted stays accepted: checkpoint it before giving up.
+                    commit()
             except Exception:
                 pass
             raise
@@ -1049,7 +1223,7 @@ class Pipeline:
             # Time calls spent held back: by the clients' limiters, and backing off to retry.
             run.counts["wait_seconds"] = round(waited(), 3)
             self.sink.close()
-            bar.update(run.counts["read"], total, final=True, waited=waited)
+            bar.update(run.counts["read"], total, final=True, waited=waited, completed=run.status == "completed")
             self.store.finish_run(run.id, run.status, run.summary(), run.error)
         run.reconcile()
         return run
@@ -1093,7 +1267,7 @@ class Pipeline:
                     mapped, mkeys, dropped = self._apply_map([rec], [key], None, dead)
                 else:
                     mapped, mkeys, dropped = [rec], [key], 0
-                ok = self._sink(mapped, mkeys, dead) if mapped else 0
+                ok = self._sink(mapped, mkeys, dead, settle=True) if mapped else 0
                 if dead:
                     failed += 1
                     d = dead[0]

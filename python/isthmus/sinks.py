@@ -1,9 +1,12 @@
-"""Where a pipeline's records go: ``HttpSink``, ``JsonlSink``, ``SqliteSink``, ``CallableSink``.
+"""Where a pipeline's records go: ``HttpSink``, ``JsonlSink``, ``SqliteSink``, ``CallableSink``,
+or a ``Sink`` subclass of your own.
 
-A sink's ``write(records, keys)`` returns once every record is either accepted or rejected
-for good; it returns the rejections (they become dead letters) and raises when it cannot tell
-(a transient failure that outlasted its retries): the pipeline then stops without moving the
-checkpoint past those records, and a rerun sends them again.
+A sink settles every record it is given: it accepts it, or rejects it for good with a
+``Rejection`` (which becomes a dead letter), or raises when it cannot tell (a transient failure
+that outlasted its retries, a destination that refuses every batch): the pipeline then stops
+without moving the checkpoint past those records, and a rerun sends them again. ``write`` may
+keep records and settle them in a later ``write`` or in ``flush``, which the pipeline calls
+right before each checkpoint; the contract is in docs/pipeline.md.
 """
 
 from __future__ import annotations
@@ -19,12 +22,49 @@ from isthmus import _core, errors
 from isthmus.http import Response, redact_url
 from isthmus.limits import Retry, as_retry
 
-__all__ = ["Sink", "HttpSink", "JsonlSink", "SqliteSink", "CallableSink"]
-
-Rejection = Dict[str, Any]  # index, error, http_status, response_excerpt, attempts, traceback
+__all__ = ["Sink", "Rejection", "HttpSink", "JsonlSink", "SqliteSink", "CallableSink"]
 
 # Answers that say nothing about whether a batch was applied: the run stops on them.
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# Answers about the request, not its records (a wrong key, path or method): every other batch
+# would get the same, so the run stops instead of trying the records one by one.
+_REFUSED_STATUS = frozenset({401, 403, 404, 405, 407, 410})
+
+
+class Rejection:
+    """A record a sink refused for good; the pipeline files it as a dead letter.
+
+    Name the record by ``index``, its position in the ``records`` of the ``write`` call that
+    returns the rejection, or by ``key`` and ``record`` (the record itself): that form can
+    name a record handed over in an earlier ``write`` and kept by the sink, and it is the only
+    one ``flush`` may return. ``error`` says why; ``http_status``, ``response_excerpt`` (redact
+    secrets first), ``attempts`` and ``traceback`` are optional and shown with the dead letter.
+    """
+
+    __slots__ = ("error", "index", "key", "record", "http_status", "response_excerpt", "attempts", "traceback")
+
+    def __init__(self, error: str, *, index: Optional[int] = None, key: Optional[str] = None,
+                 record: Any = None, http_status: Optional[int] = None,
+                 response_excerpt: Optional[str] = None, attempts: int = 1,
+                 traceback: Optional[str] = None):
+        if not isinstance(error, str) or not error:
+            raise errors.ConfigError(f"Rejection.error: {error!r} is not valid; expected the reason as text")
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int) or index < 0):
+            raise errors.ConfigError(f"Rejection.index: {index!r} is not valid; expected an int >= 0")
+        if index is None and not isinstance(key, str):
+            raise errors.ConfigError(f"Rejection: name the record by index=<position in this write's records>, "
+                                     f"or by key=<its key as text> and record=<the record>; got key={key!r}")
+        self.error, self.index, self.key, self.record = error, index, key, record
+        self.http_status, self.response_excerpt = http_status, response_excerpt
+        self.attempts, self.traceback = attempts, traceback
+
+    def __eq__(self, other: Any) -> bool:
+        return isinstance(other, Rejection) and all(getattr(self, a) == getattr(other, a) for a in self.__slots__)
+
+    def __repr__(self) -> str:
+        which = f"index={self.index}" if self.index is not None else f"key={self.key!r}"
+        status = f", http_status={self.http_status}" if self.http_status is not None else ""
+        return f"Rejection({self.error!r}, {which}{status})"
 
 
 class Counters:
@@ -96,6 +136,17 @@ def send(client: Any, requests: Sequence[Any], counters: Counters,
     return out
 
 
+def status_error(resp: Any) -> errors.HTTPStatusError:
+    """The error ``resp.raise_for_status()`` raises (``AuthError`` for a 401 ...), for an answer
+    that is not a 2xx."""
+    try:
+        resp.raise_for_status()
+    except errors.HTTPStatusError as exc:
+        return exc
+    return errors.HTTPStatusError(f"{resp.status_code} {resp.reason_phrase} for {resp.request.method} "
+                                  f"{redact_url(resp.request.url)}", response=resp)
+
+
 def _excerpt(response: Any, limit: int = 500) -> str:
     try:
         return response._redacted_excerpt(limit)
@@ -104,29 +155,57 @@ def _excerpt(response: Any, limit: int = 500) -> str:
 
 
 class Sink:
-    """The interface. Subclasses override ``write``; ``flush``/``close`` are optional."""
+    """The interface every sink implements; subclass it for a destination of your own.
+
+    - ``open(counters)`` is called once per run (and per replay) before the first write.
+    - ``write(records, keys)`` gets the mapped records of a page and their keys. It returns
+      the records it rejected for good, as a list of ``Rejection`` (None or ``[]`` when there
+      are none), and raises when it cannot tell whether records were applied.
+    - ``flush()`` settles everything handed over so far (sends what is kept, makes it durable)
+      and returns the rejections found doing so; the checkpoint moves right after it.
+    - ``close()`` releases resources; it must not send anything.
+
+    A sink that keeps records between calls says how many in ``buffered``.
+    """
 
     counters: Counters
 
     def open(self, counters: Counters) -> None:
+        """Called before the first write of a run; ``counters`` counts its requests and bytes."""
         self.counters = counters
 
-    def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
+    def write(self, records: List[Any], keys: List[str]) -> Optional[List[Rejection]]:
+        """Takes records (and their keys) over; returns the ones rejected for good."""
         raise NotImplementedError
 
-    def flush(self) -> None:
-        """Makes everything written durable; the checkpoint moves right after."""
+    def flush(self) -> Optional[List[Rejection]]:
+        """Settles every record handed over so far; returns the ones rejected for good."""
+        return None
 
     def close(self) -> None:
-        pass
+        """Releases what the sink holds; sends nothing."""
+
+    @property
+    def buffered(self) -> int:
+        """Records handed to ``write`` and not settled yet (0 for a sink that settles each call)."""
+        return 0
 
 
 class HttpSink(Sink):
-    """POSTs batches as a JSON array with an ``Idempotency-Key`` derived from the records' identities.
+    """POSTs records as JSON arrays of ``batch_size`` (or ``{wrap: [...]}``), ``concurrency``
+    batches at a time, each with an ``Idempotency-Key`` derived from its records' keys.
 
-    A resent batch (a retry, a rerun after a crash) carries the same key, so an idempotent
-    endpoint applies it once. A 4xx for a batch is narrowed down record by record; a record that
-    still gets a 4xx is rejected with its status and the response excerpt.
+    Batches are filled across pages: ``write`` keeps records until ``concurrency`` full
+    batches are ready, ``flush`` sends the rest. A resent batch (a retry, a rerun after a
+    crash) carries the same key, so an idempotent endpoint applies it once. A batch answered
+    401, 403, 404, 405, 407 or 410 (a wrong key, path or method) stops the run with an error
+    that is both a ``PipelineError`` and the ``AuthError``/``ClientError`` a direct call would
+    raise; a transient answer (429, 5xx) that outlasts the retries stops it too. Any other 4xx
+    for a batch is narrowed down record by record, and a record that still gets a 4xx is
+    rejected with its status and the (redacted) response excerpt.
+
+    ``retry``: a ``Retry`` (or a number of attempts); by default the client's, else
+    ``Retry(attempts=attempts)``. ``headers`` are added to every POST (never shown in reprs).
     """
 
     def __init__(self, client: Any, path: str, *, batch_size: int = 100,
@@ -135,6 +214,8 @@ class HttpSink(Sink):
                  retry: Any = None):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= 100_000:
             raise errors.ConfigError(f"batch_size: {batch_size!r} is not valid; expected an int from 1 to 100000")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
         if not (idempotency_key in (True, False, None) or callable(idempotency_key)):
             raise errors.ConfigError(f"idempotency_key: {idempotency_key!r} is not valid; "
                                      "expected True, False or a function (records, keys) -> str")
@@ -144,11 +225,25 @@ class HttpSink(Sink):
         self.headers = dict(headers or {})
         self.retry = as_stage_retry(retry)
         self._http: Any = None
+        self._records: List[Any] = []
+        self._keys: List[str] = []
+
+    def __repr__(self) -> str:
+        base = getattr(self.client, "base_url", None) or ""
+        wrap = f", wrap={self.wrap!r}" if self.wrap else ""
+        return (f"HttpSink({redact_url(base + self.path)!r}, batch_size={self.batch_size}, "
+                f"concurrency={self.concurrency}{wrap})")
 
     def open(self, counters: Counters) -> None:
         super().open(counters)
         if self._http is None:
             self._http, _ = governed(self.client, self.retry, self.attempts)
+        # Records kept from a run that stopped were never checkpointed: its rerun reads them again.
+        self._records, self._keys = [], []
+
+    @property
+    def buffered(self) -> int:
+        return len(self._records)
 
     def _key(self, records: List[Any], keys: List[str]) -> Optional[str]:
         if self.idempotency_key in (False, None):
@@ -166,9 +261,27 @@ class HttpSink(Sink):
         return self.client.build_request("POST", self.path, json=body, headers=headers)
 
     def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
+        """Keeps the records; once ``concurrency`` full batches are kept, sends every full one."""
+        self._records.extend(records)
+        self._keys.extend(keys)
+        if len(self._records) < self.batch_size * self.concurrency:
+            return []
+        return self._send_kept(len(self._records) - len(self._records) % self.batch_size)
+
+    def flush(self) -> List[Rejection]:
+        """Sends every kept record; returns the ones rejected for good."""
+        return self._send_kept(len(self._records)) if self._records else []
+
+    def close(self) -> None:
+        self._records, self._keys = [], []
+
+    def _send_kept(self, n: int) -> List[Rejection]:
+        records, keys = self._records[:n], self._keys[:n]
         rejected: List[Rejection] = []
-        spans = [(i, min(i + self.batch_size, len(records))) for i in range(0, len(records), self.batch_size)]
+        spans = [(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
         self._send(records, keys, spans, rejected, narrowing=False)
+        # Only now: records of a send that raised stay kept, and a later flush sends them again.
+        del self._records[:n], self._keys[:n]
         return rejected
 
     def _send(self, records: List[Any], keys: List[str], spans: List[tuple], rejected: List[Rejection],
@@ -179,24 +292,34 @@ class HttpSink(Sink):
             if isinstance(resp, Exception):
                 raise resp  # the checkpoint stays before these records; a rerun sends them again
         retry_singly: List[tuple] = []
-        shown = _core.redact_url(self.path)  # an API key may travel in the query
         for (a, b), resp in zip(spans, answers):
             status = resp.status_code
             if 200 <= status < 300:
                 continue
-            if status in _TRANSIENT_STATUS:
-                raise errors.PipelineError(
-                    f"HttpSink: POST {shown} still answered {status} after {resp.attempts} attempts; "
-                    f"stopping without moving the checkpoint: {_excerpt(resp, 200)}")
+            if status in _REFUSED_STATUS or status in _TRANSIENT_STATUS:
+                raise self._stop(resp)
             if b - a > 1 and not narrowing:
                 retry_singly.extend((i, i + 1) for i in range(a, b))
             else:
+                shown = _core.redact_url(self.path)  # an API key may travel in the query
                 for i in range(a, b):
-                    rejected.append({"index": i, "error": f"{status} {resp.reason_phrase} from POST {shown}",
-                                     "http_status": status, "response_excerpt": _excerpt(resp),
-                                     "attempts": 1})
+                    rejected.append(Rejection(f"{status} {resp.reason_phrase} from POST {shown}", key=keys[i],
+                                              record=records[i], http_status=status,
+                                              response_excerpt=_excerpt(resp), attempts=1))
         if retry_singly:
             self._send(records, keys, retry_singly, rejected, narrowing=True)
+
+    @staticmethod
+    def _stop(resp: Any) -> errors.PipelineError:
+        status, where = resp.status_code, f"POST {redact_url(resp.request.url)}"
+        if status in _REFUSED_STATUS:
+            why = (f"HttpSink: {where} answered {status} {resp.reason_phrase}: the destination refuses the "
+                   "request itself (check the credentials, the path and the method); stopping without "
+                   "moving the checkpoint")
+        else:
+            why = (f"HttpSink: {where} still answered {status} after {resp.attempts} attempts; "
+                   "stopping without moving the checkpoint")
+        return errors.pipeline_error(f"{why}: {_excerpt(resp, 200)}", status_error(resp))
 
 
 class JsonlSink(Sink):
@@ -216,9 +339,13 @@ class JsonlSink(Sink):
         if text:
             self._f.write(text)
             self.counters.bytes_out += len(text)
-        return [{"index": i, "error": reason, "attempts": 1} for i, reason in left_out]
+        return [Rejection(reason, index=i) for i, reason in left_out]
+
+    def __repr__(self) -> str:
+        return f"JsonlSink({self.path!r}, fsync={self.fsync})"
 
     def flush(self) -> None:
+        """Writes the lines through to the file (and fsyncs it, unless ``fsync=False``)."""
         if self._f is not None:
             self._f.flush()
             if self.fsync:
@@ -246,14 +373,18 @@ class SqliteSink(Sink):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f'CREATE TABLE IF NOT EXISTS "{self.table}" (key TEXT PRIMARY KEY, record TEXT NOT NULL)')
 
+    def __repr__(self) -> str:
+        return f"SqliteSink({self.path!r}, {self.table!r}, key={self.key!r})"
+
     def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
-        rows, rejected = [], []
+        rows: List[Tuple[str, str]] = []
+        rejected: List[Rejection] = []
         for i, (r, k) in enumerate(zip(records, keys)):
             key = r.get(self.key, k) if isinstance(r, dict) else k
             try:
                 rows.append((str(key), _core.json_dumps(r).decode()))
             except TypeError as exc:
-                rejected.append({"index": i, "error": str(exc), "attempts": 1})
+                rejected.append(Rejection(str(exc), index=i))
         self._db.execute("BEGIN")
         try:
             self._db.executemany(
@@ -280,17 +411,20 @@ class CallableSink(Sink):
             raise errors.ConfigError(f"fn: {fn!r} is not callable")
         self.fn = fn
 
+    def __repr__(self) -> str:
+        return f"CallableSink({getattr(self.fn, '__qualname__', type(self.fn).__name__)})"
+
     def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
         try:
             self.fn(records)
             return []
         except Exception:
             pass
-        rejected = []
+        rejected: List[Rejection] = []
         for i, r in enumerate(records):
             try:
                 self.fn([r])
             except Exception as exc:
-                rejected.append({"index": i, "error": f"{type(exc).__name__}: {exc}",
-                                 "traceback": traceback.format_exc(), "attempts": 1})
+                rejected.append(Rejection(f"{type(exc).__name__}: {exc}", index=i,
+                                          traceback=traceback.format_exc()))
         return rejected

@@ -604,3 +604,227 @@ def test_record_identity_is_text_at_the_key_path_or_a_hash_of_the_record(client)
     # No identity: a hash of the record's JSON, the same for equal records, different otherwise.
     assert all(k.startswith("sha1:") for k in keys[2:]) and len(set(keys[2:])) == 3
     assert stream.keys([{"other": 1}]) == [keys[4]]
+
+
+# -- failures that affect every record stop the run ------------------------------------------------
+
+def _posts(sb):
+    return sum(n for endpoint, by_status in sb.stats()["requests"]["by_endpoint"].items()
+               if endpoint.startswith("POST") for n in by_status.values())
+
+
+@pytest.mark.parametrize("problem, status, cls", [("key", 401, isthmus.AuthError), ("path", 404, isthmus.ClientError)])
+def test_a_sink_refusing_every_batch_stops_the_run_without_moving_the_checkpoint(problem, status, cls, tmp_path):
+    state = str(tmp_path / "s.db")
+    with isthmus.Sandbox(records=2000) as src, isthmus.Sandbox(auth="api_key", api_key="right-key") as dst, \
+            isthmus.Client(src.url) as client:
+        def pipeline(key, path):
+            stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100},
+                                    incremental=isthmus.Incremental("updated_at", "updated_since"))
+            sink_client = isthmus.Client(dst.url, auth=isthmus.ApiKey(key, header="X-API-Key"))
+            return isthmus.Pipeline(stream, map=slim, sink=isthmus.HttpSink(sink_client, path), state=state)
+
+        wrong = pipeline("wrong-key", "/v1/contacts/batch") if problem == "key" else \
+            pipeline("right-key", "/v1/contactz/batch")
+        with pytest.raises(isthmus.PipelineError) as caught:
+            wrong.run()
+        err = caught.value
+        assert isinstance(err, cls) and isinstance(err.__cause__, cls) and err.status_code == status
+        assert f"HttpSink: POST {dst.url}/v1/" in str(err) and f"answered {status}" in str(err)
+        assert "wrong-key" not in str(err)
+        assert _posts(dst) <= 8  # one round of batches, never one POST per record
+        assert wrong.dead_letters().empty
+        assert wrong.runs()["status"].tolist() == ["failed"]
+        assert StateStore(state).load(wrong.name) == {"position": None, "incremental": None}
+
+        run = pipeline("right-key", "/v1/contacts/batch").run()
+        assert run.counts["read"] == 2000 and run.counts["written"] == 2000  # resumed from the start
+        assert received(dst) == {"unique": 2000, "duplicate": 0, "idempotent_replays": 0}
+
+
+def test_a_page_refused_with_401_raises_the_auth_error_a_direct_call_would(tmp_path):
+    with isthmus.Sandbox(records=50, auth="api_key") as src, \
+            isthmus.Client(src.url, auth=isthmus.ApiKey("wrong", header="X-API-Key")) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator())
+        pipe = isthmus.Pipeline(stream, sink=isthmus.CallableSink(list), state=str(tmp_path / "s.db"))
+        with pytest.raises(isthmus.AuthError, match="GET .* answered 401") as caught:
+            pipe.run()
+    assert isinstance(caught.value, isthmus.PipelineError) and isinstance(caught.value, PermissionError)
+    assert isinstance(caught.value.__cause__, isthmus.AuthError) and caught.value.status_code == 401
+
+
+def test_a_run_whose_first_records_all_fail_stops_and_names_the_reason(tmp_path):
+    state = str(tmp_path / "s.db")
+    broken = {"on": True}
+
+    def mapping(r):
+        if broken["on"]:
+            return {"id": r["id"], "email": r["email_address"]}  # a field this API does not have
+        return slim(r)
+
+    out = []
+    with isthmus.Sandbox(records=3000) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        pipe = isthmus.Pipeline(stream, map=mapping, sink=isthmus.CallableSink(out.extend), state=state,
+                                checkpoint_every=100)
+        with pytest.raises(isthmus.PipelineError, match=r"first 1,000 records all failed.*"
+                                                        r"\(1,000 of 1,000\): KeyError: 'email_address'"):
+            pipe.run()
+        assert pipe.runs()["status"].tolist() == ["failed"]
+        assert len(pipe.dead_letters()) == 1000 and not out
+        broken["on"] = False
+        run = pipe.run()  # the checkpoint stayed before them: every record is read again
+    assert run.counts["read"] == 3000 and len(out) == 3000
+
+
+def test_the_all_failed_check_can_be_turned_off(tmp_path):
+    def refuse(records):
+        raise ValueError("the destination refuses it")
+
+    with isthmus.Sandbox(records=300) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        with pytest.raises(isthmus.PipelineError, match=r"first 200 .*\(200 of 200\): ValueError: the destination"):
+            isthmus.Pipeline(stream, sink=isthmus.CallableSink(refuse), state=str(tmp_path / "a.db"),
+                             stop_after_failures=150).run()
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(refuse), state=str(tmp_path / "b.db"),
+                               stop_after_failures=0).run()
+    assert run.status == "completed" and run.counts["dead_lettered"] == 300
+    with pytest.raises(isthmus.ConfigError, match="stop_after_failures"):
+        isthmus.Pipeline(stream, sink=isthmus.CallableSink(refuse), state=str(tmp_path / "c.db"),
+                         stop_after_failures=-1)
+
+
+# -- batches across pages, the Sink contract --------------------------------------------------------
+
+def test_http_sink_fills_batches_across_pages(dest, tmp_path):
+    dst, dclient = dest
+    with isthmus.Sandbox(records=100_000) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 20})
+        # Only full checkpoints, so every flush ends on a whole batch.
+        run = isthmus.Pipeline(stream, map=isthmus.FieldMap({"id": "id"}),
+                               sink=isthmus.HttpSink(dclient, "/v1/contacts/batch", batch_size=100),
+                               state=str(tmp_path / "s.db"), checkpoint_seconds=3600).run()
+    assert run.counts["read"] == run.counts["written"] == 100_000
+    assert _posts(dst) == 1000  # not one POST per page of 20
+    assert received(dst) == {"unique": 100_000, "duplicate": 0, "idempotent_replays": 0}
+
+
+class KeepingSink(isthmus.Sink):
+    """The contract's example: keeps records, settles them in flush, rejects some by key."""
+
+    def __init__(self):
+        self.kept, self.stored = [], []
+
+    def write(self, records, keys):
+        self.kept.extend(zip(keys, records))
+        return []
+
+    def flush(self):
+        rejected = [isthmus.Rejection("odd ones are refused", key=k, record=r, http_status=422)
+                    for k, r in self.kept if int(k[4:]) % 2]
+        self.stored.extend(r for k, r in self.kept if not int(k[4:]) % 2)
+        self.kept = []
+        return rejected
+
+    @property
+    def buffered(self):
+        return len(self.kept)
+
+
+def test_a_custom_sink_may_keep_records_and_reject_them_in_flush(tmp_path):
+    sink = KeepingSink()
+    with isthmus.Sandbox(records=250) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 50})
+        pipe = isthmus.Pipeline(stream, sink=sink, state=str(tmp_path / "s.db"), checkpoint_every=100)
+        run = pipe.run()
+    assert (run.counts["written"], run.counts["dead_lettered"]) == (125, 125) and run.summary()["reconciled"]
+    df = pipe.dead_letters()
+    row = df[df["record_key"] == "con_0000000001"].iloc[0]
+    assert row["record"]["id"] == "con_0000000001" and row["http_status"] == 422 and row["stage"] == "sink"
+
+
+@pytest.mark.parametrize("returned, method, says", [
+    ([{"index": 0, "error": "no"}], "write", r"write returned a list holding dict"),
+    ("ok", "write", r"write returned str 'ok'"),
+    ([isthmus.Rejection("no", index=99)], "write", r"no record at index 99"),
+    ([isthmus.Rejection("no", index=0)], "flush", r"flush returned .*Rejection\(error, key=<the record's key>"),
+])
+def test_a_custom_sink_returning_the_wrong_shape_gets_a_config_error(returned, method, says, tmp_path):
+    class Odd(isthmus.Sink):
+        def write(self, records, keys):
+            return returned if method == "write" else None
+
+        def flush(self):
+            return returned if method == "flush" else None
+
+    with isthmus.Sandbox(records=30) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator())
+        pipe = isthmus.Pipeline(stream, sink=Odd(), state=str(tmp_path / "s.db"))
+        with pytest.raises(isthmus.ConfigError, match=says) as caught:
+            pipe.run()
+    assert "expected None or a list of isthmus.Rejection" in str(caught.value)
+
+
+# -- progress, reprs and help ------------------------------------------------------------------------
+
+class _Handle:
+    def __init__(self):
+        self.shown = []
+
+    def update(self, content):
+        self.shown.append(content)
+
+
+def _jupyter_bar():
+    from isthmus.pipeline import _Progress
+    bar = _Progress(False, "contacts")
+    bar.mode, bar.handle, bar._HTML = "jupyter", _Handle(), str
+    return bar
+
+
+def test_the_jupyter_bar_ends_full_or_is_indeterminate_without_a_total():
+    bar = _jupyter_bar()
+    bar.update(390, 400)
+    assert "value='0.9750'" in bar.handle.shown[-1]
+    bar.update(390, 400, final=True, completed=True)  # the API's total was 10 records too many
+    assert "<progress value='1.0000' max='1'" in bar.handle.shown[-1]
+
+    bar = _jupyter_bar()
+    bar.update(500, None)
+    assert "<progress max='1'" in bar.handle.shown[-1] and "value=" not in bar.handle.shown[-1]
+    bar.update(900, None, final=True, completed=True)
+    assert "<progress value='1.0000' max='1'" in bar.handle.shown[-1]
+
+
+def test_reprs_show_the_configuration_and_never_a_secret(tmp_path):
+    with isthmus.Client("http://127.0.0.1:9", auth=isthmus.ApiKey("hdr-s3cret", header="X-API-Key")) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", records="result.items",
+                                paginator=isthmus.OffsetPaginator(limit=50, window=4),
+                                params={"limit": 50, "api_key": "q-s3cret", "access_token": "t-s3cret"},
+                                partitions=[{"region": "eu"}, {"region": "us"}], key="ref.id")
+        r = repr(stream)
+        assert r.startswith("Stream('http://127.0.0.1:9/v1/contacts', records='result.items', "
+                            "paginator=OffsetPaginator(param='offset', limit_param='limit', limit=50, "
+                            "total='meta.total', window=4), params={'limit': 50, 'api_key': '***', "
+                            "'access_token': '***'}, key='ref.id', partitions=2)")
+        pipe = isthmus.Pipeline(stream, map=slim, sink=isthmus.HttpSink(client, "/import"),
+                                state=str(tmp_path / "s.db"), name="contacts")
+        p = repr(pipe)
+        assert p.startswith("<Pipeline 'contacts': Stream(") and "map=slim -> HttpSink('http://127.0.0.1:9/import'" in p
+        assert "s3cret" not in r + p
+    assert repr(isthmus.CursorPaginator("next", param="after")) == \
+        "CursorPaginator(cursor='next', param='after', has_more=None)"
+    assert repr(isthmus.NextUrlPaginator("links.next")) == "NextUrlPaginator(next='links.next')"
+    assert repr(isthmus.LinkHeaderPaginator()) == "LinkHeaderPaginator(rel='next')"
+    assert repr(isthmus.PageNumberPaginator(size=10)) == ("PageNumberPaginator(param='page', size_param='per_page', "
+                                                          "size=10, total_pages='meta.total_pages', start=1, window=8)")
+
+
+def test_help_shows_signatures_and_docstrings():
+    import inspect
+    assert list(inspect.signature(isthmus.Pipeline.run).parameters) == ["self", "progress"]
+    assert "stop_after_failures" in inspect.signature(isthmus.Pipeline).parameters
+    for fn, says in [(isthmus.Stream, "paginator"), (isthmus.Pipeline.run, "AuthError"),
+                     (isthmus.Pipeline.dead_letters, "DataFrame"), (isthmus.Pipeline.runs, "DataFrame"),
+                     (isthmus.HttpSink, "Idempotency-Key"), (isthmus.Sink, "Rejection")]:
+        assert says in (fn.__doc__ or ""), fn

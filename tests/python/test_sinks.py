@@ -21,7 +21,7 @@ def test_jsonl_sink_appends_lines_and_rejects_what_is_not_json(tmp_path):
     sink = opened(isthmus.JsonlSink(str(path)))
     rejected = sink.write([{"id": "a", "n": "é"}, {"id": "b", "bad": {1, 2}}, {"id": "c"}], ["a", "b", "c"])
     sink.close()
-    assert [r["index"] for r in rejected] == [1] and "not JSON-serializable" in rejected[0]["error"]
+    assert [r.index for r in rejected] == [1] and "not JSON-serializable" in rejected[0].error
     assert [json.loads(line) for line in path.read_text("utf-8").splitlines()] == [{"id": "a", "n": "é"}, {"id": "c"}]
 
 
@@ -47,7 +47,7 @@ def test_callable_sink_isolates_the_records_that_raise():
 
     rejected = opened(isthmus.CallableSink(fn)).write([{"id": "a"}, {"id": "b"}, {"id": "c"}], ["a", "b", "c"])
     assert got == [{"id": "a"}, {"id": "c"}]
-    assert [r["index"] for r in rejected] == [1] and "b is not welcome" in rejected[0]["traceback"]
+    assert [r.index for r in rejected] == [1] and "b is not welcome" in rejected[0].traceback
 
 
 def test_http_sink_resend_of_a_batch_is_an_idempotent_replay():
@@ -55,8 +55,9 @@ def test_http_sink_resend_of_a_batch_is_an_idempotent_replay():
         sink = opened(isthmus.HttpSink(client, "/v1/contacts/batch", batch_size=2))
         records = [{"id": f"r{i}"} for i in range(5)]
         keys = [r["id"] for r in records]
-        assert sink.write(records, keys) == []
-        assert sink.write(records, keys) == []  # e.g. a rerun after a crash before the checkpoint
+        assert sink.write(records, keys) == [] and sink.flush() == []
+        # e.g. a rerun after a crash before the checkpoint
+        assert sink.write(records, keys) == [] and sink.flush() == []
         got = dst.stats()["records_received"]["contacts"]
         assert got == {"unique": 5, "duplicate": 0, "idempotent_replays": 3}
         assert sink.counters.requests == 6
@@ -67,9 +68,11 @@ def test_http_sink_narrows_a_rejected_batch_to_its_bad_records():
         sink = opened(isthmus.HttpSink(client, "/v1/contacts/batch", batch_size=4))
         records = [{"id": f"r{i}"} for i in range(8)]
         records[5]["blob"] = "x" * 3000
-        rejected = sink.write(records, [r["id"] for r in records])
-        assert [r["index"] for r in rejected] == [5]
-        assert rejected[0]["http_status"] == 413 and rejected[0]["response_excerpt"]
+        assert sink.write(records, [r["id"] for r in records]) == []  # kept: not a full round of batches yet
+        rejected = sink.flush()
+        # Named by key, with the record: it may come from an earlier write than the one it is returned by.
+        assert [(r.key, r.record) for r in rejected] == [("r5", records[5])]
+        assert rejected[0].http_status == 413 and rejected[0].response_excerpt
         assert dst.stats()["records_received"]["contacts"]["unique"] == 7
 
 
@@ -77,6 +80,66 @@ def test_http_sink_gives_up_loudly_on_a_server_that_keeps_failing():
     faults = {"POST /v1/contacts/batch": {"error_rate": {"503": 1.0}}}
     with isthmus.Sandbox(faults=faults) as dst, isthmus.Client(dst.url) as client:
         sink = opened(isthmus.HttpSink(client, "/v1/contacts/batch", attempts=2))
-        with pytest.raises(isthmus.PipelineError, match="503 after 2 attempts"):
-            sink.write([{"id": "a"}], ["a"])
+        sink.write([{"id": "a"}], ["a"])
+        with pytest.raises(isthmus.PipelineError, match="503 after 2 attempts") as caught:
+            sink.flush()
+        assert isinstance(caught.value, isthmus.ServerError) and caught.value.status_code == 503
         assert sink.counters.retries == 1
+        assert sink.buffered == 1  # not settled: a later flush sends it again
+
+
+def posts(sb):
+    """POSTs the sandbox received, to any path (an unknown one is counted as unmatched)."""
+    return sum(n for endpoint, by_status in sb.stats()["requests"]["by_endpoint"].items()
+               if endpoint.startswith("POST") for n in by_status.values())
+
+
+def test_http_sink_fills_batches_across_writes():
+    with isthmus.Sandbox() as dst, isthmus.Client(dst.url) as client:
+        sink = opened(isthmus.HttpSink(client, "/v1/contacts/batch", batch_size=10, concurrency=2))
+        records = [{"id": f"r{i}"} for i in range(47)]
+        for i in range(0, 47, 7):  # pages of 7
+            assert sink.write(records[i:i + 7], [r["id"] for r in records[i:i + 7]]) == []
+        # Two full batches went as soon as 20 were kept, then two more at 40; 7 wait for flush.
+        assert posts(dst) == 4 and sink.buffered == 7
+        assert sink.flush() == [] and sink.buffered == 0
+        assert posts(dst) == 5
+        assert dst.stats()["records_received"]["contacts"] == {"unique": 47, "duplicate": 0, "idempotent_replays": 0}
+
+
+@pytest.mark.parametrize("problem, status, cls", [("key", 401, isthmus.AuthError), ("path", 404, isthmus.ClientError)])
+def test_http_sink_stops_on_a_refused_request_instead_of_narrowing_it(problem, status, cls):
+    with isthmus.Sandbox(auth="api_key", api_key="right-key") as dst, \
+            isthmus.Client(dst.url, auth=isthmus.ApiKey("wrong-key" if problem == "key" else "right-key",
+                                                        header="X-API-Key")) as client:
+        path = "/v1/contacts/batch?api_key=in-the-query" if problem == "key" else "/v1/nowhere/batch"
+        sink = opened(isthmus.HttpSink(client, path, batch_size=10, concurrency=2))
+        records = [{"id": f"r{i}"} for i in range(20)]
+        with pytest.raises(isthmus.PipelineError) as caught:
+            sink.write(records, [r["id"] for r in records])
+        err = caught.value
+        assert isinstance(err, cls) and err.status_code == status
+        assert isinstance(err.__cause__, cls) and not isinstance(err.__cause__, isthmus.PipelineError)
+        assert f"HttpSink: POST {dst.url}" in str(err) and f"answered {status}" in str(err)
+        assert "in-the-query" not in str(err) and "wrong-key" not in str(err)
+        assert posts(dst) == 2  # the two batches, never one record at a time
+
+
+def test_a_rejection_names_its_record_and_refuses_nonsense():
+    assert isthmus.Rejection("too big", index=3, http_status=413).index == 3
+    rej = isthmus.Rejection("duplicate", key="con_1", record={"id": "con_1"})
+    assert (rej.key, rej.record, rej.attempts, rej.index) == ("con_1", {"id": "con_1"}, 1, None)
+    with pytest.raises(isthmus.ConfigError, match="index=.*key="):
+        isthmus.Rejection("no record named")
+    with pytest.raises(isthmus.ConfigError, match="Rejection.index"):
+        isthmus.Rejection("x", index=-1)
+
+
+def test_sinks_have_reprs_without_secrets(tmp_path):
+    with isthmus.Client("http://127.0.0.1:9") as client:
+        r = repr(isthmus.HttpSink(client, "/v1/import?api_key=s3cret", batch_size=50,
+                                  headers={"Authorization": "Bearer s3cret"}))
+    assert r.startswith("HttpSink('http://127.0.0.1:9/v1/import?api_key=***', batch_size=50") and "s3cret" not in r
+    assert repr(isthmus.JsonlSink("out.jsonl")) == "JsonlSink('out.jsonl', fsync=True)"
+    assert repr(isthmus.SqliteSink("o.db", "contacts")) == "SqliteSink('o.db', 'contacts', key='id')"
+    assert "Rejection" in isthmus.Sink.__doc__ and "Settles" in isthmus.Sink.flush.__doc__
