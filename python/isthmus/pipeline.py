@@ -1099,11 +1099,15 @@ class Pipeline:
             early_errors.extend(d["error"] for d in dead)
             if c["dead_lettered"] >= self.stop_after_failures:
                 tripped = True
-                reason, times = collections.Counter(early_errors).most_common(1)[0]
+                # Grouped by kind (the exception's class, or the whole text of an HTTP refusal),
+                # since each message names its own record.
+                kinds = collections.Counter(e.split(": ", 1)[0] for e in early_errors)
+                kind, times = kinds.most_common(1)[0]
+                example = next(e for e in early_errors if e.split(": ", 1)[0] == kind)
                 raise errors.PipelineError(
                     f"Pipeline {self.name}: the first {c['dead_lettered']:,} records all failed and none was "
                     f"written; stopping without moving the checkpoint past them (they are dead letters). "
-                    f"Most common reason ({times:,} of {len(early_errors):,}): {reason}. "
+                    f"Most common reason ({times:,} of {len(early_errors):,}): {example}. "
                     "Pipeline(stop_after_failures=0) turns this check off.")
 
         def commit(final: bool = False) -> None:

@@ -111,7 +111,9 @@ def failing_pipeline(tmp_path, api, records_fail=True):
     return pipeline_file(tmp_path, {"base_url": api.url, "path": "/v1/contacts", "params": {"limit": 100},
                                     "paginator": "cursor"},
                          {"type": "http", "base_url": "${DEST_URL}", "path": "/v1/contacts/batch"},
-                         map="cli_maps:refuse" if records_fail else "cli_maps:keep_most")
+                         map="cli_maps:refuse" if records_fail else "cli_maps:keep_most",
+                         # Every record failing would otherwise stop the run on purpose.
+                         **({"stop_after_failures": 0} if records_fail else {}))
 
 
 def ran_failing_pipeline(tmp_path, monkeypatch, records):
