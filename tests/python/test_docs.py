@@ -26,7 +26,10 @@ from pathlib import Path
 
 import pytest
 
+import isthmus
+
 ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_ROOT = str(Path(isthmus.__file__).resolve().parents[1])
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 TIME_LIMIT = 90  # seconds per snippet; the sandboxes they start are on 127.0.0.1
 
@@ -158,10 +161,7 @@ def test_snippet_runs(snippet: Snippet, workdir: Path, monkeypatch: pytest.Monke
     if snippet.kind == "skip-test":
         pytest.skip(f"{snippet.where}: {snippet.reason}")
     # The child finds the package this test imports, installed or from the source tree.
-    import isthmus
-
-    package_root = str(Path(isthmus.__file__).resolve().parents[1])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")]))
     if snippet.kind == "notebook":
         _run_notebook_cell(snippet.code, snippet.where, workdir, monkeypatch)
     else:
