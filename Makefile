@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 B ?=
 
-.PHONY: all deps venv install demo test test-cpp test-cpp-tsan test-python bench clean
+.PHONY: all deps venv install demo test lint stubs test-cpp test-cpp-tsan test-python bench clean
 
 all: install
 
@@ -29,7 +29,16 @@ install: venv
 demo: install
 	$(PY) -m isthmus.demo
 
-test: install test-cpp test-cpp-tsan fuzz-smoke test-python
+test: install lint test-cpp test-cpp-tsan fuzz-smoke test-python
+
+# ruff over the Python tree and mypy --strict over python/isthmus (settings in pyproject.toml).
+lint: venv
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/mypy
+
+# Regenerates python/isthmus/_core.pyi from the freshly built extension; commit the result.
+stubs: install
+	$(PY) scripts/stubs.py
 
 # The GoogleTest suite, built and run under AddressSanitizer + UBSan.
 test-cpp: deps venv

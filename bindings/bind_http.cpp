@@ -329,6 +329,11 @@ void bind_http(py::module_& m) {
         return exc;
       }, py::arg("method"), py::arg("url"));
 
+  py::class_<CompletionQueue>(m, "CompletionQueue")
+      .def(py::init<py::object>(), py::arg("notify"))
+      .def("take", &CompletionQueue::take)
+      .def("close", &CompletionQueue::close);
+
   py::class_<HttpClient>(m, "HttpClient")
       .def(py::init([](double timeout, double connect_timeout, int max_connections_per_host,
                        int max_connections, bool follow_redirects, int max_redirects, bool verify,
@@ -408,11 +413,6 @@ void bind_http(py::module_& m) {
       })
       .def_property_readonly("connections_opened",
                              [](const HttpClient& self) { return self.client->connections_opened(); });
-
-  py::class_<CompletionQueue>(m, "CompletionQueue")
-      .def(py::init<py::object>(), py::arg("notify"))
-      .def("take", &CompletionQueue::take)
-      .def("close", &CompletionQueue::close);
 }
 
 }  // namespace isthmus::bindings

@@ -5,8 +5,10 @@ PYBIND11_MODULE(_core, m) {
   using namespace isthmus::bindings;
   register_exceptions(m);
   bind_runtime(m);
-  bind_http(m);
+  // Classes are registered before the signatures that name them, so docstrings and stubs
+  // show Python names (auth's Credential is a parameter of HttpClient).
   bind_auth(m);
+  bind_http(m);
   bind_sandbox(m);
   bind_pipeline(m);
   bind_limits(m);

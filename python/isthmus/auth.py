@@ -90,6 +90,7 @@ class Auth:
     """Base of every credential. Subclasses hold a core credential; ``repr`` never shows secrets."""
 
     _fields: tuple[tuple[str, bool], ...] = ()  # (attribute, is_secret) shown by repr
+    _core: Any
 
     def _credential(self) -> Any:
         return self._core
@@ -159,17 +160,17 @@ class TokenStore:
     ``key_file``. Make a key with ``TokenStore.generate_key()``.
     """
 
-    def __init__(self, core: Any, description: str):
+    def __init__(self, core: _core.TokenStore, description: str):
         self._core = core
         self._description = description
 
     @classmethod
-    def memory(cls) -> "TokenStore":
+    def memory(cls) -> TokenStore:
         return cls(_core.TokenStore.memory(), "TokenStore.memory()")
 
     @classmethod
     def sqlite(cls, path: str, *, key_env: str = "ISTHMUS_TOKEN_KEY",
-               key_file: Optional[str] = None) -> "TokenStore":
+               key_file: Optional[str] = None) -> TokenStore:
         path = str(path)
         core = _core.TokenStore.sqlite(path, key_env, str(key_file) if key_file else "")
         shown = f"key_file={str(key_file)!r}" if key_file else f"key_env={key_env!r}"
@@ -206,7 +207,7 @@ class _OAuth2(Auth):
                    extra_params: Optional[Mapping[str, str]] = None, refresh_before: float = 60.0,
                    default_lifetime: float = 3600.0, timeout: float = 30.0,
                    store: Optional[TokenStore] = None, store_id: Optional[str] = None,
-                   on_token: Optional[Callable[[dict], None]] = None) -> Any:
+                   on_token: Optional[Callable[[dict[str, Any]], None]] = None) -> Any:
         if store is not None and not isinstance(store, TokenStore):
             raise errors.ConfigError(f"store: expected an isthmus.TokenStore, got {type(store).__name__}")
         if isinstance(scopes, str):
@@ -214,7 +215,7 @@ class _OAuth2(Auth):
         name = type(self).__name__
         user_hook = on_token
 
-        def hook(event: dict) -> None:
+        def hook(event: dict[str, Any]) -> None:
             # Runs on an I/O thread after the token is stored and before any request uses it.
             log.info("%s: new access token for %s (grant=%s, expires_in=%.0fs, refresh_token_rotated=%s)",
                      name, client_id or token_url, event["grant"], event["expires_in"], event["rotated"])
@@ -228,7 +229,9 @@ class _OAuth2(Auth):
             redirect_uri=redirect_uri, jwt=jwt,
             extra_params=[(str(k), str(v)) for k, v in (extra_params or {}).items()],
             refresh_before=float(refresh_before), default_lifetime=float(default_lifetime),
-            timeout=float(timeout), store=store._core if store is not None else None,
+            timeout=float(timeout),
+            # pybind11 takes None for a class-typed argument: no store means the memory default.
+            store=store._core if store is not None else None,  # type: ignore[arg-type]
             store_id=store_id or "", on_token=hook)
 
     def _credential(self) -> Any:
@@ -257,7 +260,8 @@ class _OAuth2(Auth):
     @property
     def store_id(self) -> str:
         """This credential's row in the token store."""
-        return self._credential().store_id
+        store_id: str = self._credential().store_id
+        return store_id
 
 
 class OAuth2ClientCredentials(_OAuth2):
@@ -276,7 +280,7 @@ class OAuth2ClientCredentials(_OAuth2):
                  auth_method: str = "client_secret_basic", refresh_before: float = 60.0,
                  store: Optional[TokenStore] = None, store_id: Optional[str] = None,
                  extra_params: Optional[Mapping[str, str]] = None, timeout: float = 30.0,
-                 on_token: Optional[Callable[[dict], None]] = None):
+                 on_token: Optional[Callable[[dict[str, Any]], None]] = None):
         if auth_method not in _AUTH_METHODS:
             raise errors.ConfigError(f"auth_method: {auth_method!r} is not one of {', '.join(_AUTH_METHODS)}")
         self.token_url = _text("token_url", token_url)
@@ -308,7 +312,7 @@ class OAuth2RefreshToken(_OAuth2):
                  refresh_token: Optional[str] = None, *, store: Optional[TokenStore] = None,
                  auth_method: Optional[str] = None, store_id: Optional[str] = None,
                  refresh_before: float = 60.0, timeout: float = 30.0,
-                 on_token: Optional[Callable[[dict], None]] = None):
+                 on_token: Optional[Callable[[dict[str, Any]], None]] = None):
         self.token_url = _text("token_url", token_url)
         self.client_id = _text("client_id", client_id)
         self.client_secret = _text("client_secret", client_secret, required=False) or None
@@ -342,7 +346,7 @@ class OAuth2AuthorizationCode(_OAuth2):
                  store: Optional[TokenStore] = None, store_id: Optional[str] = None,
                  auth_method: Optional[str] = None, refresh_before: float = 60.0,
                  extra_authorize_params: Optional[Mapping[str, str]] = None,
-                 timeout: float = 30.0, on_token: Optional[Callable[[dict], None]] = None):
+                 timeout: float = 30.0, on_token: Optional[Callable[[dict[str, Any]], None]] = None):
         self.authorize_url = _text("authorize_url", authorize_url)
         self.token_url = _text("token_url", token_url)
         self.client_id = _text("client_id", client_id)
@@ -356,7 +360,7 @@ class OAuth2AuthorizationCode(_OAuth2):
         self._redirect_port = redirect_port
         self._redirect_path = redirect_path
         self._extra = dict(extra_authorize_params or {})
-        self._settings = dict(
+        self._settings: dict[str, Any] = dict(
             token_url=self.token_url, client_id=self.client_id,
             client_secret=self.client_secret or "",
             auth_method=auth_method or ("client_secret_basic" if self.client_secret else "none"),
@@ -434,7 +438,7 @@ class OAuth2AuthorizationCode(_OAuth2):
         log.info("OAuth2AuthorizationCode: waiting for the redirect on %s", self._redirect_uri)
         return self.authorize_url + sep + urlencode(params)
 
-    def wait(self, timeout: float = 300.0) -> "OAuth2AuthorizationCode":
+    def wait(self, timeout: float = 300.0) -> OAuth2AuthorizationCode:
         """Waits for the redirect, checks it and exchanges the code for tokens."""
         if self._server is None:
             raise errors.ConfigError("OAuth2AuthorizationCode: call start() (or authorize()) first")
@@ -456,7 +460,7 @@ class OAuth2AuthorizationCode(_OAuth2):
         self._verifier = ""
         return self
 
-    def authorize(self, *, open_browser: bool = True, timeout: float = 300.0) -> "OAuth2AuthorizationCode":
+    def authorize(self, *, open_browser: bool = True, timeout: float = 300.0) -> OAuth2AuthorizationCode:
         """start(), show the URL (and open a browser), then wait()."""
         url = self.start()
         print(f"Open this URL to authorize isthmus:\n{url}")
@@ -496,7 +500,7 @@ class JWTBearer(_OAuth2):
                  client_id: Optional[str] = None, client_secret: Optional[str] = None,
                  refresh_before: float = 60.0, store: Optional[TokenStore] = None,
                  store_id: Optional[str] = None, timeout: float = 30.0,
-                 on_token: Optional[Callable[[dict], None]] = None):
+                 on_token: Optional[Callable[[dict[str, Any]], None]] = None):
         if (private_key is None) == (secret is None):
             raise errors.ConfigError("JWTBearer: give private_key= (RS256) or secret= (HS256)")
         algorithm = algorithm or ("RS256" if private_key is not None else "HS256")
@@ -559,7 +563,8 @@ class HmacSigner(Auth):
              body: Union[bytes, str, None] = None,
              timestamp: Union[None, float, int, _dt.datetime] = None) -> list[tuple[str, str]]:
         """The headers the request would be sent with (for debugging a scheme)."""
-        out, _ = self._core.sign(method.upper(), url, _header_list(headers), _body_bytes(body), _unix(timestamp))
+        out: list[tuple[str, str]] = self._core.sign(method.upper(), url, _header_list(headers),
+                                                     _body_bytes(body), _unix(timestamp))[0]
         return out
 
 
@@ -585,7 +590,8 @@ class AwsSigV4(Auth):
              body: Union[bytes, str, None] = None,
              timestamp: Union[None, float, int, _dt.datetime] = None) -> list[tuple[str, str]]:
         """The headers the request would be sent with, signed at ``timestamp`` (default: now)."""
-        out, _ = self._core.sign(method.upper(), url, _header_list(headers), _body_bytes(body), _unix(timestamp))
+        out: list[tuple[str, str]] = self._core.sign(method.upper(), url, _header_list(headers),
+                                                     _body_bytes(body), _unix(timestamp))[0]
         return out
 
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
+from typing import Any, Dict
 
 import isthmus
 
 FAULTS = {"error_rate": {"503": 0.005, "500": 0.005}}
 
 
-def to_our_contact(c: dict) -> dict:
+def to_our_contact(c: Dict[str, Any]) -> Dict[str, Any]:
     """The mapping a product engineer writes: their CRM's contact -> our contact."""
     address = c.get("address") or {}
     return {
@@ -55,7 +55,8 @@ def main(records: int = 200_000) -> int:
         print(f"faults injected: {faults:,}; the destination counted {got.get('unique', 0):,} unique contacts, "
               f"{got.get('duplicate', 0):,} duplicates, {got.get('idempotent_replays', 0):,} idempotent replays")
         ok = got.get("unique") == records == run.counts["written"] and got.get("duplicate", 0) == 0
-        print("every record arrived exactly once" if ok else "MISMATCH: the destination does not have every record once")
+        print("every record arrived exactly once" if ok
+              else "MISMATCH: the destination does not have every record once")
         return 0 if ok else 1
 
 

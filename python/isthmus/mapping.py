@@ -94,10 +94,11 @@ class FieldMap:
 
     def __call__(self, record: Any) -> Dict[str, Any]:
         """One record, for trying a mapping out; raises ValueError when it fails."""
-        mapped, failed = self._core.apply([record])
+        mapped, failed = self.apply([record])
         if failed:
             raise ValueError(failed[0][1])
         return mapped[0]
 
     def __repr__(self) -> str:
-        return f"FieldMap({len(self.fields)} fields: {', '.join(list(self.fields)[:8])}{', ...' if len(self.fields) > 8 else ''})"
+        names = ", ".join(list(self.fields)[:8]) + (", ..." if len(self.fields) > 8 else "")
+        return f"FieldMap({len(self.fields)} fields: {names})"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 from isthmus import _core
 from isthmus.errors import ConfigError
@@ -141,7 +141,7 @@ class Sandbox:
         self._server = _core.SandboxServer(host, port, threads, json.dumps(self.options))
         self._running = False
 
-    def start(self) -> "Sandbox":
+    def start(self) -> Sandbox:
         if not self._running:
             self._server.start()
             self._running = True
@@ -151,7 +151,7 @@ class Sandbox:
         self._server.stop()
         self._running = False
 
-    def __enter__(self) -> "Sandbox":
+    def __enter__(self) -> Sandbox:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

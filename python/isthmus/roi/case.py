@@ -34,7 +34,7 @@ from __future__ import annotations
 import html
 import math
 from dataclasses import dataclass, field, fields
-from typing import Optional
+from typing import Any, Optional
 
 from isthmus.roi._checks import money, months, multiple, number
 from isthmus.roi.economics import RunEconomics
@@ -175,7 +175,7 @@ class IntegrationCase:
     def meets_bar(self) -> bool:
         return self.roi >= self.roi_bar
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """The figures a decision needs, as a plain dict (one row of a DataFrame)."""
         return {
             "name": self.name,
@@ -217,7 +217,7 @@ class IntegrationCase:
         return (f"<div><b>IntegrationCase: {html.escape(self.name)}</b>"
                 f"<table>{body}</table></div>")
 
-    def with_(self, **changes) -> "IntegrationCase":
+    def with_(self, **changes: Any) -> IntegrationCase:
         """A copy with some inputs changed: `case.with_(contract_value=96_000)`."""
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:

@@ -80,7 +80,7 @@ class RunEconomics:
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], *, cost_per_request: float = 0.0,
-                     cost_per_hour: float = 0.0) -> "RunEconomics":
+                     cost_per_hour: float = 0.0) -> RunEconomics:
         """Build from a run summary dict.
 
         Required keys: ``records_written``, ``requests``, ``responses_429``,
@@ -100,7 +100,7 @@ class RunEconomics:
     @classmethod
     def from_run(cls, run: Any, *, cost_per_request: float = 0.0, cost_per_hour: float = 0.0,
                  quota: Optional[float] = None,
-                 wait_seconds: Optional[float] = None) -> "RunEconomics":
+                 wait_seconds: Optional[float] = None) -> RunEconomics:
         """Build from a finished `isthmus.Run` (what `pipeline.run()` returns).
 
         Reads `run.summary()`: ``written`` -> records_written, ``requests`` (every HTTP
@@ -163,7 +163,7 @@ class RunEconomics:
         records = number("records_per_year", records_per_year)
         return self.cost_per_1000_records * records / _PER
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "records_written": self.records_written,
             "cost": self.cost,

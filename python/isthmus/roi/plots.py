@@ -8,12 +8,16 @@ cases side by side), draws on `ax` (a new figure when None) and returns the Axes
 from __future__ import annotations
 
 import math
-from typing import Iterable, Union
+from typing import TYPE_CHECKING, Iterable, Literal, Optional, Union
 
 import pandas as pd
 
 from isthmus.roi.case import ROI_BAR, IntegrationCase
 from isthmus.roi.portfolio import _TIER_COLOURS, TIERS, Portfolio
+
+if TYPE_CHECKING:
+    from matplotlib.artist import Artist
+    from matplotlib.axes import Axes
 
 Cases = Union[Portfolio, Iterable[IntegrationCase]]
 
@@ -30,7 +34,7 @@ def _table(cases: Cases) -> tuple[pd.DataFrame, float]:
     return frame, cases[0].roi_bar if cases else ROI_BAR
 
 
-def _axes(ax, height: float):
+def _axes(ax: Optional[Axes], height: float) -> Axes:
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -50,10 +54,11 @@ def _short_money(x: float) -> str:
     return f"${x / 1_000:g}k" if abs(x) >= 1_000 else f"${x:g}"
 
 
-def _legend(ax, frame: pd.DataFrame, loc: str = "best") -> None:
+def _legend(ax: Axes, frame: pd.DataFrame,
+            loc: Literal["best", "lower right", "center right"] = "best") -> None:
     from matplotlib.patches import Patch
 
-    handles = [ax.get_lines()[0]] if ax.get_lines() else []
+    handles: list[Artist] = [ax.get_lines()[0]] if ax.get_lines() else []
     if "tier" in frame:
         handles += [Patch(color=_TIER_COLOURS[t], label=t) for t in TIERS
                     if (frame["tier"] == t).any()]
@@ -61,7 +66,7 @@ def _legend(ax, frame: pd.DataFrame, loc: str = "best") -> None:
         ax.legend(handles=handles, loc=loc, fontsize="small", framealpha=0.9)
 
 
-def roi_chart(cases: Cases, ax=None):
+def roi_chart(cases: Cases, ax: Optional[Axes] = None) -> Axes:
     """ROI multiple of each candidate (log scale) against the ROI bar, best at the top."""
     frame, bar = _table(cases)
     frame = frame.iloc[::-1]  # barh draws bottom-up; keep the best at the top
@@ -79,7 +84,7 @@ def roi_chart(cases: Cases, ax=None):
     return ax
 
 
-def pareto_chart(cases: Cases, ax=None):
+def pareto_chart(cases: Cases, ax: Optional[Axes] = None) -> Axes:
     """Value per candidate, highest first, with the cumulative share of total value."""
     frame, _ = _table(cases)
     frame = frame.sort_values("value", ascending=False)
@@ -103,7 +108,7 @@ def pareto_chart(cases: Cases, ax=None):
     return ax
 
 
-def contract_share_chart(cases: Cases, ax=None):
+def contract_share_chart(cases: Cases, ax: Optional[Axes] = None) -> Axes:
     """Cost as a share of one customer's contract value; past 100% one contract cannot pay."""
     frame, _ = _table(cases)
     frame = frame.sort_values("contract_share", ascending=False)  # barh: cheapest on top

@@ -23,12 +23,15 @@ import html
 import math
 import numbers
 import os
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import pandas as pd
 
 from isthmus.roi._checks import money, multiple, number
 from isthmus.roi.case import HORIZON_YEARS, LOADED_WEEKLY_COST, ROI_BAR, IntegrationCase
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 #: Share of candidates, ranked by value, that get the deep, ecosystem-imperative treatment.
 TOP_SHARE = 0.2
@@ -97,7 +100,7 @@ class Portfolio:
     def from_frame(cls, df: pd.DataFrame, *, loaded_weekly_cost: float = LOADED_WEEKLY_COST,
                    win_rate_lift: float = WIN_RATE_LIFT,
                    maintenance_share: float = MAINTENANCE_SHARE, roi_bar: float = ROI_BAR,
-                   top_share: float = TOP_SHARE, years: float = HORIZON_YEARS) -> "Portfolio":
+                   top_share: float = TOP_SHARE, years: float = HORIZON_YEARS) -> Portfolio:
         """Candidates from a DataFrame with the `REQUIRED_COLUMNS` (and any `OPTIONAL_COLUMNS`).
 
         ``effort_weeks`` is person-weeks; ``acv`` the yearly contract value of a typical
@@ -153,7 +156,7 @@ class Portfolio:
         return cls(cases, willing, top_share=top_share)
 
     @classmethod
-    def from_csv(cls, path: str | os.PathLike, **assumptions) -> "Portfolio":
+    def from_csv(cls, path: str | os.PathLike[str], **assumptions: Any) -> Portfolio:
         """Candidates from a CSV file; keyword arguments as for `from_frame`."""
         return cls.from_frame(pd.read_csv(path), **assumptions)
 
@@ -176,7 +179,7 @@ class Portfolio:
                          "effort_weeks": case.weeks, "partner_willing": willing[case.name],
                          **{k: v for k, v in case.summary().items()
                             if k not in ("name", "acv")}})
-        frame = pd.DataFrame(rows).set_index("rank")
+        frame: pd.DataFrame = pd.DataFrame(rows).set_index("rank")
         frame["value_share_cumulative"] = frame["value"].cumsum() / frame["value"].sum()
         return frame
 
@@ -185,7 +188,8 @@ class Portfolio:
     @property
     def frame(self) -> pd.DataFrame:
         """The ranked candidates (a copy): inputs, cost, value, roi, tier and action."""
-        return self._frame.copy()
+        copied: pd.DataFrame = self._frame.copy()
+        return copied
 
     @property
     def roi_bar(self) -> float:
@@ -195,7 +199,7 @@ class Portfolio:
         rows = self._frame[self._frame["name"] == name]
         if rows.empty:
             raise KeyError(name)
-        return rows["tier"].iloc[0]
+        return str(rows["tier"].iloc[0])
 
     def tier_counts(self) -> pd.Series:
         """Candidates per tier, deepest tier first (every tier listed, even when empty)."""
@@ -205,7 +209,8 @@ class Portfolio:
         """Count, cost and value per tier."""
         grouped = self._frame.groupby("tier").agg(
             candidates=("name", "size"), cost=("cost", "sum"), value=("value", "sum"))
-        return grouped.reindex(TIERS, fill_value=0)
+        by_tier: pd.DataFrame = grouped.reindex(TIERS, fill_value=0)
+        return by_tier
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -218,17 +223,17 @@ class Portfolio:
 
     # -- plots (matplotlib is imported only when one is drawn) --------------------------------
 
-    def plot_roi(self, ax=None):
+    def plot_roi(self, ax: Optional[Axes] = None) -> Axes:
         """ROI multiple per candidate against the ROI bar. Returns the Axes."""
         from isthmus.roi.plots import roi_chart
         return roi_chart(self, ax=ax)
 
-    def plot_pareto(self, ax=None):
+    def plot_pareto(self, ax: Optional[Axes] = None) -> Axes:
         """Value per candidate, highest first, with the cumulative share. Returns the Axes."""
         from isthmus.roi.plots import pareto_chart
         return pareto_chart(self, ax=ax)
 
-    def plot_contract_share(self, ax=None):
+    def plot_contract_share(self, ax: Optional[Axes] = None) -> Axes:
         """Cost as a share of one contract's value, per candidate. Returns the Axes."""
         from isthmus.roi.plots import contract_share_chart
         return contract_share_chart(self, ax=ax)
@@ -240,7 +245,8 @@ class Portfolio:
         counts = self.tier_counts()
         head = ", ".join(f"{n} {t}" for t, n in counts.items())
         cells = []
-        for rank, r in f.head(max_rows).iterrows():
+        shown = len(f) if max_rows is None else max_rows
+        for rank, r in f.head(shown).iterrows():
             colour = _TIER_COLOURS[r["tier"]]
             roi_colour = "#1a7f37" if r["meets_bar"] else "#cf222e"
             cells.append(
@@ -252,7 +258,7 @@ class Portfolio:
                 f"<td style='text-align:right;color:{roi_colour}'>{multiple(r['roi'])}</td>"
                 f"<td style='text-align:right'>{r['contract_share']:.0%}</td>"
                 f"<td>{html.escape(r['action'])}</td></tr>")
-        more = "" if len(f) <= (max_rows or len(f)) else f"<p>… {len(f) - max_rows} more</p>"
+        more = "" if len(f) <= shown else f"<p>… {len(f) - shown} more</p>"
         header = "".join(f"<th>{h}</th>" for h in
                          ("#", "name", "category", "tier", "cost", "value", "ROI",
                           "cost / contract", "action"))

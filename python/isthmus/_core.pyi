@@ -1,0 +1,256 @@
+"""
+isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instead.
+"""
+from __future__ import annotations
+import collections.abc
+import typing
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+class JwtAssertion:
+    def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
+        ...
+    def make(self) -> str:
+        ...
+class Credential:
+    """
+    Core credential; use the classes in isthmus.auth.
+    """
+class ApiKey(Credential):
+    def __init__(self, value: str, header: str, query: str) -> None:
+        ...
+class BasicAuth(Credential):
+    def __init__(self, user: str, password: str) -> None:
+        ...
+class BearerToken(Credential):
+    def __init__(self, token: str) -> None:
+        ...
+class HmacSigner(Credential):
+    def __init__(self, key: bytes, algorithm: str, canonical: str, header: str, prefix: str, base64: bool, timestamp_header: str, nonce_header: str) -> None:
+        ...
+    def sign(self, method: str, url: str, headers: collections.abc.Sequence[tuple[str, str]], body: bytes, timestamp: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+        ...
+class AwsSigV4(Credential):
+    def __init__(self, access_key: str, secret_key: str, region: str, service: str, session_token: str) -> None:
+        ...
+    def sign(self, method: str, url: str, headers: collections.abc.Sequence[tuple[str, str]], body: bytes, timestamp: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+        ...
+class TokenStore:
+    @staticmethod
+    def memory() -> TokenStore:
+        ...
+    @staticmethod
+    def sqlite(path: str, key_env: str, key_file: str) -> TokenStore:
+        ...
+    def contains(self, id: str) -> bool:
+        ...
+    def erase(self, id: str) -> None:
+        ...
+class OAuth2(Credential):
+    def __init__(self, grant: str, token_url: str, client_id: str, client_secret: str, auth_method: str, scopes: collections.abc.Sequence[str], audience: str, refresh_token: str, code: str, code_verifier: str, redirect_uri: str, jwt: JwtAssertion, extra_params: collections.abc.Sequence[tuple[str, str]], refresh_before: typing.SupportsFloat | typing.SupportsIndex, default_lifetime: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex, store: TokenStore, store_id: str, on_token: typing.Any) -> None:
+        ...
+    def ensure_token(self) -> None:
+        ...
+    @property
+    def expires_in(self) -> float:
+        ...
+    @property
+    def has_token(self) -> bool:
+        ...
+    @property
+    def store_id(self) -> str:
+        ...
+    @property
+    def token_requests(self) -> int:
+        ...
+class Response:
+    """
+    A raw response from the core; isthmus.Response wraps it.
+    """
+    def exception(self, method: str, url: str) -> typing.Any:
+        ...
+    def take_body(self) -> bytes:
+        ...
+    @property
+    def attempts(self) -> int:
+        ...
+    @property
+    def body_size(self) -> int:
+        ...
+    @property
+    def elapsed(self) -> float:
+        ...
+    @property
+    def error_code(self) -> int:
+        ...
+    @property
+    def error_message(self) -> str:
+        ...
+    @property
+    def headers(self) -> list:
+        ...
+    @property
+    def http_version(self) -> str:
+        ...
+    @property
+    def ok(self) -> bool:
+        ...
+    @property
+    def redirects(self) -> int:
+        ...
+    @property
+    def retried_429(self) -> int:
+        ...
+    @property
+    def retried_bytes(self) -> int:
+        ...
+    @property
+    def status(self) -> int:
+        ...
+    @property
+    def url(self) -> str:
+        ...
+    @property
+    def waited(self) -> float:
+        ...
+class CompletionQueue:
+    def __init__(self, notify: typing.Any) -> None:
+        ...
+    def close(self) -> None:
+        ...
+    def take(self) -> list:
+        ...
+class HttpClient:
+    def __init__(self, timeout: typing.SupportsFloat | typing.SupportsIndex, connect_timeout: typing.SupportsFloat | typing.SupportsIndex, max_connections_per_host: typing.SupportsInt | typing.SupportsIndex, max_connections: typing.SupportsInt | typing.SupportsIndex, follow_redirects: bool, max_redirects: typing.SupportsInt | typing.SupportsIndex, verify: bool, ca_bundle: str, http2: bool, user_agent: str, max_body_bytes: typing.SupportsInt | typing.SupportsIndex, credential: Credential | None = None, governor: typing.Any = None, retry: typing.Any = None, limit_key: typing.Any = None) -> None:
+        ...
+    def cancel(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def close(self) -> None:
+        ...
+    def governed(self, governor: typing.Any, retry: typing.Any, limit_key: typing.Any) -> HttpClient:
+        """
+        A client on the same connections and credential with its own limits and retries.
+        """
+    def request(self, method: str, url: str, headers: collections.abc.Sequence[tuple[str, str]], body: typing.Any, timeout: typing.SupportsFloat | typing.SupportsIndex, follow_redirects: typing.SupportsInt | typing.SupportsIndex, sensitive_headers: collections.abc.Sequence[str]) -> Response:
+        ...
+    def request_many(self, items: list, concurrency: typing.SupportsInt | typing.SupportsIndex) -> list:
+        ...
+    def send_async(self, queue: CompletionQueue, token: typing.SupportsInt | typing.SupportsIndex, method: str, url: str, headers: collections.abc.Sequence[tuple[str, str]], body: typing.Any, timeout: typing.SupportsFloat | typing.SupportsIndex, follow_redirects: typing.SupportsInt | typing.SupportsIndex, sensitive_headers: collections.abc.Sequence[str]) -> int:
+        ...
+    @property
+    def connections_opened(self) -> int:
+        ...
+class SandboxServer:
+    """
+    The sandbox mock API server (use isthmus.Sandbox).
+    """
+    def __init__(self, host: str = '127.0.0.1', port: typing.SupportsInt | typing.SupportsIndex = 0, threads: typing.SupportsInt | typing.SupportsIndex = 1, config_json: str = '{}') -> None:
+        ...
+    def port(self) -> int:
+        ...
+    def reset_stats(self) -> None:
+        ...
+    def start(self) -> None:
+        ...
+    def stats_json(self) -> str:
+        ...
+    def stop(self) -> None:
+        ...
+    def url(self) -> str:
+        ...
+class FieldMapper:
+    """
+    The core of isthmus.FieldMap.
+    """
+    def __init__(self, rules: list) -> None:
+        ...
+    def apply(self, records: list) -> tuple:
+        ...
+class Watermark:
+    """
+    The first unit not yet accepted, when units finish out of order.
+    """
+    def __init__(self, start: typing.SupportsInt | typing.SupportsIndex = 0) -> None:
+        ...
+    def complete(self, begin: typing.SupportsInt | typing.SupportsIndex, end: typing.SupportsInt | typing.SupportsIndex) -> int:
+        ...
+    @property
+    def pending_ranges(self) -> int:
+        ...
+    @property
+    def pending_units(self) -> int:
+        ...
+    @property
+    def value(self) -> int:
+        ...
+class Limiter:
+    """
+    A limiter shared by the clients given it; isthmus.Limiter wraps it.
+    """
+    def __init__(self, rules: list, costs: collections.abc.Sequence[tuple[str, typing.SupportsFloat | typing.SupportsIndex]], max_wait: typing.SupportsFloat | typing.SupportsIndex, max_server_wait: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    def observe(self, key: typing.Any, status: typing.SupportsInt | typing.SupportsIndex, latency: typing.SupportsFloat | typing.SupportsIndex = 0.0, retry_after: typing.Any = None, timeout: bool = False) -> None:
+        ...
+    def pause(self, arg0: typing.Any, arg1: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    def release(self, arg0: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def reserve(self, key: typing.Any, cost: typing.SupportsFloat | typing.SupportsIndex, priority: str) -> tuple[float, bool, bool, int, typing.Any, float, str]:
+        """
+        (wait seconds, granted, blocked, ticket, error code or None, resets_at, reason)
+        """
+    def reserve_fast(self, cost: typing.SupportsFloat | typing.SupportsIndex = 1.0) -> float:
+        ...
+    def snapshot(self) -> dict:
+        ...
+    @property
+    def waiting(self) -> int:
+        ...
+def constant_time_equal(arg0: bytes, arg1: bytes) -> bool:
+    ...
+def find_link(values: collections.abc.Sequence[str], rel: str) -> str | None:
+    """
+    The target of the first link whose rel includes `rel`, across the values of Link header fields in order (RFC 8288); None when there is none.
+    """
+def generate_token_key() -> str:
+    ...
+def hmac(algorithm: str, key: bytes, data: bytes) -> bytes:
+    ...
+def json_dumps(obj: typing.Any) -> bytes:
+    """
+    obj as compact UTF-8 JSON bytes; TypeError naming the path of a value it cannot write.
+    """
+def json_lines(records: list) -> tuple:
+    """
+    (JSON Lines bytes, [(index, reason), ...] for records left out).
+    """
+def parse_page(body: typing.Any, records_path: str, fields: collections.abc.Sequence[str]) -> tuple:
+    """
+    Parse a page: (status, records, field texts). See isthmus.pipeline.
+    """
+def parse_retry_after(value: str, unix_now: typing.SupportsFloat | typing.SupportsIndex) -> float | None:
+    ...
+def parse_server_quota(headers: collections.abc.Sequence[tuple[str, str]], unix_now: typing.SupportsFloat | typing.SupportsIndex) -> dict:
+    ...
+def pkce_challenge_s256(verifier: str) -> str:
+    ...
+def pkce_verifier(length: typing.SupportsInt | typing.SupportsIndex = 64) -> str:
+    ...
+def random_token(nbytes: typing.SupportsInt | typing.SupportsIndex) -> str:
+    ...
+def record_keys(records: list, path: collections.abc.Sequence[str]) -> list:
+    """
+    Each record's identity at a path of keys, as text; None where it has none.
+    """
+def redact_url(arg0: str) -> str:
+    """
+    The URL with a password and secret-looking query values replaced by ***.
+    """
+def shutdown() -> None:
+    """
+    Stop the process-wide engine's I/O threads (called at interpreter exit).
+    """
+def sign_jwt(algorithm: str, key: bytes, claims_json: str, key_id: str) -> str:
+    ...
+def sign_webhook(scheme: str, secret: str, id: str, timestamp: typing.SupportsFloat | typing.SupportsIndex, body: bytes) -> list[tuple[str, str]]:
+    ...
+def verify_webhook(scheme: str, secret: str, headers: collections.abc.Sequence[tuple[str, str]], body: bytes, tolerance: typing.SupportsFloat | typing.SupportsIndex, now: typing.SupportsFloat | typing.SupportsIndex) -> typing.Any:
+    ...
