@@ -1,4 +1,5 @@
-"""The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `dlq list|show|replay`."""
+"""The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `dlq list|show|replay`,
+`state backup`."""
 
 from __future__ import annotations
 
@@ -132,7 +133,8 @@ def _add_dlq(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     ls = dsub.add_parser("list", help="one line per dead letter")
     ls.add_argument("pipeline", help="the pipeline's YAML file, or its state .db file")
     ls.add_argument("--where", help="an SQL condition on the columns, e.g. \"stage = 'sink'\"")
-    ls.add_argument("--all", action="store_true", help="include resolved (replayed) ones")
+    ls.add_argument("--all", action="store_true", help="include resolved ones (replayed, or superseded by a newer "
+                                                        "version a later run delivered)")
     ls.set_defaults(func=_dlq_list)
     show = dsub.add_parser("show", help="one dead letter in full: record, error, traceback, response")
     show.add_argument("pipeline")
@@ -141,6 +143,8 @@ def _add_dlq(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
     rp = dsub.add_parser("replay", help="send dead letters through map and sink again")
     rp.add_argument("pipeline", help="the pipeline's YAML file (the sink to send to)")
     rp.add_argument("--where")
+    rp.add_argument("--force", action="store_true",
+                    help="also send superseded ones (a later run delivered a newer version of the record)")
     rp.set_defaults(func=_dlq_replay)
 
 
@@ -160,11 +164,12 @@ def _dlq_list(args: argparse.Namespace) -> int:
     import time as _time
 
     rows = _dlq_rows(args, args.all)
-    print(f"{'id':>6}  {'stage':<5}  {'status':>6}  {'attempts':>8}  {'last seen (UTC)':<19}  {'record':<20}  error")
+    print(f"{'id':>6}  {'stage':<5}  {'status':>6}  {'attempts':>8}  {'last seen (UTC)':<19}  {'record':<20}  "
+          f"{'state':<10}  error")
     for r in rows:
         seen = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r["last_seen"]))
         print(f"{r['id']:>6}  {r['stage']:<5}  {r['http_status'] or '-':>6}  {r['attempts']:>8}  {seen:<19}  "
-              f"{r['record_key'][:20]:<20}  {r['error'][:100]}")
+              f"{r['record_key'][:20]:<20}  {r['resolution'] or 'open':<10}  {r['error'][:100]}")
     print(f"{len(rows)} dead letter(s)")
     return 0
 
@@ -189,9 +194,39 @@ def _dlq_show(args: argparse.Namespace) -> int:
 def _dlq_replay(args: argparse.Namespace) -> int:
     from isthmus.config import load_pipeline
 
-    result = load_pipeline(args.pipeline).replay_dead_letters(where=args.where)
+    result = load_pipeline(args.pipeline).replay_dead_letters(where=args.where, force=args.force)
     print(json.dumps(result))
     return 0 if result["failed"] == 0 else 1
+
+
+def _add_state(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("state", help="look after a pipeline's state file",
+                       description="A pipeline's state file: checkpoints, dead letters, run history.")
+    ssub = p.add_subparsers(dest="state_command", metavar="ACTION")
+    ssub.required = True
+    bk = ssub.add_parser("backup", help="copy a state file safely, even while a run writes it",
+                         description="Copy a state file with SQLite's backup API: a consistent copy even "
+                                     "while a run writes it, which `cp` of a WAL database is not.")
+    bk.add_argument("state", help="the state .db file")
+    bk.add_argument("dest", help="the copy to create (must not exist)")
+    bk.set_defaults(func=_state_backup)
+
+
+def _state_backup(args: argparse.Namespace) -> int:
+    from isthmus import errors
+    from isthmus.store import StateStore
+
+    try:
+        store = StateStore(args.state, create=False)
+        try:
+            store.backup(args.dest)
+        finally:
+            store.close()
+    except errors.StateError as e:
+        print(f"isthmus state backup: {e}", file=sys.stderr)
+        return 1
+    print(f"backed up {args.state} to {args.dest}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sandbox(sub)
     _add_run(sub)
     _add_dlq(sub)
+    _add_state(sub)
     return parser
 
 

@@ -37,6 +37,7 @@ from isthmus.pipeline import (CursorPaginator, Incremental, LinkHeaderPaginator,
                               OffsetPaginator, PageNumberPaginator, Pipeline, Stream, TimeSlices)
 from isthmus.mapping import FieldMap
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
+from isthmus.store import StateStore
 
 __all__ = ["load_pipeline", "pipeline_from_dict"]
 
@@ -160,7 +161,8 @@ def pipeline_from_dict(doc: Dict[str, Any], base: Path = Path(".")) -> Pipeline:
     unknown = set(doc) - {"source", "sink", "map", "state", "name", "checkpoint_every", "batch"}
     if unknown:
         raise errors.ConfigError(f"pipeline: unknown field(s) {', '.join(sorted(unknown))}")
-    return Pipeline(stream, map=fn, sink=sink, state=str(base / doc.get("state", "isthmus-state.db")), **extra)
+    state = doc.get("state") or StateStore.default_path(str(doc.get("name") or stream.name))
+    return Pipeline(stream, map=fn, sink=sink, state=str(base / state), **extra)
 
 
 def load_pipeline(path: str) -> Pipeline:
