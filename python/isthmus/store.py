@@ -168,7 +168,9 @@ class StateStore:
 
     def __init__(self, path: str, *, create: bool = True):
         self.path = str(path)
-        if not os.path.exists(self.path):
+        if self.path == ":memory:":
+            pass  # nothing on disk to check or to create
+        elif not os.path.exists(self.path):
             if not create:
                 raise errors.StateError(f"state file {self.path} does not exist")
             self._create()
@@ -281,10 +283,17 @@ class StateStore:
         """Turns SQLite's errors into a StateError naming the file."""
         try:
             yield
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise self._unreadable(doing, exc) from exc
+            raise errors.StateError(f"state file {self.path} {doing}: another process held it locked "
+                                    f"for more than 5 s ({exc})") from exc
         except sqlite3.DatabaseError as exc:
-            raise errors.StateError(
-                f"state file {self.path} {doing} ({exc}): it is damaged or not an isthmus state file. "
-                + _RESTORE_HINT) from exc
+            raise self._unreadable(doing, exc) from exc
+
+    def _unreadable(self, doing: str, exc: BaseException) -> errors.StateError:
+        return errors.StateError(f"state file {self.path} {doing} ({exc}): it is damaged or not an isthmus "
+                                 "state file. " + _RESTORE_HINT)
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
