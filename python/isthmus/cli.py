@@ -156,7 +156,7 @@ def _dlq_rows(args: argparse.Namespace, include_resolved: bool = False) -> List[
         pipe = load_pipeline(args.pipeline)
         return pipe.store.dead_letters(pipe.name, where=getattr(args, "where", None),
                                        include_resolved=include_resolved)
-    return StateStore(args.pipeline).dead_letters(where=getattr(args, "where", None),
+    return StateStore(args.pipeline, create=False).dead_letters(where=getattr(args, "where", None),
                                                   include_resolved=include_resolved)
 
 

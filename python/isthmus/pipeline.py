@@ -788,8 +788,8 @@ def _partition_positions(position: Optional[Dict[str, Any]], keys: List[str]) ->
 
 class _Newer:
     """Which open dead letters a run has delivered a newer version of, so a replay never sends
-    the older one over it. The open keys are loaded once at the start; a run without dead
-    letters does nothing per batch."""
+    the older one over it. The open keys are loaded once at the start and checked in memory;
+    with none open, a batch costs two truth tests."""
 
     __slots__ = ("open", "hits")
 
