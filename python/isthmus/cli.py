@@ -1,5 +1,5 @@
 """The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `dlq list|show|replay`,
-`schema pipeline`.
+`schema pipeline`, `state backup`.
 
 Every command runs inside one wrapper in ``main()``: an isthmus error, Ctrl-C or a closed pipe
 becomes one line on stderr and an exit code from ``EXIT_CODES``, never a traceback.
@@ -12,10 +12,9 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import sys
 import threading
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
 from isthmus import errors
 
@@ -170,7 +169,8 @@ def _add_dlq(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     ls.add_argument("pipeline", help="the pipeline's YAML file, or its state .db file")
     ls.add_argument("--where", help=where_help)
-    ls.add_argument("--all", action="store_true", help="include resolved (replayed) ones")
+    ls.add_argument("--all", action="store_true", help="include resolved ones (replayed, or superseded by a newer "
+                                                        "version a later run delivered)")
     ls.set_defaults(func=_dlq_list)
     show = dsub.add_parser("show", help="one dead letter in full: record, error, traceback, response",
                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,18 +181,9 @@ def _add_dlq(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     rp.add_argument("pipeline", help="the pipeline's YAML file (the sink to send to)")
     rp.add_argument("--where", help=where_help)
+    rp.add_argument("--force", action="store_true",
+                    help="also send superseded ones (a later run delivered a newer version of the record)")
     rp.set_defaults(func=_dlq_replay)
-
-
-@contextlib.contextmanager
-def _user_sql(where: Optional[str]) -> Iterator[None]:
-    """A bad --where is the user's SQL, not a damaged state file: say which."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        if not where:
-            raise
-        raise UsageError(f"--where {where!r}: {exc}") from None
 
 
 def _dlq_rows(args: argparse.Namespace, include_resolved: bool = False) -> List[Dict[str, Any]]:
@@ -207,9 +198,9 @@ def _dlq_rows(args: argparse.Namespace, include_resolved: bool = False) -> List[
     if not os.path.exists(state):
         raise UsageError(f"state file {state} does not exist")
     where = getattr(args, "where", None)
-    with _user_sql(where):
-        rows: List[Dict[str, Any]] = StateStore(state).dead_letters(name, where=where,
-                                                                     include_resolved=include_resolved)
+    # A bad --where is a ConfigError from the store naming the columns: exit 2, not a damaged file.
+    rows: List[Dict[str, Any]] = StateStore(state, create=False).dead_letters(name, where=where,
+                                                                 include_resolved=include_resolved)
     return rows
 
 
@@ -217,11 +208,12 @@ def _dlq_list(args: argparse.Namespace) -> int:
     import time as _time
 
     rows = _dlq_rows(args, args.all)
-    print(f"{'id':>6}  {'stage':<5}  {'status':>6}  {'attempts':>8}  {'last seen (UTC)':<19}  {'record':<20}  error")
+    print(f"{'id':>6}  {'stage':<5}  {'status':>6}  {'attempts':>8}  {'last seen (UTC)':<19}  {'record':<20}  "
+          f"{'state':<10}  error")
     for r in rows:
         seen = _time.strftime("%Y-%m-%d %H:%M:%S", _time.gmtime(r["last_seen"]))
         print(f"{r['id']:>6}  {r['stage']:<5}  {r['http_status'] or '-':>6}  {r['attempts']:>8}  {seen:<19}  "
-              f"{r['record_key'][:20]:<20}  {r['error'][:100]}")
+              f"{r['record_key'][:20]:<20}  {r['resolution'] or 'open':<10}  {r['error'][:100]}")
     print(f"{len(rows)} dead letter(s)")
     return EXIT_OK
 
@@ -246,8 +238,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     from isthmus.config import load_pipeline
 
     pipeline = load_pipeline(args.pipeline)
-    with _user_sql(args.where):
-        result = pipeline.replay_dead_letters(where=args.where)
+    result = pipeline.replay_dead_letters(where=args.where, force=args.force)
     print(json.dumps(result))
     return EXIT_OK if result["failed"] == 0 else EXIT_FAILED
 
@@ -267,6 +258,32 @@ def _print_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_state(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    p = sub.add_parser("state", help="look after a pipeline's state file",
+                       description="A pipeline's state file: checkpoints, dead letters, run history.")
+    ssub = p.add_subparsers(dest="state_command", metavar="ACTION", help="what to do")
+    ssub.required = True
+    bk = ssub.add_parser("backup", help="copy a state file safely, even while a run writes it",
+                         description="Copy a state file with SQLite's backup API: a consistent copy even "
+                                     "while a run writes it, which `cp` of a WAL database is not.")
+    bk.add_argument("state", help="the state .db file")
+    bk.add_argument("dest", help="the copy to create (must not exist)")
+    bk.set_defaults(func=_state_backup)
+
+
+def _state_backup(args: argparse.Namespace) -> int:
+    from isthmus.store import StateStore
+
+    # A StateError (no such file, damaged, dest exists) is one line from main()'s wrapper.
+    store = StateStore(args.state, create=False)
+    try:
+        store.backup(args.dest)
+    finally:
+        store.close()
+    print(f"backed up {args.state} to {args.dest}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from isthmus import __version__
 
@@ -280,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(sub)
     _add_dlq(sub)
     _add_schema(sub)
+    _add_state(sub)
     return parser
 
 

@@ -49,11 +49,11 @@ from isthmus.mapping import FieldMap
 from isthmus.pipeline import (CursorPaginator, Incremental, LinkHeaderPaginator, NextUrlPaginator,
                               OffsetPaginator, PageNumberPaginator, Pipeline, Stream, TimeSlices)
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
+from isthmus.store import StateStore
 
 __all__ = ["load_pipeline", "pipeline_from_dict", "pipeline_schema", "validate_pipeline"]
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "pipeline.schema.json"
-DEFAULT_STATE = "isthmus-state.db"
 
 # What each object of the schema's $defs becomes. The loader passes an object's keys to its
 # factory as keyword arguments; tests/python/test_config.py checks that every factory
@@ -381,9 +381,10 @@ def pipeline_from_dict(doc: Any, base: Path = Path(".")) -> Pipeline:
     validate_pipeline(doc)
     doc = _expand(doc, "")
     options = {k: v for k, v in doc.items() if k not in ("source", "sink", "map", "state")}
-    return _make("pipeline", options, "", source=_source(doc["source"], base),
+    source = _source(doc["source"], base)
+    return _make("pipeline", options, "", source=source,
                  sink=_sink(doc["sink"], base), map=_map(doc.get("map"), base),
-                 state=str(base / doc.get("state", DEFAULT_STATE)))
+                 state=_state_path(doc.get("state"), base, doc.get("name") or source.name))
 
 
 def _read(path: str) -> Tuple[Any, Path]:
@@ -420,7 +421,14 @@ def pipeline_state(path: str) -> Tuple[str, str]:
     if not name:
         # The stream's own rule names it from its path; no client is needed for that.
         name = Stream(None, _expand(src["path"], "source.path")).name
-    return name, str(base / _expand(doc.get("state", DEFAULT_STATE), "state"))
+    return name, _state_path(_expand(doc.get("state"), "state"), base, name)
+
+
+def _state_path(state: Optional[str], base: Path, name: str) -> str:
+    """``state:`` relative to the file; without it ``<name>.isthmus.db`` beside the file."""
+    if state:
+        return str(base / state)
+    return StateStore.default_path(str(name), str(base))
 
 
 def factory_parameters(defname: str) -> List[str]:

@@ -31,11 +31,11 @@ import sys
 import threading
 import time
 import traceback
-from urllib.parse import urlencode
+import urllib.parse
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from isthmus import _core, errors
-from isthmus.http import redact_url
+from isthmus.http import _merge_url, redact_url
 from isthmus.mapping import FieldMap
 from isthmus.sinks import Counters, Rejection, Sink, as_stage_retry, governed, send, status_error
 from isthmus.store import StateStore
@@ -47,6 +47,10 @@ __all__ = [
 
 Step = Dict[str, Any]  # {"url": absolute URL or None (the stream's path), "params": {...}}
 
+# Params that move through the data rather than select it; the paginator's own are added.
+_PAGING_PARAMS = frozenset({"cursor", "offset", "limit", "page", "per_page", "page_size", "pagesize",
+                            "starting_after", "ending_before", "page_token", "pagetoken", "next_page_token"})
+
 
 def _call_repr(name: str, fields: Dict[str, Any], positional: Sequence[Any] = ()) -> str:
     args = [repr(v) for v in positional] + [f"{k}={v!r}" for k, v in fields.items()]
@@ -55,7 +59,7 @@ def _call_repr(name: str, fields: Dict[str, Any], positional: Sequence[Any] = ()
 
 def _shown_params(params: Dict[str, Any]) -> Dict[str, Any]:
     """Params as a repr shows them: a value the core would redact in a URL's query is ``***``."""
-    return {k: "***" if _core.redact_url("http://h/?" + urlencode({str(k): "v"})).endswith("=***") else v
+    return {k: "***" if _core.redact_url("http://h/?" + urllib.parse.urlencode({str(k): "v"})).endswith("=***") else v
             for k, v in params.items()}
 
 
@@ -478,6 +482,31 @@ class Stream:
             shown["partitions"] = len(self.partitions)  # a count: the list can be long
         return _call_repr("Stream", shown, [redact_url(base + self.path)])
 
+    @property
+    def identity(self) -> str:
+        """Which data this stream reads, as a URL: the client's base URL, the path, and the params
+        that select records, sorted. Paging params (the paginator's, ``cursor``, ``offset``,
+        ``limit``, ``page``, ...) and the incremental cursor are left out, and the values of
+        secret-looking params (``api_key``, ``token``, ...) are masked as ``***``. A pipeline's
+        checkpoint is filed under it, so another source cannot resume from it."""
+        paging = set(_PAGING_PARAMS)
+        for attr in ("param", "size_param", "unit_param"):
+            name = getattr(self.paginator, attr, None)
+            if isinstance(name, str):
+                paging.add(name.lower())
+        if self.incremental is not None:
+            paging.add(self.incremental.param.lower())
+        given = getattr(self.client, "params", None) or {}
+        items = [*(given.items() if isinstance(given, dict) else given), *self.params.items()]
+        selecting = sorted((str(k), str(v)) for k, v in items if str(k).lower() not in paging)
+        url = _merge_url(getattr(self.client, "base_url", None), self.path)
+        # Encoded here, not as on the wire, so an identity saved today still matches after the
+        # client's query encoding changes.
+        query = urllib.parse.urlencode(selecting, quote_via=urllib.parse.quote)
+        if query:
+            url += ("&" if "?" in url else "?") + query
+        return redact_url(url)
+
     def keys(self, records: List[Any]) -> List[str]:
         """Each record's identity as text; a hash of its JSON when it has none."""
         out = _core.record_keys(records, self._key_path)
@@ -820,6 +849,34 @@ def _partition_positions(position: Optional[Dict[str, Any]], keys: List[str]) ->
     return out
 
 
+class _Newer:
+    """Which open dead letters a run has delivered a newer version of, so a replay never sends
+    the older one over it. The open keys are loaded once at the start and checked in memory;
+    with none open, a batch costs two truth tests."""
+
+    __slots__ = ("open", "hits")
+
+    def __init__(self, open_keys: set):
+        self.open, self.hits = open_keys, set()
+
+    def delivered(self, keys: List[str], dead: List[Dict[str, Any]]) -> None:
+        """``keys`` went to the sink, less those dead-lettered in ``dead``."""
+        failed = {d["record_key"] for d in dead} if dead else ()
+        if failed:
+            # Dead-lettered now: a later delivery in this run supersedes it, an earlier one no longer.
+            self.open.update(failed)
+            self.hits.difference_update(failed)
+        if self.open:
+            hit = self.open.intersection(keys)
+            if hit:
+                self.hits.update(hit.difference(failed))
+
+    def take(self) -> List[str]:
+        """The keys to resolve as superseded in the next checkpoint."""
+        hits, self.hits = self.hits, set()
+        return list(hits)
+
+
 class Run:
     """One run of a pipeline: its counts, ``summary()``, ``dead_letters()`` and a Jupyter repr."""
 
@@ -886,7 +943,12 @@ class Run:
 
 
 class Pipeline:
-    """``source`` -> ``map`` -> ``sink``, with state (checkpoints, dead letters, runs) in ``state``.
+    """``source`` -> ``map`` -> ``sink``, with state (checkpoints, dead letters, runs) in ``state``
+    (a file path or a ``StateStore``; default ``<name>.isthmus.db`` in the working directory).
+
+    ``name`` (default: the stream's name) files the checkpoint; a checkpoint saved under it by a
+    source with another ``Stream.identity`` refuses the run with ``StateError``, unless ``name``
+    is given explicitly (the checkpoint then moves to this source).
 
     ``map`` is ``record -> record or None`` (None drops it), or with ``batch=True`` ``list -> list``,
     or an ``isthmus.FieldMap`` (declared fields, run in the core).
@@ -902,7 +964,7 @@ class Pipeline:
     """
 
     def __init__(self, source: Stream, *, sink: Sink, map: Optional[Callable[..., Any]] = None,
-                 batch: bool = False, state: Union[str, StateStore] = "isthmus-state.db",
+                 batch: bool = False, state: Union[str, StateStore, None] = None,
                  name: Optional[str] = None, checkpoint_every: int = 10_000, prefetch: int = 8,
                  checkpoint_seconds: float = 2.0, stop_after_failures: int = 1000):
         if not isinstance(source, Stream):
@@ -914,8 +976,13 @@ class Pipeline:
         if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise errors.ConfigError(f"checkpoint_every: {checkpoint_every!r} is not valid; expected an int >= 1")
         self.source, self.sink, self.map, self.batch = source, sink, map, batch
-        self.store = state if isinstance(state, StateStore) else StateStore(state)
         self.name = name or source.name
+        # Named by the user, the pipeline says which checkpoint is its own, whatever source
+        # saved it; otherwise a checkpoint saved by another source refuses the run.
+        self._named = name is not None
+        if state is None:
+            state = StateStore.default_path(self.name)
+        self.store = state if isinstance(state, StateStore) else StateStore(state)
         self.checkpoint_every, self.prefetch = checkpoint_every, max(1, prefetch)
         if isinstance(checkpoint_seconds, bool) or not isinstance(checkpoint_seconds, (int, float)) \
                 or not checkpoint_seconds > 0:
@@ -1048,7 +1115,8 @@ class Pipeline:
         ``PipelineError``, and also the class a direct call would raise (``AuthError`` ...) with
         the original as ``__cause__``. Raises ``ReconciliationError`` if the counts do not add up.
         """
-        state = self.store.load(self.name)
+        state = self.store.claim(self.name, self.source.identity, adopt=self._named)
+        newer = _Newer(self.store.open_dead_letter_keys(self.name))
         run = Run(self, self.store.begin_run(self.name))
         counters = Counters()
 
@@ -1122,16 +1190,17 @@ class Pipeline:
                 run.counts["written"] -= n
                 run.counts["dead_lettered"] += n
                 pending_dead.extend(dead)
+                newer.delivered((), dead)
             if watching:
                 watch(dead)
             if final:
                 self.store.commit(self.name, run.id, None, pending_dead,
-                                  incremental=inc.state() if inc else ...)
+                                  incremental=inc.state() if inc else ..., superseded=newer.take())
             else:
                 # While every record so far failed, the checkpoint waits: those records are
                 # read again once the cause is fixed.
                 at = committed if watching else ({"partitions": positions} if positions else None)
-                self.store.commit(self.name, run.id, at, pending_dead)
+                self.store.commit(self.name, run.id, at, pending_dead, superseded=newer.take())
                 committed = at
             pending_dead, since_commit, last_commit = [], 0, time.monotonic()
             # Cycles made since the last checkpoint (a traceback kept for a dead letter, a
@@ -1176,6 +1245,7 @@ class Pipeline:
                 sink_ok = False
                 written = self._sink(mapped, mkeys, dead)
                 sink_ok = True
+                newer.delivered(mkeys, dead)
                 stage["map"] += mapped_at - began
                 stage["sink"] += time.perf_counter() - mapped_at
                 run.counts["written"] += written
@@ -1237,7 +1307,7 @@ class Pipeline:
     def _frame(rows: List[Dict[str, Any]]) -> Any:
         import pandas as pd
         cols = ["id", "record_key", "record", "stage", "error", "http_status", "response_excerpt", "attempts",
-                "first_seen", "last_seen", "traceback", "run_id", "resolved_at"]
+                "first_seen", "last_seen", "traceback", "run_id", "resolved_at", "resolution"]
         df = pd.DataFrame(rows, columns=cols)
         for c in ("first_seen", "last_seen", "resolved_at"):
             df[c] = pd.to_datetime(df[c], unit="s", utc=True)
@@ -1245,20 +1315,31 @@ class Pipeline:
         return df
 
     def dead_letters(self, include_resolved: bool = False) -> Any:
-        """Every unresolved dead letter of this pipeline, as a pandas DataFrame."""
+        """Every open dead letter of this pipeline, as a pandas DataFrame. With
+        ``include_resolved``, also the resolved ones; ``resolution`` says how: ``replayed``
+        (a replay delivered it) or ``superseded`` (a later run delivered a newer version)."""
         return self._frame(self.store.dead_letters(self.name, include_resolved=include_resolved))
 
-    def replay_dead_letters(self, where: Union[str, Callable[[Dict[str, Any]], bool], None] = None) -> Dict[str, int]:
+    def replay_dead_letters(self, where: Union[str, Callable[[Dict[str, Any]], bool], None] = None,
+                            force: bool = False) -> Dict[str, int]:
         """Sends dead letters through again (map ones through map and the sink, sink ones to the sink).
 
         ``where`` is an SQL condition on the dead-letter columns (``"stage = 'map'"``) or a function
         of a row dict. Delivered ones are marked resolved; the rest get one more attempt counted,
         with the stage they fail at now (a map dead letter that now maps but that the sink
         rejects becomes a sink dead letter holding the mapped record).
+
+        A dead letter superseded by a newer version a later run delivered is skipped, so an
+        older record never overwrites a newer one; ``force=True`` sends it anyway. The result
+        counts ``replayed``, ``delivered``, ``failed`` and ``skipped``.
         """
-        rows = self.store.dead_letters(self.name, where=where if isinstance(where, str) else None)
+        rows = self.store.dead_letters(self.name, where=where if isinstance(where, str) else None,
+                                       include_superseded=True)
         if callable(where):
             rows = [r for r in rows if where(r)]
+        skipped = 0 if force else sum(r["resolution"] == "superseded" for r in rows)
+        if skipped:
+            rows = [r for r in rows if r["resolution"] != "superseded"]
         counters = Counters()
         self.sink.open(counters)
         delivered: List[int] = []
@@ -1281,10 +1362,10 @@ class Pipeline:
                 elif ok or dropped:
                     delivered.append(row["id"])
             self.sink.flush()
-            self.store.commit(self.name, 0, self.store.load(self.name)["position"], resolved=delivered)
+            self.store.resolve(delivered)
         finally:
             self.sink.close()
-        return {"replayed": len(rows), "delivered": len(delivered), "failed": failed}
+        return {"replayed": len(rows), "delivered": len(delivered), "failed": failed, "skipped": skipped}
 
     def runs(self) -> Any:
         """This pipeline's run history as a DataFrame: one row per run, start and finish as UTC

@@ -295,7 +295,7 @@ def test_replay_delivers_dead_letters_once_the_mapping_is_fixed(dest, tmp_path):
                                 state=str(tmp_path / "s.db"))
         pipe.run()
         assert len(pipe.dead_letters()) == 20
-        assert pipe.replay_dead_letters(where="record_key LIKE '%19'") == {"replayed": 2, "delivered": 0, "failed": 2}
+        assert pipe.replay_dead_letters(where="record_key LIKE '%19'") == {"replayed": 2, "delivered": 0, "failed": 2, "skipped": 0}
         assert pipe.dead_letters()["attempts"].max() == 2
         broken["on"] = False
         assert pipe.replay_dead_letters()["delivered"] == 20
@@ -584,7 +584,7 @@ def test_a_replayed_dead_letter_that_fails_further_on_records_its_new_stage(tmp_
         pipe.run()
         assert set(pipe.dead_letters()["stage"]) == {"map"} and len(pipe.dead_letters()) == 10
         broken["map"] = False  # the mapping is fixed; the destination still refuses those records
-        assert pipe.replay_dead_letters() == {"replayed": 10, "delivered": 0, "failed": 10}
+        assert pipe.replay_dead_letters() == {"replayed": 10, "delivered": 0, "failed": 10, "skipped": 0}
         df = pipe.dead_letters()
         assert len(df) == 10 and set(df["stage"]) == {"sink"}
         row = df[df["record_key"] == "con_0000000007"].iloc[0]
