@@ -309,7 +309,8 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    command = " ".join(c for c in ("isthmus", args.command, getattr(args, "dlq_command", None)) if c)
+    command = " ".join(c for c in ("isthmus", args.command, getattr(args, "dlq_command", None),
+                                        getattr(args, "state_command", None)) if c)
     try:
         result: int = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the wrapper, not at exit

@@ -225,7 +225,8 @@ def validate_pipeline(doc: Any) -> None:
     ``ConfigError`` naming the first problem's path. ``${VAR}`` strings are not expanded."""
     errs = list(_validator().iter_errors(doc))
     if errs:
-        more = f" (and {len(errs) - 1} more)" if len(errs) > 1 else ""
+        extra = len(errs) - 1
+        more = f" ({extra} more problem{'s' if extra > 1 else ''} in the file)" if extra else ""
         raise errors.ConfigError(_message(_first(errs)) + more)
 
 
