@@ -40,14 +40,32 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 from isthmus import errors
-from isthmus.auth import (ApiKey, AwsSigV4, BasicAuth, BearerToken, HmacSigner, JWTBearer,
-                          OAuth2AuthorizationCode, OAuth2ClientCredentials, OAuth2RefreshToken,
-                          TokenStore)
+from isthmus.auth import (
+    ApiKey,
+    AwsSigV4,
+    BasicAuth,
+    BearerToken,
+    HmacSigner,
+    JWTBearer,
+    OAuth2AuthorizationCode,
+    OAuth2ClientCredentials,
+    OAuth2RefreshToken,
+    TokenStore,
+)
 from isthmus.http import Client
 from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
 from isthmus.mapping import FieldMap
-from isthmus.pipeline import (CursorPaginator, Incremental, LinkHeaderPaginator, NextUrlPaginator,
-                              OffsetPaginator, PageNumberPaginator, Pipeline, Stream, TimeSlices)
+from isthmus.pipeline import (
+    CursorPaginator,
+    Incremental,
+    LinkHeaderPaginator,
+    NextUrlPaginator,
+    OffsetPaginator,
+    PageNumberPaginator,
+    Pipeline,
+    Stream,
+    TimeSlices,
+)
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
 from isthmus.store import StateStore
 
@@ -233,7 +251,7 @@ def validate_pipeline(doc: Any) -> None:
 
 def _expand(value: Any, where: str) -> Any:
     if isinstance(value, str):
-        def sub(m: "re.Match[str]") -> str:
+        def sub(m: re.Match[str]) -> str:
             if m.group(1) not in os.environ:
                 raise errors.ConfigError(f"{where}: environment variable {m.group(1)} is not set")
             return os.environ[m.group(1)]

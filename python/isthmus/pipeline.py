@@ -18,8 +18,8 @@ few records, never skip one.
 
 from __future__ import annotations
 
-import copy
 import collections
+import copy
 import datetime as _dt
 import gc
 import hashlib
@@ -440,7 +440,8 @@ class Stream:
             raise errors.ConfigError(f"paginator: {paginator!r} is not an isthmus.Paginator")
         if parser not in ("core", "python"):
             raise errors.ConfigError(f"parser: {parser!r} is not valid; expected 'core' or 'python'")
-        if partitions is not None and (not isinstance(partitions, list) or not all(isinstance(p, dict) for p in partitions)):
+        if partitions is not None and (not isinstance(partitions, list)
+                                       or not all(isinstance(p, dict) for p in partitions)):
             raise errors.ConfigError(f"partitions: {partitions!r} is not valid; expected a list of dicts of params")
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise errors.ConfigError(f"attempts: {attempts!r} is not valid; expected an int >= 1")
@@ -512,7 +513,8 @@ class Stream:
         out = _core.record_keys(records, self._key_path)
         for i, v in enumerate(out):
             if v is None:
-                out[i] = "sha1:" + hashlib.sha1(json.dumps(records[i], sort_keys=True, default=str).encode()).hexdigest()
+                text = json.dumps(records[i], sort_keys=True, default=str)
+                out[i] = "sha1:" + hashlib.sha1(text.encode()).hexdigest()
         return out
 
     def _open(self) -> None:
@@ -521,7 +523,7 @@ class Stream:
             self._http, _ = governed(self.client, self.retry, self.attempts)
 
     # The fetch runs on background threads and puts _Chunks (or an exception) on `out`.
-    def _fetch(self, todo: List[Tuple[int, Any]], inc_value: Any, out: "queue.Queue",
+    def _fetch(self, todo: List[Tuple[int, Any]], inc_value: Any, out: queue.Queue,
                stop: threading.Event, counters: Counters) -> None:
         """Reads the partitions in ``todo`` (index, where to resume) on up to ``concurrency``
         threads. A partition's chunks arrive in order, then its done mark; after all of them
@@ -554,7 +556,7 @@ class Stream:
         if not failed.is_set():
             self._put(out, None, stop)
 
-    def _fetch_partition(self, p: int, inner: Any, inc_value: Any, out: "queue.Queue",
+    def _fetch_partition(self, p: int, inner: Any, inc_value: Any, out: queue.Queue,
                          stop: threading.Event, counters: Counters) -> None:
         base: Step = {"url": None, "params": {**self.params, **self.partitions[p]}}
         if self.incremental is not None and inc_value is not None:
@@ -567,7 +569,7 @@ class Stream:
             self._fetch_sequential(paginator, p, base, inner, out, stop, counters)
 
     @staticmethod
-    def _put(out: "queue.Queue", item: Any, stop: threading.Event) -> None:
+    def _put(out: queue.Queue, item: Any, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 out.put(item, timeout=0.1)
@@ -615,13 +617,14 @@ class Stream:
                 f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
                 + f": {resp._redacted_excerpt(300)}", status_error(resp))
 
-    def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int], counters: Counters) -> Iterator[Tuple[int, Page]]:
+    def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int],
+                        counters: Counters) -> Iterator[Tuple[int, Page]]:
         """Pages of a range paginator, in order, with ``pag.window`` requests in flight all the
         time: the next requests go out while this thread parses and hands over a page. Closing
         the iterator cancels what is still in flight."""
         wanted = pag.fields()
         # Units sent and not yet handed over, oldest first: answers come back in this order.
-        sent: "collections.deque[int]" = collections.deque()
+        sent: collections.deque[int] = collections.deque()
 
         def requests() -> Iterator[Any]:
             for u in units:
@@ -669,7 +672,7 @@ class Stream:
         return Page(records, dict(zip(wanted, values)), resp, step)
 
     def _fetch_sequential(self, paginator: Optional[Paginator], partition: int, base: Step, inner: Optional[Step],
-                          out: "queue.Queue", stop: threading.Event, counters: Counters) -> None:
+                          out: queue.Queue, stop: threading.Event, counters: Counters) -> None:
         step: Optional[Step] = inner or base
         seen: set = set()
         n = 0
@@ -689,7 +692,7 @@ class Stream:
             step = nxt
 
     def _fetch_ranges(self, pag: Any, partition: int, base: Step, inner: Optional[Dict[str, Any]],
-                      out: "queue.Queue", stop: threading.Event, counters: Counters) -> None:
+                      out: queue.Queue, stop: threading.Event, counters: Counters) -> None:
         unit = inner["unit"] if inner else pag.start
         per = pag.units_per_page()
         first = self._get_pages(pag, [pag.step(base, unit)], counters, 1)[0]
@@ -880,7 +883,7 @@ class _Newer:
 class Run:
     """One run of a pipeline: its counts, ``summary()``, ``dead_letters()`` and a Jupyter repr."""
 
-    def __init__(self, pipeline: "Pipeline", run_id: int):
+    def __init__(self, pipeline: Pipeline, run_id: int):
         self.pipeline, self.id = pipeline, run_id
         self.counts: Dict[str, int] = {k: 0 for k in _COUNT_NAMES}
         # Where the caller's thread spent the run: waiting for pages from the source, in the
@@ -1082,13 +1085,15 @@ class Pipeline:
         expected = ("expected None or a list of isthmus.Rejection(error, index=<position in this write's records>)"
                     " or Rejection(error, key=<the record's key>, record=<the record>)")
         if method == "flush":
-            expected = "expected None or a list of isthmus.Rejection(error, key=<the record's key>, record=<the record>)"
+            expected = ("expected None or a list of isthmus.Rejection(error, key=<the record's key>,"
+                        " record=<the record>)")
         where = f"{type(self.sink).__name__}.{method}"
         if not isinstance(result, (list, tuple)):
             raise errors.ConfigError(f"{where} returned {type(result).__name__} {result!r:.80}; {expected}")
         for rej in result:
             if not isinstance(rej, Rejection):
-                raise errors.ConfigError(f"{where} returned a list holding {type(rej).__name__} {rej!r:.80}; {expected}")
+                raise errors.ConfigError(
+                    f"{where} returned a list holding {type(rej).__name__} {rej!r:.80}; {expected}")
             if rej.index is None:
                 key, record = rej.key, rej.record
             elif records is None or keys is None or rej.index >= len(records):
@@ -1136,7 +1141,7 @@ class Pipeline:
         todo = [(i, positions.get(k, {}).get("inner")) for i, k in enumerate(keys)
                 if not positions.get(k, {}).get("done")]
         stop = threading.Event()
-        pages: "queue.Queue" = queue.Queue(maxsize=self.prefetch)
+        pages: queue.Queue = queue.Queue(maxsize=self.prefetch)
         fetcher = threading.Thread(target=src._fetch, args=(todo, inc_value, pages, stop, counters),
                                    name=f"isthmus-fetch-{self.name}", daemon=True)
         watermarks: Dict[int, Any] = {}

@@ -269,7 +269,7 @@ class StateStore:
     def _schema_problem(have: Dict[str, List[str]], allow_added: bool = False) -> Optional[str]:
         if not have:
             return "it has no tables"
-        for table, ddl in _TABLES.items():
+        for table in _TABLES:
             if table not in have:
                 return f"table {table} is missing"
             added = {c for c, _, _ in _ADDED_COLUMNS.get(table, [])} if allow_added else set()
