@@ -156,7 +156,7 @@ class Nginx:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "Nginx":
+    def __enter__(self) -> Nginx:
         exe = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
         if exe is None:
             raise Skip("nginx not found (Debian: apt-get install nginx-light)")
@@ -198,10 +198,10 @@ class Nginx:
         _live[self._proc.pid] = self._proc
         try:
             wait_for_port(self.port, proc=self._proc)
-        except Exception:
+        except Exception as exc:
             err = self._proc.stderr.read().decode(errors="replace") if self._proc.poll() is not None else ""
             self.__exit__(None, None, None)
-            raise RuntimeError(f"nginx did not start: {err.strip()}")
+            raise RuntimeError(f"nginx did not start: {err.strip()}") from exc
         return self
 
     def cpu_seconds(self) -> float:

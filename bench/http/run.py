@@ -15,7 +15,6 @@ import argparse
 import json
 import re
 import shutil
-import subprocess
 import sys
 import urllib.request
 from contextlib import ExitStack
@@ -66,7 +65,7 @@ def sandbox_server(stack: ExitStack) -> str:
     try:
         import isthmus
     except ImportError as exc:
-        raise Skip(f"isthmus is not importable ({exc}); build it with `make install`")
+        raise Skip(f"isthmus is not importable ({exc}); build it with `make install`") from exc
     if not hasattr(isthmus, "Sandbox"):
         raise Skip("isthmus.Sandbox is missing from this build")
     # The sandbox serves from its own C++ threads; this process only waits on clients.

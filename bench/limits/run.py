@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import Skip, write_results  # noqa: E402
+from common import write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -139,7 +139,7 @@ def run_aiolimiter(url: str, rate: float, burst: int, n: int, concurrency: int) 
 
 def run_pyrate(url: str, rate: float, burst: int, n: int, concurrency: int) -> None:
     import aiohttp
-    from pyrate_limiter import Duration, Limiter, Rate
+    from pyrate_limiter import Limiter, Rate
 
     async def main():
         limiter = Limiter(Rate(burst, int(round(1000 * burst / rate))))  # `burst` per burst/rate (ms)
@@ -209,7 +209,8 @@ def adaptive_rows(capacity: float, seconds: float, warmup: float, concurrency: i
     good = sum(1 for a in after if a["status"] == 200)
     errors = len(after) - good
     row = {"tool": "isthmus", "case": f"adaptive vs silent overload (C={capacity:g}/s, hidden)",
-           "value": good / span / capacity, "goodput_per_s": good / span, "error_pct": errors / max(1, len(after)) * 100,
+           "value": good / span / capacity, "goodput_per_s": good / span,
+           "error_pct": errors / max(1, len(after)) * 100,
            "final_limit": snap["adaptive_limit"], "warmup_s": warmup, "requests": n}
     print(f"  adaptive: goodput {row['goodput_per_s']:.1f}/s = {row['value']:.3f} C, errors {row['error_pct']:.2f}% "
           f"after {warmup:g} s warm-up; limit ended at {snap['adaptive_limit']:.1f}", flush=True)

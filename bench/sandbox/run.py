@@ -17,8 +17,6 @@ import argparse
 import re
 import resource
 import shutil
-import statistics
-import subprocess
 import sys
 import urllib.request
 from contextlib import ExitStack
@@ -48,7 +46,7 @@ def start_sandbox(stack: ExitStack, a: argparse.Namespace):
     try:
         import isthmus
     except ImportError as exc:
-        raise Skip(f"isthmus is not importable ({exc}); build it with `make install`")
+        raise Skip(f"isthmus is not importable ({exc}); build it with `make install`") from exc
     if not hasattr(isthmus, "Sandbox"):
         raise Skip("isthmus.Sandbox is missing from this build")
     # Serves from its own C++ threads; this process only waits on wrk while it runs.

@@ -43,7 +43,7 @@ EPILOG = """exit codes:
   130  interrupted (Ctrl-C)"""
 
 
-def _add_sandbox(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from isthmus.sandbox import AUTH_MODES, PAGINATION_STYLES
 
     p = sub.add_parser("sandbox", help="serve the mock SaaS API until Ctrl-C",
@@ -132,7 +132,7 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="run a pipeline file to the end of its stream", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Run the pipeline declared in a YAML file (see docs/pipeline.md), "
@@ -156,7 +156,7 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_dlq(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dlq", help="list, show and replay dead letters", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Dead letters of a pipeline: records that failed in map or sink. "
@@ -243,7 +243,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     return EXIT_OK if result["failed"] == 0 else EXIT_FAILED
 
 
-def _add_schema(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_schema(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("schema", help="print the JSON Schema of a file isthmus reads",
                        description="Print a JSON Schema (draft 2020-12), e.g. for an editor's YAML "
                                    "completion: isthmus schema pipeline > pipeline.schema.json")
@@ -258,7 +258,7 @@ def _print_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_state(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _add_state(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("state", help="look after a pipeline's state file",
                        description="A pipeline's state file: checkpoints, dead letters, run history.")
     ssub = p.add_subparsers(dest="state_command", metavar="ACTION", help="what to do")

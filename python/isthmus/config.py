@@ -37,19 +37,40 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tuple
 
 from isthmus import errors
-from isthmus.auth import (ApiKey, AwsSigV4, BasicAuth, BearerToken, HmacSigner, JWTBearer,
-                          OAuth2AuthorizationCode, OAuth2ClientCredentials, OAuth2RefreshToken,
-                          TokenStore)
+from isthmus.auth import (
+    ApiKey,
+    AwsSigV4,
+    BasicAuth,
+    BearerToken,
+    HmacSigner,
+    JWTBearer,
+    OAuth2AuthorizationCode,
+    OAuth2ClientCredentials,
+    OAuth2RefreshToken,
+    TokenStore,
+)
 from isthmus.http import Client
 from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
 from isthmus.mapping import FieldMap
-from isthmus.pipeline import (CursorPaginator, Incremental, LinkHeaderPaginator, NextUrlPaginator,
-                              OffsetPaginator, PageNumberPaginator, Pipeline, Stream, TimeSlices)
+from isthmus.pipeline import (
+    CursorPaginator,
+    Incremental,
+    LinkHeaderPaginator,
+    NextUrlPaginator,
+    OffsetPaginator,
+    PageNumberPaginator,
+    Pipeline,
+    Stream,
+    TimeSlices,
+)
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
 from isthmus.store import StateStore
+
+if TYPE_CHECKING:
+    import jsonschema
 
 __all__ = ["load_pipeline", "pipeline_from_dict", "pipeline_schema", "validate_pipeline"]
 
@@ -77,11 +98,11 @@ FACTORIES: Dict[str, Callable[..., Any]] = {
 }
 # Schema keys that build the section's client instead of going to the section's factory.
 CLIENT_KEYS = frozenset({"base_url", "auth", "rate_limit", "client"})
-ROUTED: Dict[str, frozenset] = {"source": CLIENT_KEYS, "sink_http": CLIENT_KEYS}
+ROUTED: Dict[str, FrozenSet[str]] = {"source": CLIENT_KEYS, "sink_http": CLIENT_KEYS}
 # Factory parameters the schema has no key for: built by the loader from other keys, or
 # only meaningful from Python (functions). A section's `retry` goes to its stream or sink,
 # which retries every call the pipeline makes through that client.
-NOT_IN_SCHEMA: Dict[str, frozenset] = {
+NOT_IN_SCHEMA: Dict[str, FrozenSet[str]] = {
     "source": frozenset({"client"}),
     "sink_http": frozenset({"client"}),
     "client": frozenset({"base_url", "auth", "rate_limit", "retry"}),
@@ -108,7 +129,7 @@ def pipeline_schema() -> Dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _validator() -> Any:
+def _validator() -> jsonschema.Draft202012Validator:
     import jsonschema
 
     return jsonschema.Draft202012Validator(pipeline_schema())
@@ -234,7 +255,7 @@ def validate_pipeline(doc: Any) -> None:
 
 def _expand(value: Any, where: str) -> Any:
     if isinstance(value, str):
-        def sub(m: "re.Match[str]") -> str:
+        def sub(m: re.Match[str]) -> str:
             if m.group(1) not in os.environ:
                 raise errors.ConfigError(f"{where}: environment variable {m.group(1)} is not set")
             return os.environ[m.group(1)]
@@ -383,9 +404,10 @@ def pipeline_from_dict(doc: Any, base: Path = Path(".")) -> Pipeline:
     doc = _expand(doc, "")
     options = {k: v for k, v in doc.items() if k not in ("source", "sink", "map", "state")}
     source = _source(doc["source"], base)
-    return _make("pipeline", options, "", source=source,
-                 sink=_sink(doc["sink"], base), map=_map(doc.get("map"), base),
-                 state=_state_path(doc.get("state"), base, doc.get("name") or source.name))
+    pipeline: Pipeline = _make("pipeline", options, "", source=source,
+                               sink=_sink(doc["sink"], base), map=_map(doc.get("map"), base),
+                               state=_state_path(doc.get("state"), base, doc.get("name") or source.name))
+    return pipeline
 
 
 def _read(path: str) -> Tuple[Any, Path]:

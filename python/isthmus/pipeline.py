@@ -18,8 +18,8 @@ few records, never skip one.
 
 from __future__ import annotations
 
-import copy
 import collections
+import copy
 import datetime as _dt
 import gc
 import hashlib
@@ -32,12 +32,12 @@ import threading
 import time
 import traceback
 import urllib.parse
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 from isthmus import _core, errors
 from isthmus.http import _merge_url, redact_url
 from isthmus.mapping import FieldMap
-from isthmus.sinks import Counters, Rejection, Sink, as_stage_retry, governed, send, status_error
+from isthmus.sinks import Counters, Rejection, Sink, answered, as_stage_retry, governed, send, status_error
 from isthmus.store import StateStore
 
 __all__ = [
@@ -80,7 +80,7 @@ class Page:
 
     __slots__ = ("records", "fields", "response", "step")
 
-    def __init__(self, records: list, fields: Dict[str, Optional[str]], response: Any, step: Step):
+    def __init__(self, records: List[Any], fields: Dict[str, Optional[str]], response: Any, step: Step):
         self.records, self.fields, self.response, self.step = records, fields, response, step
 
 
@@ -304,7 +304,7 @@ class _IncrementalTracker:
 def _instant(field: str, value: Any) -> _dt.datetime:
     """An aware UTC datetime from a datetime, a date, ISO 8601 text or Unix seconds (UTC when
     no offset is given)."""
-    when: Any = None
+    when: Optional[_dt.datetime] = None
     if isinstance(value, _dt.datetime):
         when = value
     elif isinstance(value, _dt.date):
@@ -324,7 +324,8 @@ def _instant(field: str, value: Any) -> _dt.datetime:
     return when.astimezone(_dt.timezone.utc)
 
 
-class TimeSlices(list):
+# The builtin generic, not typing.List: the class's bases stay exactly (list,).
+class TimeSlices(list[Dict[str, Any]]):
     """Partitions for an API that filters by time: ``[start, end)`` cut into slices of ``every``,
     each ``{start_param: slice start, end_param: slice end}``. Give them to ``Stream(partitions=)``
     and ``concurrency`` slices are read at once::
@@ -368,6 +369,7 @@ class TimeSlices(list):
                 raise errors.ConfigError(f"{field}: {name!r} is not valid; expected a query parameter name")
         if start_param == end_param:
             raise errors.ConfigError(f"end_param: {end_param!r} is not valid; it must differ from start_param")
+        render: Callable[[_dt.datetime], Any]
         if format == "iso":
             def render(t: _dt.datetime) -> Any:
                 return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
@@ -401,10 +403,14 @@ class _Chunk:
 
     __slots__ = ("records", "partition", "after", "units", "total", "done")
 
-    def __init__(self, records: list, partition: int, after: Optional[Step], units: Optional[Tuple[int, int]],
+    def __init__(self, records: List[Any], partition: int, after: Optional[Step], units: Optional[Tuple[int, int]],
                  total: Optional[int], done: bool = False):
         self.records, self.partition, self.after, self.units, self.total = records, partition, after, units, total
         self.done = done
+
+
+# What the fetch threads hand the run: a chunk, the exception that stopped them, or None at the end.
+_Fetched = Union[_Chunk, BaseException, None]
 
 
 class Stream:
@@ -440,7 +446,8 @@ class Stream:
             raise errors.ConfigError(f"paginator: {paginator!r} is not an isthmus.Paginator")
         if parser not in ("core", "python"):
             raise errors.ConfigError(f"parser: {parser!r} is not valid; expected 'core' or 'python'")
-        if partitions is not None and (not isinstance(partitions, list) or not all(isinstance(p, dict) for p in partitions)):
+        if partitions is not None and (not isinstance(partitions, list)
+                                       or not all(isinstance(p, dict) for p in partitions)):
             raise errors.ConfigError(f"partitions: {partitions!r} is not valid; expected a list of dicts of params")
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise errors.ConfigError(f"attempts: {attempts!r} is not valid; expected an int >= 1")
@@ -512,7 +519,8 @@ class Stream:
         out = _core.record_keys(records, self._key_path)
         for i, v in enumerate(out):
             if v is None:
-                out[i] = "sha1:" + hashlib.sha1(json.dumps(records[i], sort_keys=True, default=str).encode()).hexdigest()
+                text = json.dumps(records[i], sort_keys=True, default=str)
+                out[i] = "sha1:" + hashlib.sha1(text.encode()).hexdigest()
         return out
 
     def _open(self) -> None:
@@ -521,7 +529,7 @@ class Stream:
             self._http, _ = governed(self.client, self.retry, self.attempts)
 
     # The fetch runs on background threads and puts _Chunks (or an exception) on `out`.
-    def _fetch(self, todo: List[Tuple[int, Any]], inc_value: Any, out: "queue.Queue",
+    def _fetch(self, todo: List[Tuple[int, Any]], inc_value: Any, out: queue.Queue[_Fetched],
                stop: threading.Event, counters: Counters) -> None:
         """Reads the partitions in ``todo`` (index, where to resume) on up to ``concurrency``
         threads. A partition's chunks arrive in order, then its done mark; after all of them
@@ -554,7 +562,7 @@ class Stream:
         if not failed.is_set():
             self._put(out, None, stop)
 
-    def _fetch_partition(self, p: int, inner: Any, inc_value: Any, out: "queue.Queue",
+    def _fetch_partition(self, p: int, inner: Any, inc_value: Any, out: queue.Queue[_Fetched],
                          stop: threading.Event, counters: Counters) -> None:
         base: Step = {"url": None, "params": {**self.params, **self.partitions[p]}}
         if self.incremental is not None and inc_value is not None:
@@ -567,7 +575,7 @@ class Stream:
             self._fetch_sequential(paginator, p, base, inner, out, stop, counters)
 
     @staticmethod
-    def _put(out: "queue.Queue", item: Any, stop: threading.Event) -> None:
+    def _put(out: queue.Queue[_Fetched], item: Any, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
                 out.put(item, timeout=0.1)
@@ -585,10 +593,7 @@ class Stream:
         pages: List[Optional[Page]] = [None] * len(steps)
         todo = list(range(len(steps)))
         for attempt in range(1, self.attempts + 1):
-            answers = send(self._http, [reqs[i] for i in todo], counters, concurrency)
-            for resp in answers:
-                if isinstance(resp, Exception):
-                    raise resp
+            answers = answered(send(self._http, [reqs[i] for i in todo], counters, concurrency))
             damaged = []
             for i, resp in zip(todo, answers):
                 self._check_status(resp)
@@ -615,13 +620,14 @@ class Stream:
                 f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
                 + f": {resp._redacted_excerpt(300)}", status_error(resp))
 
-    def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int], counters: Counters) -> Iterator[Tuple[int, Page]]:
+    def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int],
+                        counters: Counters) -> Generator[Tuple[int, Page], None, None]:
         """Pages of a range paginator, in order, with ``pag.window`` requests in flight all the
         time: the next requests go out while this thread parses and hands over a page. Closing
         the iterator cancels what is still in flight."""
         wanted = pag.fields()
         # Units sent and not yet handed over, oldest first: answers come back in this order.
-        sent: "collections.deque[int]" = collections.deque()
+        sent: collections.deque[int] = collections.deque()
 
         def requests() -> Iterator[Any]:
             for u in units:
@@ -669,9 +675,9 @@ class Stream:
         return Page(records, dict(zip(wanted, values)), resp, step)
 
     def _fetch_sequential(self, paginator: Optional[Paginator], partition: int, base: Step, inner: Optional[Step],
-                          out: "queue.Queue", stop: threading.Event, counters: Counters) -> None:
+                          out: queue.Queue[_Fetched], stop: threading.Event, counters: Counters) -> None:
         step: Optional[Step] = inner or base
-        seen: set = set()
+        seen: Set[str] = set()
         n = 0
         while step is not None and not stop.is_set():
             fingerprint = json.dumps(step, sort_keys=True)
@@ -689,7 +695,7 @@ class Stream:
             step = nxt
 
     def _fetch_ranges(self, pag: Any, partition: int, base: Step, inner: Optional[Dict[str, Any]],
-                      out: "queue.Queue", stop: threading.Event, counters: Counters) -> None:
+                      out: queue.Queue[_Fetched], stop: threading.Event, counters: Counters) -> None:
         unit = inner["unit"] if inner else pag.start
         per = pag.units_per_page()
         first = self._get_pages(pag, [pag.step(base, unit)], counters, 1)[0]
@@ -773,13 +779,15 @@ class _Progress:
         if not enabled:
             return
         try:
-            from IPython import get_ipython  # type: ignore
+            from IPython import get_ipython
             shell = get_ipython()
             # A Jupyter kernel's shell is ZMQInteractiveShell; the terminal IPython's is not.
             if shell is not None and "ZMQ" in type(shell).__name__:
-                from IPython.display import HTML, display  # type: ignore
-                self.mode, self._HTML = "jupyter", HTML
-                self.handle = display(HTML(""), display_id=True)
+                from IPython.display import HTML, display
+                # IPython.display has no annotations: this says what the bar uses of HTML.
+                self._HTML: Callable[[str], Any] = HTML
+                self.mode = "jupyter"
+                self.handle = display(self._HTML(""), display_id=True)  # type: ignore[no-untyped-call]
                 return
         except Exception:
             pass
@@ -792,7 +800,7 @@ class _Progress:
         took = max(time.monotonic() - self.started, 1e-9)
         rate = done / took
         frac = min(done / total, 1.0) if total else None
-        if frac is not None:
+        if total and frac is not None:
             eta = (total - done) / rate if rate > 0 else float("inf")
             bar = "#" * int(frac * 30)
             s = (f"{self.label} [{bar:<30}] {done:,}/{total:,} {frac * 100:5.1f}% "
@@ -856,10 +864,11 @@ class _Newer:
 
     __slots__ = ("open", "hits")
 
-    def __init__(self, open_keys: set):
-        self.open, self.hits = open_keys, set()
+    def __init__(self, open_keys: Set[str]):
+        self.open: Set[str] = open_keys
+        self.hits: Set[str] = set()
 
-    def delivered(self, keys: List[str], dead: List[Dict[str, Any]]) -> None:
+    def delivered(self, keys: Sequence[str], dead: List[Dict[str, Any]]) -> None:
         """``keys`` went to the sink, less those dead-lettered in ``dead``."""
         failed = {d["record_key"] for d in dead} if dead else ()
         if failed:
@@ -880,9 +889,9 @@ class _Newer:
 class Run:
     """One run of a pipeline: its counts, ``summary()``, ``dead_letters()`` and a Jupyter repr."""
 
-    def __init__(self, pipeline: "Pipeline", run_id: int):
+    def __init__(self, pipeline: Pipeline, run_id: int):
         self.pipeline, self.id = pipeline, run_id
-        self.counts: Dict[str, int] = {k: 0 for k in _COUNT_NAMES}
+        self.counts: Dict[str, float] = {k: 0 for k in _COUNT_NAMES}
         # Where the caller's thread spent the run: waiting for pages from the source, in the
         # mapping, in the sink, writing checkpoints. A large "source" means the API is the limit.
         self.stage_seconds: Dict[str, float] = {k: 0.0 for k in _STAGES}
@@ -901,7 +910,7 @@ class Run:
                 f"dead-lettered {c['dead_lettered']:,} + dropped {c['dropped']:,} + skipped {c['skipped']:,}")
 
     def summary(self) -> Dict[str, Any]:
-        c = dict(self.counts)
+        c: Dict[str, Any] = dict(self.counts)
         c.update(pipeline=self.pipeline.name, run_id=self.id, status=self.status,
                  duration_s=round(self.duration, 3),
                  records_per_s=round(c["read"] / self.duration, 1) if self.duration > 0 else None,
@@ -1082,13 +1091,15 @@ class Pipeline:
         expected = ("expected None or a list of isthmus.Rejection(error, index=<position in this write's records>)"
                     " or Rejection(error, key=<the record's key>, record=<the record>)")
         if method == "flush":
-            expected = "expected None or a list of isthmus.Rejection(error, key=<the record's key>, record=<the record>)"
+            expected = ("expected None or a list of isthmus.Rejection(error, key=<the record's key>,"
+                        " record=<the record>)")
         where = f"{type(self.sink).__name__}.{method}"
         if not isinstance(result, (list, tuple)):
             raise errors.ConfigError(f"{where} returned {type(result).__name__} {result!r:.80}; {expected}")
         for rej in result:
             if not isinstance(rej, Rejection):
-                raise errors.ConfigError(f"{where} returned a list holding {type(rej).__name__} {rej!r:.80}; {expected}")
+                raise errors.ConfigError(
+                    f"{where} returned a list holding {type(rej).__name__} {rej!r:.80}; {expected}")
             if rej.index is None:
                 key, record = rej.key, rej.record
             elif records is None or keys is None or rej.index >= len(records):
@@ -1136,7 +1147,7 @@ class Pipeline:
         todo = [(i, positions.get(k, {}).get("inner")) for i, k in enumerate(keys)
                 if not positions.get(k, {}).get("done")]
         stop = threading.Event()
-        pages: "queue.Queue" = queue.Queue(maxsize=self.prefetch)
+        pages: queue.Queue[_Fetched] = queue.Queue(maxsize=self.prefetch)
         fetcher = threading.Thread(target=src._fetch, args=(todo, inc_value, pages, stop, counters),
                                    name=f"isthmus-fetch-{self.name}", daemon=True)
         watermarks: Dict[int, Any] = {}
@@ -1269,7 +1280,7 @@ class Pipeline:
                 since_commit += len(records)
                 if since_commit >= self.checkpoint_every or time.monotonic() - last_commit > self.checkpoint_seconds:
                     commit()
-                bar.update(run.counts["read"], total, waited=waited)
+                bar.update(int(run.counts["read"]), total, waited=waited)
             commit(final=True)
             run.status = "completed"
         except BaseException as exc:
@@ -1297,7 +1308,7 @@ class Pipeline:
             # Time calls spent held back: by the clients' limiters, and backing off to retry.
             run.counts["wait_seconds"] = round(waited(), 3)
             self.sink.close()
-            bar.update(run.counts["read"], total, final=True, waited=waited, completed=run.status == "completed")
+            bar.update(int(run.counts["read"]), total, final=True, waited=waited, completed=run.status == "completed")
             self.store.finish_run(run.id, run.status, run.summary(), run.error)
         run.reconcile()
         return run

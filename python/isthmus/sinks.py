@@ -123,17 +123,28 @@ def as_stage_retry(retry: Any) -> Optional[Retry]:
 
 
 def send(client: Any, requests: Sequence[Any], counters: Counters,
-         concurrency: int) -> List[Union[Any, Exception]]:
+         concurrency: int) -> List[Union[Response, Exception]]:
     """Sends requests in parallel through the client (its governor retries 429s, 5xx and
     transport errors); counts every attempt. One Response, or the error of a request that
     never got an answer, per request, in order."""
     client._check_open()
     raws = client._exchange_many(list(requests), concurrency)
-    out: List[Union[Any, Exception]] = []
+    out: List[Union[Response, Exception]] = []
     for raw, req in zip(raws, requests):
         counters.count(raw, req)
         out.append(Response(raw, req) if raw.ok else raw.exception(req.method, redact_url(req.url)))
     return out
+
+
+def answered(answers: List[Union[Response, Exception]]) -> List[Response]:
+    """The responses of ``send``; raises the first request's error instead when one never got
+    an answer (the governor has already retried it)."""
+    responses: List[Response] = []
+    for resp in answers:
+        if isinstance(resp, Exception):
+            raise resp
+        responses.append(resp)
+    return responses
 
 
 def status_error(resp: Any) -> errors.HTTPStatusError:
@@ -147,7 +158,7 @@ def status_error(resp: Any) -> errors.HTTPStatusError:
                                   f"{redact_url(resp.request.url)}", response=resp)
 
 
-def _excerpt(response: Any, limit: int = 500) -> str:
+def _excerpt(response: Response, limit: int = 500) -> str:
     try:
         return response._redacted_excerpt(limit)
     except Exception:
@@ -284,14 +295,12 @@ class HttpSink(Sink):
         del self._records[:n], self._keys[:n]
         return rejected
 
-    def _send(self, records: List[Any], keys: List[str], spans: List[tuple], rejected: List[Rejection],
-              narrowing: bool) -> None:
+    def _send(self, records: List[Any], keys: List[str], spans: List[Tuple[int, int]],
+              rejected: List[Rejection], narrowing: bool) -> None:
         reqs = [self._request(records[a:b], keys[a:b]) for a, b in spans]
-        answers = send(self._http, reqs, self.counters, self.concurrency)
-        for resp in answers:
-            if isinstance(resp, Exception):
-                raise resp  # the checkpoint stays before these records; a rerun sends them again
-        retry_singly: List[tuple] = []
+        # On an error the checkpoint stays before these records; a rerun sends them again.
+        answers = answered(send(self._http, reqs, self.counters, self.concurrency))
+        retry_singly: List[Tuple[int, int]] = []
         for (a, b), resp in zip(spans, answers):
             status = resp.status_code
             if 200 <= status < 300:

@@ -20,7 +20,7 @@ import re
 import sqlite3
 import tempfile
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 from isthmus import errors
 
@@ -269,7 +269,7 @@ class StateStore:
     def _schema_problem(have: Dict[str, List[str]], allow_added: bool = False) -> Optional[str]:
         if not have:
             return "it has no tables"
-        for table, ddl in _TABLES.items():
+        for table in _TABLES:
             if table not in have:
                 return f"table {table} is missing"
             added = {c for c, _, _ in _ADDED_COLUMNS.get(table, [])} if allow_added else set()
@@ -327,7 +327,8 @@ class StateStore:
             raise self._damaged(f"{where} is {_json_kind(value)}, expected an object")
         return value
 
-    def _checked(self, row: Sequence[Any], columns: List[str], types: Dict[str, tuple], where: str) -> Dict[str, Any]:
+    def _checked(self, row: Sequence[Any], columns: List[str], types: Dict[str, Tuple[type, ...]],
+                 where: str) -> Dict[str, Any]:
         d = dict(zip(columns, row))
         for column, allowed in types.items():
             value = d[column]
@@ -374,7 +375,8 @@ class StateStore:
         with self._guard("cannot be written"):
             cur = self._db.execute("INSERT INTO runs (pipeline, started_at, status) VALUES (?, ?, 'running')",
                                    (pipeline, time.time()))
-        return int(cur.lastrowid)
+        assert cur.lastrowid is not None  # an INSERT that did not raise always sets it
+        return cur.lastrowid
 
     def finish_run(self, run_id: int, status: str, counts: Dict[str, Any], error: Optional[str] = None) -> None:
         with self._guard("cannot be written"):
@@ -383,7 +385,7 @@ class StateStore:
 
     def runs(self, pipeline: Optional[str] = None) -> List[Dict[str, Any]]:
         sql = f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs"
-        args: tuple = ()
+        args: Tuple[str, ...] = ()
         if pipeline is not None:
             sql += " WHERE pipeline = ?"
             args = (pipeline,)
@@ -502,7 +504,7 @@ class StateStore:
         with self._transaction():
             self._resolve(ids, time.time())
 
-    def open_dead_letter_keys(self, pipeline: str) -> set:
+    def open_dead_letter_keys(self, pipeline: str) -> Set[str]:
         """The record keys of ``pipeline``'s open dead letters."""
         with self._guard("cannot be read"):
             rows = self._db.execute("SELECT DISTINCT record_key FROM dead_letters "
@@ -511,11 +513,12 @@ class StateStore:
 
     def dead_letters(self, pipeline: Optional[str] = None, run_id: Optional[int] = None,
                      where: Optional[str] = None, include_resolved: bool = False,
-                     params: tuple = (), include_superseded: bool = False) -> List[Dict[str, Any]]:
+                     params: Tuple[Any, ...] = (), include_superseded: bool = False) -> List[Dict[str, Any]]:
         """Dead letters as dicts (``record`` decoded). ``where`` is an SQL condition on the columns.
         Open ones only, unless ``include_resolved`` (all) or ``include_superseded`` (open ones and
         those a later run delivered a newer version of)."""
-        clauses, args = [], []
+        clauses: List[str] = []
+        args: List[Any] = []
         if pipeline is not None:
             clauses.append("pipeline = ?")
             args.append(pipeline)

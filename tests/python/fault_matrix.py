@@ -56,7 +56,7 @@ def map_with_bad_records(r: Dict[str, Any]) -> Dict[str, Any]:
     return {"id": r["id"], "email": r.get("email"), "name": r.get("first_name")}
 
 
-def received(sb: "isthmus.Sandbox", resource: str = "contacts") -> Dict[str, int]:
+def received(sb: isthmus.Sandbox, resource: str = "contacts") -> Dict[str, int]:
     """What the sandbox's idempotent import endpoint counted: unique, duplicate, replays."""
     return sb.stats()["records_received"].get(resource, {"unique": 0, "duplicate": 0, "idempotent_replays": 0})
 
@@ -159,7 +159,7 @@ def run_matrix(records: int, state: str, *, rate: float = 0.05, page: int = PAGE
             FaultProxy(src.port) as src_px, FaultProxy(dst.port) as dst_px:
         proxies = {"source": src_px, "destination": dst_px}
 
-        def oauth(sb: "isthmus.Sandbox", px: FaultProxy) -> "isthmus.OAuth2ClientCredentials":
+        def oauth(sb: isthmus.Sandbox, px: FaultProxy) -> isthmus.OAuth2ClientCredentials:
             # refresh_before=0: tokens are used to the last moment, so some really expire
             # mid-request and take the 401 -> refresh -> resend path. A token request caught
             # in a black hole fails the run after TOKEN_TIMEOUT (the default is 30 s).

@@ -45,7 +45,7 @@ def _reset(sock: socket.socket) -> None:
 
 
 class _Conn:
-    def __init__(self, proxy: "FaultProxy", client: socket.socket):
+    def __init__(self, proxy: FaultProxy, client: socket.socket):
         self.proxy = proxy
         self.client = client
         self.server: Optional[socket.socket] = None
@@ -177,7 +177,7 @@ class FaultProxy:
         self._stopping = threading.Event()
 
     # -- life cycle ---------------------------------------------------------------------------
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self.up()
         return self
 
@@ -185,7 +185,7 @@ class FaultProxy:
         self.down()
         self._stopping.set()
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -23,9 +23,8 @@ import pytest
 import requests
 
 import isthmus
-from isthmus import _core
-
 from conftest import authorization_code_refresh_token, wait_until
+from isthmus import _core
 
 KEY = bytes(range(32)).hex()
 
@@ -259,7 +258,8 @@ def test_jwt_bearer_assertions_verify_with_pyjwt():
     assert jwt.get_unverified_header(token) == {"alg": "RS256", "typ": "JWT", "kid": "k1"}
     assert rs.assertion() != token  # a fresh jti each time
 
-    hs = isthmus.JWTBearer("https://auth.example.com/token", issuer="me", secret="a-shared-secret-of-at-least-32-bytes!")
+    hs = isthmus.JWTBearer("https://auth.example.com/token", issuer="me",
+                           secret="a-shared-secret-of-at-least-32-bytes!")
     claims = jwt.decode(hs.assertion(), "a-shared-secret-of-at-least-32-bytes!", algorithms=["HS256"],
                         audience="https://auth.example.com/token")
     assert claims["iss"] == claims["sub"] == "me"
@@ -285,7 +285,8 @@ def sigv4_cases():
         ("GET", "https://example.amazonaws.com/", {}, b"", None, "service", "us-east-1"),
         ("GET", "https://example.amazonaws.com/a/b/c", {}, b"", None, "execute-api", "eu-west-1"),
         ("GET", "https://example.amazonaws.com/caf%C3%A9/na%C3%AFve", {}, b"", None, "execute-api", "eu-west-1"),
-        ("GET", "https://example.amazonaws.com/\u65e5\u672c/\u00e9t\u00e9", {}, b"", None, "execute-api", "ap-northeast-1"),
+        ("GET", "https://example.amazonaws.com/\u65e5\u672c/\u00e9t\u00e9", {}, b"", None, "execute-api",
+         "ap-northeast-1"),
         ("GET", "https://example.amazonaws.com/a/./b/../c//d/", {}, b"", None, "service", "us-west-2"),
         ("GET", "https://example.amazonaws.com/?b=2&a=1&a=0", {}, b"", None, "service", "us-east-1"),
         ("GET", "https://example.amazonaws.com/?key=va%20lue&x=%2F%3D%26", {}, b"", None, "service", "us-east-1"),
@@ -304,8 +305,10 @@ def sigv4_cases():
         ("POST", "https://dynamodb.us-east-1.amazonaws.com/",
          {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": "DynamoDB_20120810.ListTables"},
          b"{}", "FwoGZXIvYXdzEJr//////////wEaDAbc", "dynamodb", "us-east-1"),
-        ("GET", "https://example.amazonaws.com/", {"X-Custom": "  spaced   out  value "}, b"", None, "service", "us-east-1"),
-        ("GET", "https://example.amazonaws.com/", {"My-Header1": "a", "my-header2": "\"quoted\""}, b"", None, "service", "us-east-1"),
+        ("GET", "https://example.amazonaws.com/", {"X-Custom": "  spaced   out  value "}, b"", None,
+         "service", "us-east-1"),
+        ("GET", "https://example.amazonaws.com/", {"My-Header1": "a", "my-header2": "\"quoted\""}, b"", None,
+         "service", "us-east-1"),
         ("GET", "https://example.amazonaws.com:8443/port", {}, b"", None, "service", "us-east-1"),
         ("GET", "http://localhost:4566/local/path", {}, b"", None, "sqs", "us-east-1"),
         ("GET", "https://example.amazonaws.com/", {"User-Agent": "not-signed/1.0"}, b"", None, "service", "us-east-1"),
@@ -316,7 +319,7 @@ def sigv4_cases():
 
 @pytest.mark.parametrize("case", sigv4_cases(), ids=lambda c: f"{c[0]}-{c[5]}-{c[1][8:40]}")
 def test_sigv4_matches_botocore(case):
-    botocore = pytest.importorskip("botocore")
+    pytest.importorskip("botocore")
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials

@@ -16,9 +16,8 @@ import requests
 import yaml
 
 import isthmus
-from isthmus.cli import EPILOG, build_parser, main
-
 from conftest import wait_until
+from isthmus.cli import EPILOG, build_parser, main
 
 
 def isthmus_cmd(*args, **kwargs):
@@ -85,7 +84,8 @@ def test_run_errors_are_one_line_without_traceback(base_url, code, expected, tmp
 def test_a_damaged_state_file_is_one_line_naming_it(tmp_path):
     (tmp_path / "state.db").write_bytes(b"not a database" + os.urandom(4096))
     path = pipeline_file(tmp_path, {"base_url": "http://127.0.0.1:1", "path": "/v1/contacts"})
-    for args in (["run", path, "--no-progress"], ["dlq", "list", path], ["dlq", "show", str(tmp_path / "state.db"), "1"]):
+    for args in (["run", path, "--no-progress"], ["dlq", "list", path],
+                 ["dlq", "show", str(tmp_path / "state.db"), "1"]):
         done = isthmus_cmd(*args)
         assert done.returncode == 1, args
         assert "StateError: state file" in done.stderr and "state.db" in done.stderr

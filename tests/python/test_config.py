@@ -12,10 +12,9 @@ import pytest
 import yaml
 
 import isthmus
+from conftest import authorization_code_refresh_token
 from isthmus import cli, config
 from isthmus.config import load_pipeline, pipeline_from_dict, pipeline_schema, validate_pipeline
-
-from conftest import authorization_code_refresh_token
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = bytes(range(32)).hex()
@@ -78,8 +77,10 @@ def test_config_errors_name_the_field(tmp_path, monkeypatch):
     with pytest.raises(isthmus.ConfigError, match=r"sink.base_url: environment variable DEST_URL is not set"):
         load_pipeline(path)
     monkeypatch.setenv("DEST_URL", "http://127.0.0.1:1")
-    (tmp_path / "pipeline.yaml").write_text((tmp_path / "pipeline.yaml").read_text().replace("type: cursor", "type: cursr"))
-    with pytest.raises(isthmus.ConfigError, match=r"source.paginator.type: 'cursr' is not valid.*did you mean cursor\?"):
+    yaml_file = tmp_path / "pipeline.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("type: cursor", "type: cursr"))
+    with pytest.raises(isthmus.ConfigError,
+                       match=r"source.paginator.type: 'cursr' is not valid.*did you mean cursor\?"):
         load_pipeline(path)
     assert cli.main(["run", path]) == 2
 
@@ -243,7 +244,8 @@ def test_authorization_code_resumes_from_the_token_store_from_yaml(tmp_path, mon
         requests.get(flow.start())  # the sandbox approves at once and redirects to the listener
         flow.wait(timeout=10)
         auth = {"type": "oauth2_authorization_code", "authorize_url": api.authorize_url,
-                "token_url": api.token_url, "client_id": api.client_id, "store": {"type": "sqlite", "path": "tokens.db"}}
+                "token_url": api.token_url, "client_id": api.client_id,
+                "store": {"type": "sqlite", "path": "tokens.db"}}
         _, run = run_yaml(tmp_path, api, {"auth": auth})
         assert run.counts["read"] == 30
 
@@ -320,7 +322,7 @@ def test_the_schema_and_the_loader_agree():
     (or is listed as built by the loader or Python-only)."""
     defs = pipeline_schema()["$defs"]
     assert set(config.FACTORIES) <= set(defs)
-    for name, factory in config.FACTORIES.items():
+    for name in config.FACTORIES:
         renamed = config.RENAMED.get(name, {})
         shape = next((b for b in defs[name].get("anyOf", []) if "properties" in b), defs[name])
         keys = {renamed.get(k, k) for k in shape.get("properties", {})}

@@ -12,7 +12,6 @@ import time
 import pytest
 
 import isthmus
-from conftest import wait_until
 from fault_proxy import FaultProxy
 
 

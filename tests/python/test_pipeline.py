@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import os
 import signal
 import subprocess
 import sys
@@ -295,7 +294,8 @@ def test_replay_delivers_dead_letters_once_the_mapping_is_fixed(dest, tmp_path):
                                 state=str(tmp_path / "s.db"))
         pipe.run()
         assert len(pipe.dead_letters()) == 20
-        assert pipe.replay_dead_letters(where="record_key LIKE '%19'") == {"replayed": 2, "delivered": 0, "failed": 2, "skipped": 0}
+        assert pipe.replay_dead_letters(where="record_key LIKE '%19'") == {"replayed": 2, "delivered": 0, "failed": 2,
+                                                                           "skipped": 0}
         assert pipe.dead_letters()["attempts"].max() == 2
         broken["on"] = False
         assert pipe.replay_dead_letters()["delivered"] == 20

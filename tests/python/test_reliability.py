@@ -66,6 +66,13 @@ def test_a_malformed_page_is_fetched_again_within_the_run(tmp_path):
 
 # -- crash and resume --------------------------------------------------------------------------
 
+def arrivals(dst) -> int:
+    """Records the destination has taken, first deliveries and idempotent replays alike, from
+    one snapshot of its counters."""
+    got = received(dst)
+    return got["unique"] + got["idempotent_replays"]
+
+
 CRASH_RECORDS = 120_000  # room for every planned kill even on a fast, quiet machine
 CRASH_SEED = 20261128
 CRASH_PAGE = 100  # crash_child.PAGE
@@ -107,8 +114,9 @@ def test_crash_resume(tmp_path):
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             if mode == "time":
                 # Let it deliver something first, then kill it at a seeded random moment.
-                wait_until(lambda: received(dst)["unique"] + received(dst)["idempotent_replays"]
-                           > before["unique"] + before["idempotent_replays"] or p.poll() is not None, timeout=30)
+                delivered = before["unique"] + before["idempotent_replays"]
+                wait_until(lambda p=p, delivered=delivered: arrivals(dst) > delivered or p.poll() is not None,
+                           timeout=30)
                 time.sleep(rng.uniform(0.0, 0.5))
                 p.send_signal(signal.SIGKILL)
             try:

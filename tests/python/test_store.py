@@ -123,7 +123,8 @@ def test_two_base_urls_reading_one_path_do_not_share_a_checkpoint(tmp_path):
     state = str(tmp_path / "s.db")
     with isthmus.Sandbox(records=40) as a, isthmus.Sandbox(records=60) as b, \
             isthmus.Client(a.url) as ca, isthmus.Client(b.url) as cb:
-        assert isthmus.Pipeline(contacts(ca), sink=isthmus.CallableSink(nothing), state=state).run().counts["read"] == 40
+        first = isthmus.Pipeline(contacts(ca), sink=isthmus.CallableSink(nothing), state=state)
+        assert first.run().counts["read"] == 40
         other = isthmus.Pipeline(contacts(cb), sink=isthmus.CallableSink(nothing), state=state)
         with pytest.raises(isthmus.StateError) as caught:
             other.run()
@@ -194,12 +195,23 @@ def assert_one_whole_schema(path):
                                            "AND name NOT LIKE 'sqlite_%' ORDER BY name")]
         assert tables == ["checkpoints", "dead_letters", "runs"]
         columns = [r[1] for r in db.execute("PRAGMA table_info(dead_letters)")]
-        assert columns.count("resolution") == 1 and "identity" in [r[1] for r in db.execute("PRAGMA table_info(checkpoints)")]
+        assert columns.count("resolution") == 1
+        assert "identity" in [r[1] for r in db.execute("PRAGMA table_info(checkpoints)")]
     finally:
         db.close()
     # Nothing left behind by the openers that lost the race to create the file.
     folder = os.path.dirname(path)
     assert sorted(n for n in os.listdir(folder) if not n.endswith(("-wal", "-shm"))) == [os.path.basename(path)]
+
+
+def open_state_at_once(path, barrier, stores, failures):
+    barrier.wait()
+    try:
+        store = StateStore(path)
+        store.begin_run("p")
+        stores.append(store)
+    except Exception as exc:  # every failure counts, whatever its type
+        failures.append(exc)
 
 
 @pytest.mark.parametrize("start", ["new", "old schema"])
@@ -212,17 +224,8 @@ def test_eight_threads_opening_one_state_file_at_once_all_succeed(tmp_path, star
             old_state_file(path)
         barrier = threading.Barrier(8)
         failures, stores = [], []
-
-        def open_it():
-            barrier.wait()
-            try:
-                store = StateStore(path)
-                store.begin_run("p")
-                stores.append(store)
-            except Exception as exc:  # every failure counts, whatever its type
-                failures.append(exc)
-
-        threads = [threading.Thread(target=open_it) for _ in range(8)]
+        threads = [threading.Thread(target=open_state_at_once, args=(path, barrier, stores, failures))
+                   for _ in range(8)]
         for t in threads:
             t.start()
         for t in threads:
