@@ -260,7 +260,8 @@ def test_invalid_json(client):
     assert "/malformed-json" in str(info.value)
 
 
-@pytest.mark.parametrize("url", ["http://exa mple.com/", "http://[::1/", "http://:80/", "not a url"])
+@pytest.mark.parametrize("url", ["http://exa mple.com/", "http://[::1/", "http://:80/", "not a url",
+                                 "http://h/a\r\nX-Injected: 1", "http://h/?q=\x00"])
 def test_malformed_url(url):
     with isthmus.Client() as c:
         with pytest.raises(isthmus.InvalidURL) as info:

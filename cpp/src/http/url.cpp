@@ -27,10 +27,11 @@ bool unreserved(unsigned char c) {
 }
 
 // Bytes never valid raw in a path, query or fragment. '[' and ']' are left alone: APIs use
-// them unencoded in queries ("filter[name]=x") and servers accept them.
+// them unencoded in queries ("filter[name]=x") and servers accept them. Control bytes are
+// left too, so that the URL check refuses them: a CR or LF in a URL is a bug or an attack.
 bool needs_escape(unsigned char c) {
-  constexpr std::string_view kUnsafe = "\"<>\\^`{|}";
-  return c <= 0x20 || c >= 0x7f || kUnsafe.find(static_cast<char>(c)) != std::string_view::npos;
+  constexpr std::string_view kUnsafe = " \"<>\\^`{|}";
+  return c > 0x7f || kUnsafe.find(static_cast<char>(c)) != std::string_view::npos;
 }
 
 void append_escape(std::string& out, unsigned char c) {

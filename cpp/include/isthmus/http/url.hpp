@@ -27,9 +27,10 @@ std::string percent_decode(std::string_view in);
 std::string encode_query(const std::vector<std::pair<std::string, std::string>>& params);
 
 // The URL as it goes on the wire (RFC 3987 to RFC 3986): in the path, query and fragment,
-// each byte that may not appear there raw (non-ASCII UTF-8, controls, space, " < > \ ^ ` { | }
-// and a '%' that starts no escape) becomes %XX. Existing %XX escapes are kept as they are, so
-// encoding twice changes nothing. The scheme and authority are left alone.
+// each byte that may not appear there raw (non-ASCII UTF-8, space, " < > \ ^ ` { | } and a
+// '%' that starts no escape) becomes %XX. Existing %XX escapes are kept as they are, so
+// encoding twice changes nothing. Control bytes stay, for the client to refuse the URL; the
+// scheme and authority are left alone.
 std::string encode_url(std::string_view url);
 
 }  // namespace isthmus::http
