@@ -290,6 +290,16 @@ class CompletionQueue {
 void bind_http(py::module_& m) {
   m.def("redact_url", [](const std::string& url) { return http::redact_url(url); },
         "The URL with a password and secret-looking query values replaced by ***.");
+  m.def("encode_url", [](std::string_view url) { return http::encode_url(url); }, py::arg("url"),
+        "The URL as sent on the wire: non-ASCII and unsafe bytes of the path, query and "
+        "fragment percent-encoded as UTF-8, existing %XX escapes kept.");
+  m.def("encode_query",
+        [](const std::vector<std::pair<std::string, std::string>>& params) {
+          return http::encode_query(params);
+        },
+        py::arg("params"),
+        "name=value pairs joined by '&', percent-encoded as the signers expect (a space is %20, "
+        "escapes in upper-case hex).");
   m.def("find_link",
         [](const std::vector<std::string>& values, std::string_view rel) {
           http::Headers headers;

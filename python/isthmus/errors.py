@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import email.utils
 import functools
+import json
 import time
 from typing import Any, Optional
 
@@ -123,13 +124,32 @@ class DecodingError(RequestError, ValueError):
     """The response body could not be decoded (content encoding or charset)."""
 
 
-class JSONDecodeError(DecodingError):
-    """The response body is not valid JSON. ``excerpt`` shows where it broke."""
+class JSONDecodeError(DecodingError, json.JSONDecodeError):
+    """The response body is not valid JSON. ``excerpt`` shows where it broke.
 
-    def __init__(self, message: str, *, method=None, url=None, excerpt: str = "", position: int = -1):
-        super().__init__(message, method=method, url=url)
+    Also a ``json.JSONDecodeError``, so code written around ``json.loads`` catches it:
+    ``msg`` is the parser's reason, ``pos`` the character where it stopped (with ``lineno``
+    and ``colno``), and ``doc`` the body as text with secret-looking JSON values masked
+    character for character, so those positions still point into it.
+    """
+
+    def __init__(self, message: str, *, method: Optional[str] = None, url: Optional[str] = None,
+                 excerpt: str = "", position: int = -1, msg: Optional[str] = None, doc: str = ""):
+        # Not json.JSONDecodeError.__init__: it would replace the message with its own.
+        Exception.__init__(self, message)
+        self.method = method
+        self.url = url
         self.excerpt = excerpt
         self.position = position
+        self.msg = message if msg is None else msg
+        self.doc = doc
+        self.pos = max(position, 0)
+        self.lineno = doc.count("\n", 0, self.pos) + 1
+        self.colno = self.pos - doc.rfind("\n", 0, self.pos)
+
+    def __reduce__(self) -> Any:
+        # json.JSONDecodeError's would call __init__(msg, doc, pos); this one takes the message.
+        return (type(self), (self.args[0],), self.__dict__)
 
 
 class ClientClosed(RequestError, RuntimeError):

@@ -36,6 +36,12 @@ _SECRET_JSON = re.compile(
 )
 
 
+def _mask_value(match: re.Match[str]) -> str:
+    """A secret JSON value masked with as many '*' as it has characters, so offsets hold."""
+    key, quoted = match.group(1), match.group(0)[len(match.group(1)):]
+    return key + '"' + "*" * (len(quoted) - 2) + '"'
+
+
 def redact_url(url: str) -> str:
     """The URL with its password and secret-looking query values replaced by ``***``."""
     return _core.redact_url(url)
@@ -53,7 +59,10 @@ class Headers(MutableMapping[str, str]):
         self._items: list[tuple[str, str]] = []
         if items is None:
             return
-        pairs = items.items() if isinstance(items, Mapping) else items
+        if isinstance(items, Headers):  # a Mapping too, whose items() would drop repeats
+            pairs: Iterable[tuple[str, str]] = items.multi_items()
+        else:
+            pairs = items.items() if isinstance(items, Mapping) else items
         for name, value in pairs:
             if not isinstance(name, str) or not isinstance(value, str):
                 raise errors.ConfigError(
@@ -125,9 +134,10 @@ def _merge_url(base_url: Optional[str], url: str) -> str:
     return base_url.rstrip("/") + "/" + url.lstrip("/")
 
 
-def _encode_params(params: ParamsInput) -> str:
+def _flatten_params(params: ParamsInput) -> list[tuple[str, str]]:
+    """(name, value) pairs: a list value repeats its name, None is left out, bools are lower case."""
     if not params:
-        return ""
+        return []
     pairs = params.items() if isinstance(params, Mapping) else params
     flat: list[tuple[str, str]] = []
     for key, value in pairs:
@@ -138,7 +148,44 @@ def _encode_params(params: ParamsInput) -> str:
             if isinstance(v, bool):
                 v = "true" if v else "false"
             flat.append((str(key), str(v)))
-    return urlencode(flat)
+    return flat
+
+
+def _encode_params(params: ParamsInput) -> str:
+    # The core's encoding, which the signers use too: what is signed is what is sent.
+    return _core.encode_query(_flatten_params(params)) if params else ""
+
+
+def _merge_headers(defaults: Headers, given: HeaderInput) -> Headers:
+    """The client's headers with the request's: a name given per request replaces every line
+    of that name among the defaults, and keeps all of its own lines (as httpx does)."""
+    own = Headers(given)
+    replaced = {name.lower() for name, _ in own.multi_items()}
+    return Headers([(k, v) for k, v in defaults.multi_items() if k.lower() not in replaced]
+                   + own.multi_items())
+
+
+def _body(content: Union[bytes, str, None], data: Union[bytes, str, Mapping[str, Any], None],
+          json: Any) -> tuple[Optional[bytes], Optional[str]]:
+    """The body bytes and the Content-Type they imply, from at most one of the three kinds."""
+    given = [name for name, value in (("content", content), ("data", data), ("json", json))
+             if value is not None]
+    if len(given) > 1:
+        raise errors.ConfigError(f"{' and '.join(given)}: give one body, not several")
+    if json is not None:
+        return _core.json_dumps(json), "application/json"
+    if isinstance(data, Mapping):
+        # A form body keeps the form encoding browsers and httpx send (a space is '+').
+        return urlencode(_flatten_params(data)).encode(), "application/x-www-form-urlencoded"
+    raw, field = (content, "content") if content is not None else (data, "data")
+    if raw is None:
+        return None, None
+    if isinstance(raw, str):
+        return raw.encode("utf-8"), None
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw), None
+    hint = "; use json= for JSON" if field == "content" else ""
+    raise errors.ConfigError(f"{field}: expected bytes or str, got {type(raw).__name__}{hint}")
 
 
 class Request:
@@ -181,10 +228,12 @@ class Response:
 
     @property
     def status_code(self) -> int:
+        """The HTTP status, e.g. 200."""
         return self._raw.status
 
     @property
     def reason_phrase(self) -> str:
+        """The standard phrase of the status (``"Not Found"``); empty for an unknown code."""
         try:
             return _stdlib_http.HTTPStatus(self.status_code).phrase
         except ValueError:
@@ -192,10 +241,12 @@ class Response:
 
     @property
     def http_version(self) -> str:
+        """The protocol the answer came over: ``"HTTP/1.1"`` or ``"HTTP/2"``."""
         return "HTTP/" + self._raw.http_version
 
     @property
     def headers(self) -> Headers:
+        """The response headers, case-insensitive; ``get_list`` gives a repeated name's values."""
         if self._headers is None:
             self._headers = Headers(self._raw.headers)
         return self._headers
@@ -207,6 +258,7 @@ class Response:
 
     @property
     def redirects(self) -> int:
+        """How many redirects were followed to get here."""
         return self._raw.redirects
 
     @property
@@ -216,46 +268,60 @@ class Response:
 
     @property
     def elapsed(self) -> datetime.timedelta:
+        """Time from sending the request to the end of the response."""
         return datetime.timedelta(seconds=self._raw.elapsed)
 
     @property
     def content(self) -> bytes:
+        """The body as bytes, decoded from gzip, deflate or br."""
         if self._content is None:
             self._content = self._raw.take_body()
         return self._content
 
     @property
     def encoding(self) -> str:
+        """The charset of the Content-Type header, or ``"utf-8"`` when it names none."""
         ctype = self.headers.get("content-type", "")
         match = re.search(r"charset=\"?([\w.:-]+)", ctype, re.IGNORECASE)
         return match.group(1) if match else "utf-8"
 
     @property
     def text(self) -> str:
+        """The body as text in ``encoding``; undecodable bytes become U+FFFD."""
         try:
             return self.content.decode(self.encoding, errors="replace")
         except LookupError:
             return self.content.decode("utf-8", errors="replace")
 
     def json(self, **kwargs: Any) -> Any:
-        """The body parsed as JSON; ``isthmus.JSONDecodeError`` (a ``ValueError``) if it is not."""
+        """The body parsed as JSON (``kwargs`` go to ``json.loads``). A body that is not JSON
+        raises ``isthmus.JSONDecodeError``, which is also a ``json.JSONDecodeError`` and a
+        ``ValueError``."""
+        raw = self.content
+        doc = ""
         try:
-            return _json.loads(self.content, **kwargs)
+            # As json.loads does for bytes: UTF-8, -16 or -32, a BOM skipped.
+            doc = raw.decode(_json.detect_encoding(raw))
+            return _json.loads(doc, **kwargs)
         except ValueError as exc:
-            pos = getattr(exc, "pos", -1)
-            text = self.content[max(0, pos - 40): pos + 40].decode("utf-8", "replace") if pos >= 0 else ""
+            where = redact_url(self.url)
+            pos = exc.pos if isinstance(exc, _json.JSONDecodeError) else -1
+            masked = _SECRET_JSON.sub(_mask_value, doc)
             raise errors.JSONDecodeError(
-                f"invalid JSON in the response to {self.request.method} {redact_url(self.url)}: {exc}",
-                method=self.request.method, url=redact_url(self.url),
-                excerpt=_SECRET_JSON.sub(r'\1"***"', text), position=pos,
+                f"invalid JSON in the response to {self.request.method} {where}: {exc}",
+                method=self.request.method, url=where, position=pos,
+                excerpt=masked[max(0, pos - 40): pos + 40] if pos >= 0 else "",
+                msg=getattr(exc, "msg", str(exc)), doc=masked,
             ) from None
 
     @property
     def is_success(self) -> bool:
+        """True for a 2xx status."""
         return 200 <= self.status_code < 300
 
     @property
     def is_error(self) -> bool:
+        """True for a 4xx or 5xx status."""
         return self.status_code >= 400
 
     def raise_for_status(self) -> "Response":
@@ -403,38 +469,33 @@ class _ClientBase:
         *,
         params: ParamsInput = None,
         headers: HeaderInput = None,
-        json: Any = None,
+        content: Union[bytes, str, None] = None,
         data: Union[bytes, str, Mapping[str, Any], None] = None,
+        json: Any = None,
         timeout: Optional[float] = None,
         priority: Optional[str] = None,
     ) -> Request:
-        """The Request that ``request()`` would send, with the client's defaults merged in."""
+        """The Request that ``request()`` would send, with the client's defaults merged in.
+
+        ``url`` is a path joined to ``base_url``, or an absolute URL; non-ASCII and unsafe
+        characters in it are percent-encoded as UTF-8 (existing ``%XX`` escapes are kept).
+        ``params`` (a mapping or pairs; a list value repeats the name) are added to the
+        query after the client's, a space as ``%20``. ``headers`` (a mapping, pairs, or
+        ``Headers``; repeated names are all sent) replace the client's headers of the same
+        names. One body at most: ``content`` (bytes, or str sent as UTF-8), ``data`` (a
+        mapping sent as a form) or ``json``. ``timeout`` overrides the client's for this
+        request; ``priority`` (``"high"``, ``"normal"``, ``"low"``) orders it in the limiter.
+        """
         if not isinstance(url, str):
             raise errors.InvalidURL(f"url: {url!r} is not a string")
         full = _merge_url(self.base_url, url)
-        query = _encode_params(self.params) if self.params else ""
-        extra = _encode_params(params)
-        query = "&".join(q for q in (query, extra) if q)
+        query = "&".join(q for q in (_encode_params(self.params), _encode_params(params)) if q)
         if query:
             full += ("&" if "?" in full else "?") + query
-        merged = Headers(self.headers.multi_items())
-        for name, value in Headers(headers).multi_items():
-            merged[name] = value
-        content: Optional[bytes] = None
-        if json is not None and data is not None:
-            raise errors.ConfigError("json and data: give one body, not both")
-        if json is not None:
-            content = _core.json_dumps(json)
-            if "content-type" not in merged:
-                merged["Content-Type"] = "application/json"
-        elif isinstance(data, Mapping):
-            content = _encode_params(data).encode()
-            if "content-type" not in merged:
-                merged["Content-Type"] = "application/x-www-form-urlencoded"
-        elif isinstance(data, str):
-            content = data.encode()
-        elif data is not None:
-            content = bytes(data)
+        merged = _merge_headers(self.headers, headers)
+        body, content_type = _body(content, data, json)
+        if content_type and "content-type" not in merged:
+            merged["Content-Type"] = content_type
         if timeout is not None:
             _check_positive("timeout", timeout)
         if priority is not None:
@@ -442,7 +503,7 @@ class _ClientBase:
                 raise errors.ConfigError(f"priority: {priority!r} is not valid; expected 'high', 'normal' or 'low'")
             # Read and removed by the governor before the request leaves.
             merged[_PRIORITY_HEADER] = priority
-        return Request(method, full, headers=merged, content=content, timeout=timeout)
+        return Request(method, _core.encode_url(full), headers=merged, content=body, timeout=timeout)
 
     def _coerce_all(self, items: Iterable[Union[str, Request]]) -> list[Request]:
         """Requests for get_many: a path becomes a GET built once from the client's defaults."""
@@ -471,6 +532,41 @@ class _ClientBase:
         return f"<{type(self).__name__} base_url={base!r} max_connections={self.max_connections}>"
 
 
+_VERB_DOC = """Send a {method} request{awaited} and return its Response.
+
+``url`` is a path joined to ``base_url``, or an absolute URL. ``params`` are added to the
+query; ``headers`` replace the client's of the same names; the body is one of ``content``
+(bytes, or str sent as UTF-8), ``data`` (a mapping sent as a form) or ``json``; ``timeout``
+is in seconds; ``priority`` is ``"high"``, ``"normal"`` or ``"low"``. See ``build_request``.
+A 4xx or 5xx raises only through ``raise_for_status()``.
+"""
+
+
+def _verb(method: str, awaitable: bool = False) -> Any:
+    """The ``get``/``post``/... method of a client: ``request`` with ``method`` filled in,
+    its parameters spelled out so that ``help()`` and ``inspect.signature`` show them."""
+
+    if awaitable:
+        async def call(self: Any, url: str, *, params: ParamsInput = None,
+                       headers: HeaderInput = None, content: Union[bytes, str, None] = None,
+                       data: Union[bytes, str, Mapping[str, Any], None] = None, json: Any = None,
+                       timeout: Optional[float] = None, priority: Optional[str] = None) -> Response:
+            return await self.request(method, url, params=params, headers=headers, content=content,
+                                      data=data, json=json, timeout=timeout, priority=priority)
+    else:
+        def call(self: Any, url: str, *, params: ParamsInput = None,  # type: ignore[misc]
+                 headers: HeaderInput = None, content: Union[bytes, str, None] = None,
+                 data: Union[bytes, str, Mapping[str, Any], None] = None, json: Any = None,
+                 timeout: Optional[float] = None, priority: Optional[str] = None) -> Response:
+            return self.request(method, url, params=params, headers=headers, content=content,
+                                data=data, json=json, timeout=timeout, priority=priority)
+
+    call.__name__ = method.lower()
+    call.__qualname__ = f"{'AsyncClient' if awaitable else 'Client'}.{method.lower()}"
+    call.__doc__ = _VERB_DOC.format(method=method, awaited=", awaited," if awaitable else "")
+    return call
+
+
 def _unwrap(raw: Any, request: Request) -> Response:
     if not raw.ok:
         raise raw.exception(request.method, redact_url(request.url))
@@ -484,10 +580,28 @@ class Client(_ClientBase):
     ...     c.get("/v1/contacts", params={"limit": 100}).raise_for_status().json()
     """
 
-    def request(self, method: str, url: str, **kwargs: Any) -> Response:
-        return self.send(self.build_request(method, url, **kwargs))
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        content: Union[bytes, str, None] = None,
+        data: Union[bytes, str, Mapping[str, Any], None] = None,
+        json: Any = None,
+        timeout: Optional[float] = None,
+        priority: Optional[str] = None,
+    ) -> Response:
+        """Send a ``method`` request and return its Response; the parameters are those of
+        ``build_request``. A 4xx or 5xx raises only through ``raise_for_status()``; a request
+        that gets no answer raises a ``RequestError`` (``ConnectError``, ``TimeoutError``...)."""
+        return self.send(self.build_request(
+            method, url, params=params, headers=headers, content=content, data=data, json=json,
+            timeout=timeout, priority=priority))
 
     def send(self, request: Request) -> Response:
+        """Send a Request as built (by ``build_request`` or by hand) and return its Response."""
         self._check_open()
         raw = self._core.request(
             request.method, request.url, request.headers.multi_items(), request.content,
@@ -495,23 +609,13 @@ class Client(_ClientBase):
         )
         return _unwrap(raw, request)
 
-    def get(self, url: str, **kwargs: Any) -> Response:
-        return self.request("GET", url, **kwargs)
-
-    def post(self, url: str, **kwargs: Any) -> Response:
-        return self.request("POST", url, **kwargs)
-
-    def put(self, url: str, **kwargs: Any) -> Response:
-        return self.request("PUT", url, **kwargs)
-
-    def patch(self, url: str, **kwargs: Any) -> Response:
-        return self.request("PATCH", url, **kwargs)
-
-    def delete(self, url: str, **kwargs: Any) -> Response:
-        return self.request("DELETE", url, **kwargs)
-
-    def head(self, url: str, **kwargs: Any) -> Response:
-        return self.request("HEAD", url, **kwargs)
+    get = _verb("GET")
+    post = _verb("POST")
+    put = _verb("PUT")
+    patch = _verb("PATCH")
+    delete = _verb("DELETE")
+    head = _verb("HEAD")
+    options = _verb("OPTIONS")
 
     def get_many(
         self,
@@ -686,10 +790,28 @@ class AsyncClient(_ClientBase):
             else:
                 future.set_exception(raw.exception(request.method, redact_url(request.url)))
 
-    async def request(self, method: str, url: str, **kwargs: Any) -> Response:
-        return await self.send(self.build_request(method, url, **kwargs))
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: ParamsInput = None,
+        headers: HeaderInput = None,
+        content: Union[bytes, str, None] = None,
+        data: Union[bytes, str, Mapping[str, Any], None] = None,
+        json: Any = None,
+        timeout: Optional[float] = None,
+        priority: Optional[str] = None,
+    ) -> Response:
+        """Send a ``method`` request and return its Response, awaited; the parameters are
+        those of ``build_request``. A 4xx or 5xx raises only through ``raise_for_status()``."""
+        return await self.send(self.build_request(
+            method, url, params=params, headers=headers, content=content, data=data, json=json,
+            timeout=timeout, priority=priority))
 
     async def send(self, request: Request) -> Response:
+        """Send a Request as built and return its Response, awaited. Cancelling the awaiting
+        task cancels the transfer."""
         self._check_open()
         self._bind_loop()
         token = next(self._tokens)
@@ -706,23 +828,13 @@ class AsyncClient(_ClientBase):
             self._core.cancel(transfer)
             raise
 
-    async def get(self, url: str, **kwargs: Any) -> Response:
-        return await self.request("GET", url, **kwargs)
-
-    async def post(self, url: str, **kwargs: Any) -> Response:
-        return await self.request("POST", url, **kwargs)
-
-    async def put(self, url: str, **kwargs: Any) -> Response:
-        return await self.request("PUT", url, **kwargs)
-
-    async def patch(self, url: str, **kwargs: Any) -> Response:
-        return await self.request("PATCH", url, **kwargs)
-
-    async def delete(self, url: str, **kwargs: Any) -> Response:
-        return await self.request("DELETE", url, **kwargs)
-
-    async def head(self, url: str, **kwargs: Any) -> Response:
-        return await self.request("HEAD", url, **kwargs)
+    get = _verb("GET", awaitable=True)
+    post = _verb("POST", awaitable=True)
+    put = _verb("PUT", awaitable=True)
+    patch = _verb("PATCH", awaitable=True)
+    delete = _verb("DELETE", awaitable=True)
+    head = _verb("HEAD", awaitable=True)
+    options = _verb("OPTIONS", awaitable=True)
 
     async def get_many(
         self,

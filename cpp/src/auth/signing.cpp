@@ -137,6 +137,8 @@ HmacSigner::HmacSigner(HmacSignerOptions o) : o_(std::move(o)) {
 }
 
 std::string HmacSigner::sign(http::Request& r, std::int64_t unix_time) const {
+  // Sign the URL as the client will send it, not as the caller typed it.
+  r.url = http::encode_url(r.url);
   const UrlParts u = split_url(r.url);
   const std::string timestamp = std::to_string(unix_time);
   std::string nonce;
@@ -192,6 +194,7 @@ AwsSigV4::AwsSigV4(AwsSigV4Options o) : o_(std::move(o)) {
 }
 
 std::string AwsSigV4::sign(http::Request& r, std::int64_t unix_time) const {
+  r.url = http::encode_url(r.url);  // as the client will send it
   const UrlParts u = split_url(r.url);
   const bool s3 = o_.service == "s3";
   const std::string amz_date = format_utc(unix_time, "%Y%m%dT%H%M%SZ");

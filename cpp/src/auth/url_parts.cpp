@@ -13,10 +13,6 @@ std::string lower(std::string_view s) {
   return out;
 }
 
-bool unreserved(unsigned char c) {
-  return std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
-}
-
 }  // namespace
 
 std::string UrlParts::host_header() const {
@@ -52,43 +48,6 @@ UrlParts split_url(std::string_view url) {
   if (p.path.empty()) p.path = "/";
   if (q != std::string_view::npos) p.query = std::string(rest.substr(q + 1));
   return p;
-}
-
-std::string percent_encode(std::string_view in, std::string_view keep) {
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
-  out.reserve(in.size() * 3 / 2);
-  for (unsigned char c : in) {
-    if (unreserved(c) || keep.find(static_cast<char>(c)) != std::string_view::npos) {
-      out.push_back(static_cast<char>(c));
-    } else {
-      out += {'%', kHex[c >> 4], kHex[c & 15]};
-    }
-  }
-  return out;
-}
-
-std::string percent_decode(std::string_view in) {
-  auto val = [](char c) -> int {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-  };
-  std::string out;
-  out.reserve(in.size());
-  for (std::size_t i = 0; i < in.size(); ++i) {
-    if (in[i] == '%' && i + 2 < in.size()) {
-      int hi = val(in[i + 1]), lo = val(in[i + 2]);
-      if (hi >= 0 && lo >= 0) {
-        out.push_back(static_cast<char>(hi << 4 | lo));
-        i += 2;
-        continue;
-      }
-    }
-    out.push_back(in[i]);
-  }
-  return out;
 }
 
 std::vector<std::pair<std::string, std::string>> split_query(std::string_view query) {

@@ -1,5 +1,6 @@
-// Just enough URL handling for signing: split an absolute URL, percent-encode and -decode,
-// and append a query parameter. Private to the auth area.
+// Just enough URL handling for signing: split an absolute URL and append a query parameter.
+// Private to the auth area; percent-encoding is the HTTP client's, so signed text and wire
+// text agree.
 #pragma once
 
 #include <string>
@@ -7,7 +8,12 @@
 #include <utility>
 #include <vector>
 
+#include "isthmus/http/url.hpp"
+
 namespace isthmus::auth {
+
+using http::percent_decode;
+using http::percent_encode;
 
 struct UrlParts {
   std::string scheme;  // lower case
@@ -21,12 +27,6 @@ struct UrlParts {
 
 // Throws errc::invalid_url when the URL is not absolute.
 UrlParts split_url(std::string_view url);
-
-// RFC 3986 unreserved characters stay; every other byte becomes %XX (upper-case hex).
-// `keep` lists extra characters left as they are (e.g. "/" for paths).
-std::string percent_encode(std::string_view in, std::string_view keep = {});
-// Decodes %XX (invalid escapes are kept literally); '+' stays '+'.
-std::string percent_decode(std::string_view in);
 
 // "a=1&b" -> {("a","1"), ("b","")}, still encoded.
 std::vector<std::pair<std::string, std::string>> split_query(std::string_view query);

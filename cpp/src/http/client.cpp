@@ -336,6 +336,8 @@ std::uint64_t Client::Impl::send(Request request, Completion done) {
                                            : request.follow_redirects != 0;
   t->max_body = options_.max_body_bytes;
   t->request = std::move(request);
+  // Raw non-ASCII or spaces would make servers answer 400; signers encoded it the same way.
+  t->request.url = encode_url(t->request.url);
   t->done = std::move(done);
 
   std::error_code ec;

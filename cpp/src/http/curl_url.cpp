@@ -41,6 +41,8 @@ std::pair<std::error_code, std::string> check_parsed(CURLU* u, std::string_view 
 }  // namespace
 
 std::pair<std::error_code, std::string> check_url(const std::string& url) {
+  // curl reads the URL as a C string: it would silently send what comes before a NUL.
+  if (url.find('\0') != std::string::npos) return {errc::invalid_url, "URL contains a NUL byte"};
   UrlHandle u(curl_url());
   if (!u) return {errc::internal, "out of memory"};
   if (CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, url.c_str(), kParseFlags); rc != CURLUE_OK)

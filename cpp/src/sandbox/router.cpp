@@ -176,12 +176,16 @@ Reply Router::echo(const Request& req) const {
     else query[k] = json::array({query[k], v});
   }
   json headers = json::object();
+  // Joined values cannot tell two lines from one holding a comma; header_lines can.
+  json header_lines = json::array();
   for (const auto& [k, v] : req.headers) {
     if (!headers.contains(k)) headers[k] = v;
     else headers[k] = headers[k].get<std::string>() + ", " + v;
+    header_lines.push_back(json::array({k, v}));
   }
-  json body = {{"method", req.method}, {"path", req.path}, {"query", std::move(query)},
-               {"headers", std::move(headers)}, {"body", req.body},
+  json body = {{"method", req.method}, {"path", req.path}, {"target", req.target},
+               {"query", std::move(query)}, {"headers", std::move(headers)},
+               {"header_lines", std::move(header_lines)}, {"body", req.body},
                {"body_length", req.body.size()}};
   return json_reply(200, std::move(body));
 }
@@ -202,7 +206,7 @@ Reply Router::test_endpoint(const Request& req, bool& matched) {
     else r.body = json_body_;
     return r;
   }
-  if (p == "/echo") {
+  if (p == "/echo" || starts("/echo/")) {
     Reply r = echo(req);
     r.endpoint = known_method(req.method) + " /echo";
     return r;

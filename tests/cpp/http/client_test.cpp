@@ -231,8 +231,9 @@ TEST_F(ClientTest, UnresolvableHostWithRedactedMessage) {
 
 TEST_F(ClientTest, InvalidUrls) {
   Client client(engine_);
-  for (std::string url : {"", "not a url", "http://", "127.0.0.1/x", "http://exa mple.com/",
-                          "http://h/a\r\nb"}) {
+  for (std::string url : std::initializer_list<std::string>{
+           "", "not a url", "http://", "127.0.0.1/x", "http://exa mple.com/", "http://h/a\r\nb",
+           std::string("http://h/?q=\0x", 14)}) {
     auto [ec, r] = fetch(client, get(url));
     EXPECT_EQ(ec, errc::invalid_url) << "'" << url << "': " << r.error_message;
   }

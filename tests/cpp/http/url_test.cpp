@@ -45,5 +45,67 @@ TEST(RedactUrl, ToleratesMalformedInput) {
   EXPECT_EQ(redact_url("http://a:b@"), "http://a:***@");
 }
 
+TEST(PercentEncode, KeepsUnreservedAndEncodesTheRestInUpperCase) {
+  EXPECT_EQ(percent_encode("AZaz09-._~"), "AZaz09-._~");
+  EXPECT_EQ(percent_encode("a b+c&d=e%f/g?"), "a%20b%2Bc%26d%3De%25f%2Fg%3F");
+  EXPECT_EQ(percent_encode("caf\xC3\xA9"), "caf%C3%A9");
+  EXPECT_EQ(percent_encode(std::string_view("\0\xff", 2)), "%00%FF");
+  EXPECT_EQ(percent_encode("/a b/", "/"), "/a%20b/");
+}
+
+TEST(PercentDecode, UndoesEncodingAndKeepsWhatIsNoEscape) {
+  EXPECT_EQ(percent_decode("a%20b%2Bc%c3%A9"), "a b+c\xC3\xA9");
+  EXPECT_EQ(percent_decode("1+1"), "1+1");
+  EXPECT_EQ(percent_decode("100%"), "100%");
+  EXPECT_EQ(percent_decode("%2"), "%2");
+  EXPECT_EQ(percent_decode("%zz%4"), "%zz%4");
+  const std::string all = [] {
+    std::string s;
+    for (int c = 0; c < 256; ++c) s.push_back(static_cast<char>(c));
+    return s;
+  }();
+  EXPECT_EQ(percent_decode(percent_encode(all)), all);
+}
+
+TEST(EncodeQuery, JoinsEncodedPairs) {
+  EXPECT_EQ(encode_query({}), "");
+  EXPECT_EQ(encode_query({{"q", "a b"}, {"tag", "x&y=z"}, {"e", "\xC3\xA9"}, {"empty", ""}}),
+            "q=a%20b&tag=x%26y%3Dz&e=%C3%A9&empty=");
+}
+
+TEST(EncodeUrl, EncodesNonAsciiAndUnsafeBytesAsUtf8) {
+  EXPECT_EQ(encode_url("https://h.example/caf\xC3\xA9?x=\xC3\xA9"),
+            "https://h.example/caf%C3%A9?x=%C3%A9");
+  EXPECT_EQ(encode_url("http://h/a b?q=a b&r=<\"{|}>`^\\"),
+            "http://h/a%20b?q=a%20b&r=%3C%22%7B%7C%7D%3E%60%5E%5C");
+  // Controls are not encoded away: the client refuses them (a CR LF in a URL is an attack).
+  EXPECT_EQ(encode_url("http://h/p?a=1\r\n2\t\x7f"), "http://h/p?a=1\r\n2\t\x7f");
+}
+
+TEST(EncodeUrl, KeepsEscapesAndDelimitersAsWritten) {
+  EXPECT_EQ(encode_url("http://h/caf%C3%A9?x=%c3%a9&y=%2F"), "http://h/caf%C3%A9?x=%c3%a9&y=%2F");
+  EXPECT_EQ(encode_url("http://h/p?a=1&b=2;c=3&f[x]=1&s=/?:@!$'()*+,"),
+            "http://h/p?a=1&b=2;c=3&f[x]=1&s=/?:@!$'()*+,");
+  // A '%' that starts no escape is data.
+  EXPECT_EQ(encode_url("http://h/100%?a=%&b=%4&c=%zz"), "http://h/100%25?a=%25&b=%254&c=%25zz");
+  EXPECT_EQ(encode_url("http://h/p#frag#more"), "http://h/p#frag%23more");
+}
+
+TEST(EncodeUrl, LeavesSchemeAndAuthorityAlone) {
+  EXPECT_EQ(encode_url("http://user:p%40ss@h:8080"), "http://user:p%40ss@h:8080");
+  EXPECT_EQ(encode_url("http://[::1]:80/a b"), "http://[::1]:80/a%20b");
+  EXPECT_EQ(encode_url("/relative/\xC3\xA9?x= "), "/relative/%C3%A9?x=%20");
+  EXPECT_EQ(encode_url(""), "");
+}
+
+TEST(EncodeUrl, IsIdempotent) {
+  for (std::string_view url : {"https://h/caf\xC3\xA9 x?q=100%&r=a b#f#g", "http://h/%%%41",
+                               "http://h/?\x80\xff%"}) {
+    const std::string once = encode_url(url);
+    EXPECT_EQ(encode_url(once), once) << url;
+    for (unsigned char c : once) EXPECT_TRUE(c > 0x20 && c < 0x7f) << url;  // no controls given
+  }
+}
+
 }  // namespace
 }  // namespace isthmus::http
