@@ -494,8 +494,6 @@ class Pipeline:
             # While every record so far failed, the checkpoint waits: those records are read
             # again once the cause is fixed.
             at = committed if watching and not final else latest[1]
-            if at is not committed:
-                self._check_token(label, latest[0], at)
             self.store.commit(self.name, run.id, at, pending_dead, incremental=None, superseded=newer.take())
             committed = at
             pending_dead, since_commit, last_commit = [], 0, time.monotonic()
@@ -586,7 +584,7 @@ class Pipeline:
             raise
         except Exception as exc:
             raise errors.pipeline_error(f"source {label}: open(state) raised {type(exc).__name__}: {exc}",
-                                        exc) from None
+                                        exc) from exc
 
     def _read(self, src: Any, label: str, acks: Acks, timeout: float) -> Optional[Batch]:
         """The source's next batch, checked; None at its end."""
@@ -597,7 +595,7 @@ class Pipeline:
             raise  # a Stream's own: it names the stream and the page
         except Exception as exc:
             raise errors.pipeline_error(f"source {label}, batch {n}: read_batch raised "
-                                        f"{type(exc).__name__}: {exc}", exc) from None
+                                        f"{type(exc).__name__}: {exc}", exc) from exc
         if batch is None:
             return None
         problem = None
@@ -615,6 +613,12 @@ class Pipeline:
             problem = f"batch {n} has a key that is {type(bad).__name__} {bad!r:.40}, expected text"
         elif batch.token is not None and not isinstance(batch.token, dict):
             problem = f"batch {n} has a token that is {type(batch.token).__name__}, expected a dict or None"
+        else:
+            # Checked as it arrives, so the error names the batch, not a later checkpoint.
+            try:
+                json.dumps(batch.token, allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                problem = f"the token of batch {n} is not JSON ({exc}); a token is a dict of JSON values"
         if problem:
             raise errors.pipeline_error(f"source {label}: {problem}", errors.ConfigError(problem))
         checked: Batch = batch
@@ -635,14 +639,6 @@ class Pipeline:
         except errors.PipelineError as exc:
             return errors.PipelineError(f"source {label}: {exc}")
         return None
-
-    @staticmethod
-    def _check_token(label: str, n: int, token: Any) -> None:
-        try:
-            json.dumps(token, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            problem = f"the token of batch {n} is not JSON ({exc}); a token must be a dict of JSON values"
-            raise errors.pipeline_error(f"source {label}: {problem}", errors.ConfigError(problem)) from None
 
     @staticmethod
     def _close_source(src: Any) -> None:
