@@ -328,7 +328,9 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   if (r.wait > Duration::zero() && !commit_if_waiting) return r;
 
   // Commit: every rule takes its share at time t.
-  if (sp.pacing) sp.next = std::max(sp.next, t) + seconds(cost * to_seconds(sp.slot));
+  // A call let go late (a busy timer) does not move the grid: the server's bucket keeps its own
+  // schedule too, so the next call may catch up.
+  if (sp.pacing) sp.next = std::max(sp.next, t - sp.slot) + seconds(cost * to_seconds(sp.slot));
   auto ticket = std::make_unique<Ticket>();
   ticket->key = &ks;
   for (std::size_t i = 0; i < n; ++i) {
@@ -465,9 +467,13 @@ void Limiter::observe(const Key& key, const Observation& o) {
       if (*o.quota.remaining <= 0) {
         const double slot = std::min(*o.quota.slot, options_.max_server_wait);
         const double next = o.quota.reset_after ? std::min(*o.quota.reset_after, slot) : slot;
+        // The server counted from the call's arrival, somewhere between its send (now - latency)
+        // and now. Starting, count from now; once paced, our own slots carry on from there and
+        // are moved only if even the earliest arrival says we ran ahead of the server.
+        const TimePoint from = sp.pacing ? now - o.latency : now;
         sp.pacing = true;
         sp.slot = seconds(slot);
-        sp.next = std::max(sp.next, now + seconds(next));
+        sp.next = std::max(sp.next, from + seconds(next));
       } else if (*o.quota.remaining > std::max(1.0, o.quota.limit.value_or(0) / 2) && sp.next + sp.slot < now) {
         // Room for a burst again while nothing paced is pending: the key fell idle, so its next
         // calls may use the burst. (While calls queue, room seen after a pause is no reason to
