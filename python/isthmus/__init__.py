@@ -15,6 +15,7 @@ from isthmus import http as _http
 from isthmus import limits as _limits
 from isthmus import mapping as _mapping
 from isthmus import pipeline as _pipeline
+from isthmus import queue as _queue
 from isthmus import sinks as _sinks
 from isthmus.auth import *  # noqa: F401,F403
 from isthmus.errors import *  # noqa: F401,F403
@@ -22,6 +23,7 @@ from isthmus.http import *  # noqa: F401,F403
 from isthmus.limits import *  # noqa: F401,F403
 from isthmus.mapping import *  # noqa: F401,F403
 from isthmus.pipeline import *  # noqa: F401,F403
+from isthmus.queue import *  # noqa: F401,F403
 from isthmus.sandbox import Sandbox
 from isthmus.sinks import *  # noqa: F401,F403
 
@@ -34,6 +36,7 @@ __all__ = [
     *_pipeline.__all__,
     *_mapping.__all__,
     *_sinks.__all__,
+    *_queue.__all__,
     *_auth.__all__,
     *_limits.__all__,
     *_errors.__all__,

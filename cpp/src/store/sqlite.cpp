@@ -117,34 +117,33 @@ bool Database::create_whole(const std::string& path, std::string_view schema,
   const fs::path target = fs::absolute(path);
   const std::string tmp =
       (target.parent_path() / (target.filename().string() + "." + random_suffix() + ".new")).string();
+  auto write_schema = [&](const std::string& where) {
+    OpenOptions o = options;
+    o.create = true;
+    Database db(where, o);
+    Transaction tx(db, "cannot be created");
+    db.exec(schema, "cannot be created");
+    tx.commit();
+  };  // closing folds the WAL into the file, so the file linked in is complete
   bool created = true;
   try {
-    {
-      OpenOptions o = options;
-      o.create = true;
-      Database db(tmp, o);
-      Transaction tx(db, "cannot be created");
-      db.exec(schema, "cannot be created");
-      tx.commit();
-    }  // closed: the WAL is folded into the file before it is linked in
+    write_schema(tmp);
     if (::link(tmp.c_str(), path.c_str()) != 0) {
       if (errno == EEXIST) {
         created = false;
       } else {
         // A file system without hard links: a file moved over the path could replace another
         // opener's, so the schema is written in place (the narrow race returns).
-        OpenOptions o = options;
-        o.create = true;
-        Database db(path, o);
-        Transaction tx(db, "cannot be created");
-        db.exec(schema, "cannot be created");
-        tx.commit();
+        write_schema(path);
       }
     }
   } catch (const Error& e) {
     unlink_quietly(tmp);
     // The message names the temporary file; the user knows the path they asked for.
-    throw Error(e.code(), options.what + " " + path + " cannot be created: " + e.what());
+    std::string msg = e.what();
+    for (auto at = msg.find(tmp); at != std::string::npos; at = msg.find(tmp, at + path.size()))
+      msg.replace(at, tmp.size(), path);
+    throw Error(e.code(), msg);
   }
   unlink_quietly(tmp);
   return created;
