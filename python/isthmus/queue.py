@@ -103,14 +103,14 @@ class LocalQueue:
     raise ``ConfigError`` naming the argument.
     """
 
-    def __init__(self, path: Union[str, "os.PathLike[str]"], max_deliveries: int = 5):
+    def __init__(self, path: Union[str, os.PathLike[str]], max_deliveries: int = 5):
         if not isinstance(path, (str, os.PathLike)):
             raise errors.ConfigError(f"path: {path!r} is not valid; expected a file path")
         self.path = os.fspath(path)
         self.max_deliveries = _count("max_deliveries", max_deliveries)
         self._q: Optional[_core.LocalQueue] = _core.LocalQueue(self.path, self.max_deliveries)
 
-    def _core(self) -> _core.LocalQueue:
+    def _open(self) -> _core.LocalQueue:
         if self._q is None:
             raise errors.StateError(f"queue file {self.path} is closed")
         return self._q
@@ -123,25 +123,25 @@ class LocalQueue:
             if not isinstance(item, (str, bytes)):
                 raise errors.ConfigError(f"items[{i}]: a {type(item).__name__} is not valid; "
                                          "expected str or bytes")
-        return self._core().put(batch)
+        return self._open().put(batch)
 
     def lease(self, n: int = 1, *, visibility: float = 30.0) -> Lease:
         """Up to ``n`` ready messages, held for ``visibility`` seconds; an empty lease when none is
         ready (it does not wait for messages to arrive)."""
-        token, expires_at, rows = self._core().lease(_count("n", n), _seconds("visibility", visibility,
+        token, expires_at, rows = self._open().lease(_count("n", n), _seconds("visibility", visibility,
                                                                                allow_zero=False))
         return Lease(token, expires_at, [QueueMessage(i, body, d, token) for i, body, d in rows])
 
     def ack(self, messages: Acked) -> int:
         """Removes the messages (a lease, one message, or several) from the queue. Returns how many
         were removed: fewer when a lease expired and another lessee took some of them."""
-        return sum(self._core().ack(token, ids) for token, ids in self._by_lease(messages))
+        return sum(self._open().ack(token, ids) for token, ids in self._by_lease(messages))
 
     def nack(self, messages: Acked, *, delay: float = 0.0) -> int:
         """Returns the messages to ready after ``delay`` seconds; a message already delivered
         ``max_deliveries`` times goes to the dead letters instead. Returns how many moved."""
         ms = _seconds("delay", delay, allow_zero=True)
-        return sum(self._core().nack(token, ids, ms) for token, ids in self._by_lease(messages))
+        return sum(self._open().nack(token, ids, ms) for token, ids in self._by_lease(messages))
 
     @staticmethod
     def _by_lease(messages: Acked) -> List[Tuple[str, List[int]]]:
@@ -160,12 +160,12 @@ class LocalQueue:
         """The dead letters, oldest first (``limit`` 0: all)."""
         if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0:
             raise errors.ConfigError(f"limit: {limit!r} is not valid; expected an integer >= 0")
-        return [QueueDeadLetter(*row) for row in self._core().dead_letters(int(limit))]
+        return [QueueDeadLetter(*row) for row in self._open().dead_letters(int(limit))]
 
     def stats(self) -> Dict[str, int]:
         """How many messages are ``ready``, ``leased``, ``delayed`` (nacked with a delay) and
         ``dead``."""
-        return dict(self._core().stats())
+        return dict(self._open().stats())
 
     def close(self) -> None:
         """Closes the file; later calls raise ``StateError``. Closing twice is harmless."""
@@ -173,7 +173,7 @@ class LocalQueue:
             self._q.close()
             self._q = None
 
-    def __enter__(self) -> "LocalQueue":
+    def __enter__(self) -> LocalQueue:
         return self
 
     def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],

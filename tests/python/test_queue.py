@@ -3,8 +3,8 @@ killed with SIGKILL while it works."""
 
 from __future__ import annotations
 
-import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -15,9 +15,8 @@ import time
 import pytest
 
 import isthmus
-from isthmus import LocalQueue
-
 from conftest import wait_until
+from isthmus import LocalQueue
 
 
 def test_put_lease_ack(tmp_path):
@@ -118,7 +117,7 @@ def test_messages_survive_reopening_and_the_file_is_readable_by_sqlite(tmp_path)
 ])
 def test_bad_arguments_are_config_errors_naming_the_argument(tmp_path, call, field):
     with LocalQueue(tmp_path / "q.db") as q:
-        with pytest.raises(isthmus.ConfigError, match=rf"^{field.replace('[', r'\[')}"):
+        with pytest.raises(isthmus.ConfigError, match="^" + re.escape(field)):
             call(q)
         assert q.stats()["ready"] == 0  # a refused put put nothing
 
@@ -161,10 +160,10 @@ def test_a_dropped_column_and_a_damaged_row_are_state_errors(tmp_path):
     with LocalQueue(path) as q:
         q.put("a")
     db = sqlite3.connect(path)
-    db.execute("UPDATE messages SET body = NULL")
+    db.execute("UPDATE messages SET body = 12345")
     db.commit()
     with LocalQueue(path) as q:
-        with pytest.raises(isthmus.StateError, match=rf"queue file {path}: message 1: column body holds NULL"):
+        with pytest.raises(isthmus.StateError, match=rf"queue file {path}: message 1: column body holds an integer"):
             q.lease(1)
     db.execute("ALTER TABLE dead_letters DROP COLUMN reason")
     db.commit()
@@ -301,16 +300,18 @@ def test_sigkill_ten_times_loses_no_acknowledged_put_and_unacked_leases_come_bac
     put, acked, acking = set(), set(), []
     for run in range(10):
         kill_after = rng.randint(3, 80)  # lines reported before the kill
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, path, str(run * 1_000_000), str(rng.random())],
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, path, str(run * 1_000_000), str(rng.randrange(2**32))],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         lines = []
-        while len(lines) < kill_after:
-            line = child.stdout.readline()
-            if not line:
-                pytest.fail(f"child {run} stopped by itself: {child.stderr.read().decode()[-2000:]}")
-            lines.append(line)
-        child.send_signal(signal.SIGKILL)
-        rest, err = child.communicate(timeout=60)
+        try:
+            while len(lines) < kill_after:
+                line = child.stdout.readline()
+                if not line:
+                    pytest.fail(f"child {run} stopped by itself: {child.stderr.read().decode()[-2000:]}")
+                lines.append(line)
+        finally:
+            child.send_signal(signal.SIGKILL)
+            rest, err = child.communicate(timeout=60)
         assert child.returncode == -signal.SIGKILL, err.decode()[-2000:]
         lines += [line + b"\n" for line in rest.split(b"\n")]
         for line in lines:
