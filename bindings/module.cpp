@@ -14,4 +14,5 @@ PYBIND11_MODULE(_core, m) {
   bind_limits(m);
   bind_json(m);
   bind_queue(m);
+  bind_store(m);
 }

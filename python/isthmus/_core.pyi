@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'LocalQueue', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'LocalQueue', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -244,8 +244,16 @@ class LocalQueue:
     @property
     def path(self) -> str:
         ...
+def backup_state_file(path: str, dest: str, restore_hint: str = '') -> None:
+    """
+    A consistent copy of the whole file at `dest` (SQLite's backup API), put in place whole; `dest` must not exist. StateError naming the file on failure.
+    """
 def constant_time_equal(arg0: bytes, arg1: bytes) -> bool:
     ...
+def create_state_file(path: str, schema: str, restore_hint: str = '') -> bool:
+    """
+    Creates the file holding `schema` whole (built beside it, then hard-linked in); False when another opener created it first. StateError naming the file on failure.
+    """
 def encode_query(params: collections.abc.Sequence[tuple[str, str]]) -> str:
     """
     name=value pairs joined by '&', percent-encoded as the signers expect (a space is %20, escapes in upper-case hex).

@@ -115,6 +115,10 @@ Database::Database(Database&& other) noexcept
 bool Database::create_whole(const std::string& path, std::string_view schema,
                             const OpenOptions& options) {
   const fs::path target = fs::absolute(path);
+  std::error_code ec;
+  if (!fs::is_directory(target.parent_path(), ec))
+    throw Error(options.code, options.what + " " + path + " cannot be created: its folder " +
+                                  target.parent_path().string() + " does not exist");
   const std::string tmp =
       (target.parent_path() / (target.filename().string() + "." + random_suffix() + ".new")).string();
   auto write_schema = [&](const std::string& where) {

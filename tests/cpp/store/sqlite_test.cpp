@@ -160,6 +160,13 @@ TEST(Sqlite, CreateWholeFromManyThreadsMakesOneCompleteFile) {
   EXPECT_EQ(files, 0);
 }
 
+TEST(Sqlite, CreateWholeInAMissingFolderNamesTheFolder) {
+  TempDir tmp;
+  const auto path = tmp.file("no/such/folder/new.db");
+  const auto msg = error_of([&] { Database::create_whole(path, kSchema, {}); });
+  EXPECT_NE(msg.find("state file " + path + " cannot be created: its folder"), std::string::npos) << msg;
+}
+
 TEST(Sqlite, TablesListsColumns) {
   TempDir tmp;
   Database db(tmp.file("a.db"), {});
