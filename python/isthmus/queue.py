@@ -31,6 +31,9 @@ __all__ = ["LocalQueue", "Lease", "QueueMessage", "QueueDeadLetter"]
 
 Body = Union[str, bytes]
 
+# About 30 years: far beyond any lease or delay, and well inside the core's millisecond counts.
+_MAX_SECONDS = 1e9
+
 
 @dataclass(frozen=True)
 class QueueMessage:
@@ -80,10 +83,11 @@ def _seconds(name: str, value: Any, *, allow_zero: bool) -> int:
     """Seconds as whole milliseconds for the core; a bad value names the argument."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise errors.ConfigError(f"{name}: {value!r} is not valid; expected a finite number of seconds")
-    if value < 0 or (value == 0 and not allow_zero):
+    seconds = float(value)
+    if seconds < 0 or (seconds == 0 and not allow_zero) or seconds > _MAX_SECONDS:
         raise errors.ConfigError(f"{name}: {value!r} is not valid; expected a number of seconds "
-                                 f"{'>= 0' if allow_zero else '> 0'}")
-    ms = math.ceil(float(value) * 1000)
+                                 f"{'>= 0' if allow_zero else '> 0'} and at most {_MAX_SECONDS:g}")
+    ms = math.ceil(seconds * 1000)
     return ms if allow_zero else max(1, ms)
 
 

@@ -109,6 +109,7 @@ def test_messages_survive_reopening_and_the_file_is_readable_by_sqlite(tmp_path)
     (lambda q: q.lease(True), "n"),
     (lambda q: q.lease(1, visibility=0), "visibility"),
     (lambda q: q.lease(1, visibility=float("nan")), "visibility"),
+    (lambda q: q.lease(1, visibility=1e30), "visibility"),
     (lambda q: q.nack([], delay=-1), "delay"),
     (lambda q: q.put([1]), "items[0]"),
     (lambda q: q.put(["ok", None]), "items[1]"),
