@@ -36,6 +36,7 @@ const char* class_name(const std::error_code& ec) {
     case errc::rate_limited: return "Throttled";
     case errc::circuit_open: return "CircuitOpen";
     case errc::retry_deadline: return "RetryDeadlineExceeded";
+    case errc::state_error: return "StateError";
     case errc::ok:
     case errc::internal: break;
   }
@@ -43,7 +44,7 @@ const char* class_name(const std::error_code& ec) {
 }
 
 bool is_request_error(const std::string& name) {
-  return name != "IsthmusError" && name != "ConfigError" && name != "TokenStoreError" &&
+  return name != "IsthmusError" && name != "ConfigError" && name != "TokenStoreError" && name != "StateError" &&
          name != "WebhookVerificationError";
 }
 

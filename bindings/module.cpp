@@ -13,4 +13,6 @@ PYBIND11_MODULE(_core, m) {
   bind_pipeline(m);
   bind_limits(m);
   bind_json(m);
+  bind_queue(m);
+  bind_store(m);
 }

@@ -34,6 +34,7 @@ class Category final : public std::error_category {
       case errc::rate_limited: return "rate limited";
       case errc::circuit_open: return "circuit open";
       case errc::retry_deadline: return "retry deadline passed";
+      case errc::state_error: return "state file error";
       case errc::internal: return "internal error";
     }
     return "unknown isthmus error";
