@@ -1,21 +1,28 @@
-"""Pipeline throughput: paginated API -> trivial Python mapping -> JSONL, per tool.
+"""Pipeline throughput: paginated API -> mapping -> JSONL (or an HTTP import), per tool.
 
-The sandbox serves GET /v1/contacts with offset pagination from its own process; each tool
-runs in its own process (wall time, CPU and peak RSS measured from outside) and must write
-every record. isthmus also runs at a tenth of the records, to show that peak RSS does not
-grow with the record count.
+A sandbox process serves GET /v1/contacts with offset pagination; each tool runs in its own
+process, one after another, and must deliver every record. First wrk reads the same pages
+with nothing else to do, which is the source's own rate: a client row near it is limited by
+the source, not by itself. isthmus also runs at a tenth of the records, to show that peak RSS
+does not grow with the record count.
 
     python bench/pipeline/run.py                  # 1,000,000 records, 500 per page
     python bench/pipeline/run.py --records 100000 --tools isthmus,aiohttp
+    python bench/pipeline/run.py --profile        # then perf profiles of the isthmus rows
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -23,58 +30,206 @@ import common  # noqa: E402
 from common import EXIT_SKIP  # noqa: E402
 
 NAME = "pipeline"
-TOOLS = ["isthmus", "isthmus-fieldmap", "aiohttp", "dlt"]
+SANDBOX_ROW = "sandbox only (wrk)"
+TOOLS = ["sandbox", "isthmus", "isthmus-fieldmap", "isthmus-fieldmap-http", "aiohttp", "aiohttp-orjson", "dlt"]
+PROFILED = ["isthmus", "isthmus-fieldmap", "isthmus-fieldmap-http"]
+WORK_DIR = HERE.parent / "work"  # gitignored: perf data and reports
+
+# wrk cycles through the offset pages the clients read, 16 connections like their window.
+WRK_PAGES_LUA = """\
+local page, total, n = 500, 1000000, 0
+init = function(args)
+  page = tonumber(args[1]); total = tonumber(args[2])
+end
+request = function()
+  local offset = (n * page) % total
+  n = n + 1
+  return wrk.format("GET", "/v1/contacts?offset=" .. offset .. "&limit=" .. page)
+end
+"""
+
+COLUMNS = (("cpu s/1k rec", "cpu_s_per_1k", 4), ("peak RSS MB", "peak_rss_mb", 1),
+           ("server cpu s", "server_cpu_s", 1), ("seconds", "wall_s", 2))
 
 
-def measure(tool: str, n: int, records: int, page: int) -> dict:
+class Sandbox:
+    """`isthmus sandbox` in its own process (so its threads are not the client's)."""
+
+    def __init__(self, records: int, page: int, threads: int):
+        self.port = common.free_port()
+        self.argv = [sys.executable, "-m", "isthmus.cli", "sandbox", "--port", str(self.port),
+                     "--threads", str(threads), "--records", str(records), "--pagination", "offset",
+                     "--max-page-size", str(max(page, 100))]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Sandbox:
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        common._live[self.proc.pid] = self.proc
+        try:
+            common.wait_for_port(self.port, timeout=30, proc=self.proc)
+        except RuntimeError as exc:
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            self.__exit__()
+            raise common.Skip(f"the sandbox did not start ({exc}): {err.strip()[-300:]}") from None
+        return self
+
+    def cpu_s(self) -> float:
+        return common.process_tree_cpu_s(self.proc.pid) if self.proc else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/stats", timeout=30) as r:
+            return json.loads(r.read())
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None:
+            common._terminate(self.proc)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+
+
+def client_argv(tool: str, url: str, n: int, page: int, out: str, sink_url: str | None) -> list[str]:
+    argv = [sys.executable, str(HERE / "clients.py"), tool, url, str(n), str(page), out]
+    return argv + (["--sink-url", sink_url] if sink_url else [])
+
+
+def measure_sandbox(n: int, page: int, threads: int, seconds: float) -> dict[str, Any]:
+    """wrk alone against the source: the most records/s these pages can be had at here."""
+    wrk = shutil.which("wrk")
+    if not wrk:
+        return {"tool": SANDBOX_ROW, "value": None, "note": "wrk not installed (scripts/install-deps.sh bench)"}
+    with Sandbox(n, page, threads) as api, tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "pages.lua"
+        script.write_text(WRK_PAGES_LUA)
+        before = api.cpu_s()
+        run = common.run_client([wrk, "-t1", "-c16", f"-d{seconds:g}s", "-s", str(script), api.url,
+                                 "--", str(page), str(n)], timeout=seconds + 60)
+        server_cpu = api.cpu_s() - before
+    m = re.search(r"Requests/sec:\s*([\d.]+)", run.stdout)
+    done = re.search(r"(\d+) requests in ([\d.]+)s", run.stdout)
+    if run.returncode != 0 or not m or not done:
+        return {"tool": SANDBOX_ROW, "value": None, "note": f"wrk failed: {(run.stderr or run.stdout)[-300:]}"}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", run.stdout)
+    requests = int(done.group(1))
+    records = requests * page
+    return {"tool": SANDBOX_ROW, "value": round(float(m.group(1)) * page), "records": records,
+            "wall_s": float(done.group(2)), "cpu_s": round(run.cpu_s, 2),
+            "cpu_s_per_1k": round(run.cpu_s / records * 1000, 4), "peak_rss_mb": run.peak_rss_mb,
+            "server_cpu_s": round(server_cpu, 2), "requests": requests, "server_threads": threads,
+            "note": f"{bad.group(1)} non-2xx" if bad else "wrk -t1 -c16, pages only"}
+
+
+def measure(tool: str, n: int, records: int, page: int, threads: int,
+            wrap: list[str] | None = None) -> dict[str, Any]:
     """Serves n records from a fresh sandbox process and runs one tool over them."""
-    port = common.free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "isthmus.cli", "sandbox", "--port", str(port), "--threads", "2",
-         "--records", str(n), "--pagination", "offset", "--max-page-size", str(max(page, 100))],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    common._live[server.pid] = server
     label = tool if n == records else f"{tool} ({n:,} records)"
-    try:
-        common.wait_for_port(port, proc=server)
-        with tempfile.TemporaryDirectory() as tmp:
+    http = tool == "isthmus-fieldmap-http"
+    with Sandbox(n, page, threads) as api, tempfile.TemporaryDirectory() as tmp:
+        dest = Sandbox(1, page, 1).__enter__() if http else None
+        try:
             out = str(Path(tmp) / "out.jsonl")
-            run = common.run_client([sys.executable, str(HERE / "clients.py"), tool, f"http://127.0.0.1:{port}",
-                                     str(n), str(page), out], timeout=1800)
-    finally:
-        common._terminate(server)
+            before = api.cpu_s() + (dest.cpu_s() if dest else 0.0)
+            run = common.run_client((wrap or []) + client_argv(tool, api.url, n, page, out,
+                                                               dest.url if dest else None), timeout=1800)
+            server_cpu = api.cpu_s() + (dest.cpu_s() if dest else 0.0) - before
+            received = dest.stats()["records_received"].get("contacts", {}) if dest else None
+            served = api.stats()["records_served"].get("contacts")
+        finally:
+            if dest:
+                dest.__exit__()
     if run.returncode == EXIT_SKIP:
         return {"tool": label, "value": None, "note": "not installed"}
     got = run.report.get("records")
+    if received is not None and received.get("unique") != n:
+        got = f"{got} sent, {received.get('unique')} unique received"
     if run.returncode != 0 or got != n:
         return {"tool": label, "value": None,
                 "note": f"failed (exit {run.returncode}, {got} records): {run.stderr[-300:]}"}
-    return {"tool": label, "value": round(n / run.wall_s), "records": n, "wall_s": round(run.wall_s, 2),
-            "cpu_s": round(run.cpu_s, 2), "cpu_s_per_1k": round(run.cpu_s / n * 1000, 4),
-            "peak_rss_mb": run.peak_rss_mb, "requests": n // page + 1, "note": ""}
+    seconds, cpu = run.report["seconds"], run.report["cpu_s"]
+    row = {"tool": label, "value": round(n / seconds), "records": n, "wall_s": round(seconds, 2),
+           "cpu_s": round(cpu, 2), "cpu_s_per_1k": round(cpu / n * 1000, 4), "peak_rss_mb": run.peak_rss_mb,
+           "process_wall_s": round(run.wall_s, 2), "process_cpu_s": round(run.cpu_s, 2),
+           "server_cpu_s": round(server_cpu, 2), "server_threads": threads, "records_served": served,
+           "requests": run.report.get("requests") or -(-n // page) + 1, "note": ""}
+    if run.report.get("stage_seconds"):
+        row["stage_seconds"] = run.report["stage_seconds"]
+    if received is not None:
+        row["received"] = received
+        row["note"] = f"{received.get('unique'):,} unique at the import endpoint"
+    return row
 
 
-def main() -> None:
+def profile(tool: str, records: int, page: int, threads: int) -> dict[str, Any]:
+    """Runs one isthmus row again under `perf record` and keeps where its CPU went."""
+    perf = shutil.which("perf")
+    if not perf:
+        return {"tool": tool, "note": "perf not installed (Debian: linux-perf)"}
+    WORK_DIR.mkdir(exist_ok=True)
+    data = WORK_DIR / f"perf-{tool}.data"
+    row = measure(tool, records, records, page, threads,
+                  wrap=[perf, "record", "-q", "-e", "cpu-clock", "-F", "499", "-g", "-o", str(data), "--"])
+    report = {"tool": tool, "records_per_s_under_perf": row.get("value"), "stage_seconds": row.get("stage_seconds")}
+    for key, sort in (("by_thread_and_library", "comm,dso"), ("by_function", "dso,sym")):
+        out = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
+                              "--percent-limit", "1.5", "--sort", sort], capture_output=True, text=True)
+        lines = [ln.rstrip() for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
+        report[key] = lines[:25]
+    (WORK_DIR / f"profile-{tool}.txt").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return report
+
+
+def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--page", type=int, default=500)
-    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--tools", default=",".join(TOOLS), help=f"comma-separated, from {','.join(TOOLS)}")
     ap.add_argument("--quick", action="store_true", help="100,000 records")
+    ap.add_argument("--server-threads", type=int, default=2,
+                    help="the sandbox's I/O threads (default 2: one per core of the development machine)")
+    ap.add_argument("--wrk-seconds", type=float, default=5.0)
+    ap.add_argument("--profile", action="store_true",
+                    help=f"afterwards, profile {', '.join(PROFILED)} under perf (bench/work/profile-*.txt)")
     args = ap.parse_args()
     records = 100_000 if args.quick else args.records
-    plan = [(t, records) for t in args.tools.split(",")]
-    if "isthmus" in args.tools.split(",") and records >= 100_000:
+    tools = args.tools.split(",")
+    unknown = set(tools) - set(TOOLS)
+    if unknown:
+        ap.error(f"unknown tools {', '.join(sorted(unknown))}; expected some of {', '.join(TOOLS)}")
+    plan = [(t, records) for t in tools]
+    if "isthmus" in tools and records >= 100_000:
         plan.append(("isthmus", records // 10))  # the memory check: same page size, 10x fewer
     rows = []
     for tool, n in plan:
-        rows.append(measure(tool, n, records, args.page))
-        print(f"{rows[-1]['tool']}: {rows[-1].get('value')} records/s, peak RSS {rows[-1].get('peak_rss_mb')} MB",
-              flush=True)
-    common.print_table(f"pipeline: {records:,} records, {args.page} per page, JSONL sink", rows,
-                       references=("dlt", "aiohttp"), unit="records/s")
-    path = common.write_results(NAME, rows, unit="records/s", records=records, page_size=args.page)
+        try:
+            if tool == "sandbox":
+                rows.append(measure_sandbox(n, args.page, args.server_threads, args.wrk_seconds))
+            else:
+                rows.append(measure(tool, n, records, args.page, args.server_threads))
+        except common.Skip as exc:
+            rows.append({"tool": tool, "value": None, "note": str(exc)})
+        r = rows[-1]
+        print(f"{r['tool']}: {r.get('value')} records/s, cpu {r.get('cpu_s_per_1k')} s/1k, "
+              f"peak RSS {r.get('peak_rss_mb')} MB {r.get('stage_seconds') or ''} {r.get('note', '')}", flush=True)
+    common.print_table(f"pipeline: {records:,} records, {args.page} per page, JSONL sink unless named",
+                       rows, references=("aiohttp", SANDBOX_ROW), unit="records/s", columns=COLUMNS)
+    profiles = []
+    if args.profile:
+        for tool in (t for t in PROFILED if t in tools):
+            profiles.append(profile(tool, records, args.page, args.server_threads))
+            print(f"\nprofile of {tool} (perf, cpu-clock, all threads):")
+            print("\n".join(profiles[-1].get("by_thread_and_library", [])[:12]))
+    machine = common.machine_info()
+    path = common.write_results(NAME, rows, unit="records/s", machine=machine, records=records,
+                                page_size=args.page, window=16, server_threads=args.server_threads,
+                                **({"profiles": profiles} if profiles else {}))
     print(f"results: {path}")
+    return 0 if all(r.get("value") for r in rows) else 1
 
 
 if __name__ == "__main__":
-    main()
+    common.run_main(main, "the sandboxes and clients")
