@@ -172,13 +172,35 @@ def profile(tool: str, records: int, page: int, threads: int) -> dict[str, Any]:
     WORK_DIR.mkdir(exist_ok=True)
     data = WORK_DIR / f"perf-{tool}.data"
     row = measure(tool, records, records, page, threads,
-                  wrap=[perf, "record", "-q", "-e", "cpu-clock", "-F", "499", "-g", "-o", str(data), "--"])
-    report = {"tool": tool, "records_per_s_under_perf": row.get("value"), "stage_seconds": row.get("stage_seconds")}
-    for key, sort in (("by_thread_and_library", "comm,dso"), ("by_function", "dso,sym")):
+                  wrap=[perf, "record", "-q", "-e", "cpu-clock", "-F", "499", "-o", str(data), "--"])
+    report: dict[str, Any] = {"tool": tool, "records_per_s_under_perf": row.get("value"),
+                              "stage_seconds": row.get("stage_seconds"), "threads": []}
+
+    def rows_by(sort: str, limit: float) -> list[tuple[float, int, str]]:
         out = subprocess.run([perf, "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
-                              "--percent-limit", "1.5", "--sort", sort], capture_output=True, text=True)
-        lines = [ln.rstrip() for ln in out.stdout.splitlines() if ln.strip() and not ln.startswith("#")]
-        report[key] = lines[:25]
+                              "--percent-limit", str(limit), "--sort", "pid," + sort],
+                             capture_output=True, text=True)
+        found = []
+        for line in out.stdout.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\d+):\S+\s+(.*?)\s*$", line)
+            if m:
+                found.append((float(m.group(1)), int(m.group(2)), m.group(3)))
+        return found
+
+    # perf's `pid` key is the thread: the lowest id is the caller's thread, which runs run().
+    totals: dict[int, float] = {}
+    for pct, tid, _dso in rows_by("dso", 0):
+        totals[tid] = totals.get(tid, 0.0) + pct
+    main_tid = min(totals) if totals else None
+    libs, funcs = rows_by("dso", 1.0), rows_by("sym", 0.7)
+    for tid, pct in sorted(totals.items(), key=lambda kv: -kv[1]):
+        if pct < 1.0:
+            continue
+        report["threads"].append({
+            "thread": "caller (run(): map, sink, checkpoint)" if tid == main_tid else "core or fetch thread",
+            "cpu_percent": round(pct, 1),
+            "by_library": [f"{p:.1f}% {d}" for p, t, d in libs if t == tid],
+            "top_functions": [f"{p:.1f}% {f}" for p, t, f in funcs if t == tid][:12]})
     (WORK_DIR / f"profile-{tool}.txt").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
 
@@ -221,8 +243,10 @@ def main() -> int:
     if args.profile:
         for tool in (t for t in PROFILED if t in tools):
             profiles.append(profile(tool, records, args.page, args.server_threads))
-            print(f"\nprofile of {tool} (perf, cpu-clock, all threads):")
-            print("\n".join(profiles[-1].get("by_thread_and_library", [])[:12]))
+            print(f"\nprofile of {tool} (perf, cpu-clock; % of the client process's samples, per thread):")
+            for t in profiles[-1].get("threads", []):
+                print(f"  {t['cpu_percent']:5.1f}% {t['thread']}: {', '.join(t['by_library'][:5])}")
+                print("         " + "; ".join(t["top_functions"][:6]))
     machine = common.machine_info()
     path = common.write_results(NAME, rows, unit="records/s", machine=machine, records=records,
                                 page_size=args.page, window=16, server_threads=args.server_threads,
