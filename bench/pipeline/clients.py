@@ -87,7 +87,10 @@ def prepare_aiohttp(url: str, page: int, out: str, use_orjson: bool = False) -> 
     import aiohttp
 
     if use_orjson:
-        import orjson
+        try:
+            import orjson
+        except ImportError:
+            sys.exit(EXIT_SKIP)
 
         loads: Callable[[Any], Any] = orjson.loads
 
