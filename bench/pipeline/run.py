@@ -224,7 +224,7 @@ def markdown_table(doc: dict[str, Any]) -> str:
            "| --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         base, _, fewer = r["tool"].partition(" (")  # "isthmus (100,000 records)": the memory check
-        name = ROW_NAMES.get(base, base) + (f" ({fewer}" if fewer else "")
+        name = ROW_NAMES.get(r["tool"]) or ROW_NAMES.get(base, base) + (f" ({fewer}" if fewer else "")
         vs = f"{r['value'] / ref:.2f}x" if ref else "-"
         out.append(f"| {name} | {r['value']:,} | {vs} | {r['cpu_s_per_1k']:.4f} | {r['peak_rss_mb']} MB |")
     return "\n".join(out)
