@@ -26,12 +26,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(1, str(HERE))
 import common  # noqa: E402
 from common import EXIT_SKIP  # noqa: E402
 
 NAME = "pipeline"
 SANDBOX_ROW = "sandbox only (wrk)"
-TOOLS = ["sandbox", "isthmus", "isthmus-fieldmap", "isthmus-fieldmap-http", "aiohttp", "aiohttp-orjson", "dlt"]
+TOOLS = ["sandbox", "import", "isthmus", "isthmus-fieldmap", "isthmus-fieldmap-http", "aiohttp", "aiohttp-orjson",
+         "dlt"]
 PROFILED = ["isthmus", "isthmus-fieldmap", "isthmus-fieldmap-http"]
 WORK_DIR = HERE.parent / "work"  # gitignored: perf data and reports
 
@@ -45,6 +47,25 @@ request = function()
   local offset = (n * page) % total
   n = n + 1
   return wrk.format("GET", "/v1/contacts?offset=" .. offset .. "&limit=" .. page)
+end
+"""
+
+IMPORT_ROW = "import sandbox only (wrk POST)"
+# wrk POSTs batches of one page's records to the import endpoint, 8 at a time like HttpSink;
+# each request renumbers the contact ids so that every record is new to the endpoint.
+WRK_IMPORT_LUA = """\
+local body, page, n = nil, 500, 0
+init = function(args)
+  page = tonumber(args[1])
+  local f = assert(io.open(args[2], "rb")); body = f:read("*a"); f:close()
+end
+request = function()
+  local shift = n * page
+  n = n + 1
+  local b = body:gsub('"id":"con_(%d+)"', function(d)
+    return string.format('"id":"con_%010d"', tonumber(d) + shift)
+  end)
+  return wrk.format("POST", "/v1/contacts/batch", {["Content-Type"] = "application/json"}, b)
 end
 """
 
@@ -124,13 +145,47 @@ def measure_sandbox(n: int, page: int, threads: int, seconds: float) -> dict[str
             "note": f"{bad.group(1)} non-2xx" if bad else "wrk -t1 -c16, pages only"}
 
 
+def measure_import(page: int, threads: int, seconds: float) -> dict[str, Any]:
+    """wrk alone POSTing pages of records to the import endpoint: the HttpSink row's ceiling."""
+    wrk = shutil.which("wrk")
+    if not wrk:
+        return {"tool": IMPORT_ROW, "value": None, "note": "wrk not installed (scripts/install-deps.sh bench)"}
+    with Sandbox(page, page, 1) as src:
+        with urllib.request.urlopen(f"{src.url}/v1/contacts?offset=0&limit={page}", timeout=30) as r:
+            records = json.loads(r.read())["data"]
+    import clients  # the same mapping the HttpSink row applies
+
+    body = json.dumps([clients.trivial(x) for x in records], ensure_ascii=False, separators=(",", ":"))
+    with Sandbox(1, page, threads) as dest, tempfile.TemporaryDirectory() as tmp:
+        script, batch = Path(tmp) / "import.lua", Path(tmp) / "batch.json"
+        script.write_text(WRK_IMPORT_LUA)
+        batch.write_text(body, encoding="utf-8")
+        before = dest.cpu_s()
+        run = common.run_client([wrk, "-t1", "-c8", f"-d{seconds:g}s", "-s", str(script), dest.url,
+                                 "--", str(page), str(batch)], timeout=seconds + 60)
+        server_cpu = dest.cpu_s() - before
+        received = dest.stats()["records_received"].get("contacts", {})
+    done = re.search(r"(\d+) requests in ([\d.]+)s", run.stdout)
+    if run.returncode != 0 or not done:
+        return {"tool": IMPORT_ROW, "value": None, "note": f"wrk failed: {(run.stderr or run.stdout)[-300:]}"}
+    requests, took = int(done.group(1)), float(done.group(2))
+    # Count what the endpoint took as new, not what wrk sent: a batch still in flight at the end
+    # or a refused one does not count.
+    unique = int(received.get("unique", 0))
+    return {"tool": IMPORT_ROW, "value": round(unique / took), "records": unique, "wall_s": took,
+            "cpu_s": round(run.cpu_s, 2), "cpu_s_per_1k": round(run.cpu_s / max(unique, 1) * 1000, 4),
+            "peak_rss_mb": run.peak_rss_mb, "server_cpu_s": round(server_cpu, 2), "requests": requests,
+            "server_threads": threads, "received": received,
+            "note": f"wrk -t1 -c8, POST {page} records a batch; {unique:,} unique received"}
+
+
 def measure(tool: str, n: int, records: int, page: int, threads: int,
             wrap: list[str] | None = None) -> dict[str, Any]:
     """Serves n records from a fresh sandbox process and runs one tool over them."""
     label = tool if n == records else f"{tool} ({n:,} records)"
     http = tool == "isthmus-fieldmap-http"
     with Sandbox(n, page, threads) as api, tempfile.TemporaryDirectory() as tmp:
-        dest = Sandbox(1, page, 1).__enter__() if http else None
+        dest = Sandbox(1, page, threads).__enter__() if http else None
         try:
             out = str(Path(tmp) / "out.jsonl")
             before = api.cpu_s() + (dest.cpu_s() if dest else 0.0)
@@ -207,6 +262,7 @@ def profile(tool: str, records: int, page: int, threads: int) -> dict[str, Any]:
 
 ROW_NAMES = {
     SANDBOX_ROW: "sandbox alone (wrk reading the same pages)",
+    IMPORT_ROW: "import sandbox alone (wrk posting pages of records)",
     "isthmus": "isthmus, trivial Python map -> JSONL",
     "isthmus-fieldmap": "isthmus, `FieldMap` -> JSONL",
     "isthmus-fieldmap-http": "isthmus, `FieldMap` -> `HttpSink` (import sandbox)",
@@ -260,6 +316,8 @@ def main() -> int:
         try:
             if tool == "sandbox":
                 rows.append(measure_sandbox(n, args.page, args.server_threads, args.wrk_seconds))
+            elif tool == "import":
+                rows.append(measure_import(args.page, args.server_threads, args.wrk_seconds))
             else:
                 rows.append(measure(tool, n, records, args.page, args.server_threads))
         except common.Skip as exc:
