@@ -175,7 +175,7 @@ def prepare_aiohttp(url: str, page: int, out: str, use_orjson: bool = False) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# dlt, configured as its performance guide recommends
+# dlt, as its performance guide suggests: pages yielded whole, nested data left as JSON
 
 def prepare_dlt(url: str, page: int, out: str) -> Callable[[], dict]:
     try:
@@ -186,12 +186,10 @@ def prepare_dlt(url: str, page: int, out: str) -> Callable[[], dict]:
     where = os.path.dirname(os.path.abspath(out))
     os.environ["DESTINATION__FILESYSTEM__BUCKET_URL"] = "file://" + where
     os.environ.setdefault("RUNTIME__LOG_LEVEL", "WARNING")
-    # dlt's performance guide: larger in-memory buffers, intermediate files split so that the
-    # normalize stage runs in parallel worker processes (one per core here), parallel loading.
-    os.environ.setdefault("DATA_WRITER__BUFFER_MAX_ITEMS", "50000")
-    os.environ.setdefault("EXTRACT__DATA_WRITER__FILE_MAX_ITEMS", "100000")
-    os.environ.setdefault("NORMALIZE__WORKERS", str(os.cpu_count() or 1))
-    os.environ.setdefault("LOAD__WORKERS", "4")
+    # dlt's performance guide also offers bigger buffers and parallel normalize workers
+    # (DATA_WRITER__BUFFER_MAX_ITEMS, EXTRACT__DATA_WRITER__FILE_MAX_ITEMS, NORMALIZE__WORKERS);
+    # here, on 2 cores, they were no faster at 1,000,000 records (3,274 vs 3,402 records/s) and
+    # cost 80 MB more, so dlt's defaults stand. Those variables still apply when set.
 
     def work() -> dict:
         source = rest_api_source({
