@@ -24,6 +24,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "http/curl_url.hpp"
@@ -217,7 +218,9 @@ class Client::Impl {
   void cancel(std::uint64_t id);
   void close();
   // Closes, frees every curl resource and returns once no handler can touch *this.
+  // Never from one of the engine's I/O threads (it would wait for itself).
   void shutdown();
+  bool on_io_thread() const { return engine_->impl().on_io_thread(); }
 
   const ClientOptions& options() const noexcept { return options_; }
   std::uint64_t connections_opened() const noexcept {
@@ -859,7 +862,16 @@ void Client::Impl::release_easy(CURL* easy) {
 Client::Client(std::shared_ptr<Engine> engine, ClientOptions options)
     : impl_(std::make_shared<Impl>(std::move(engine), std::move(options))) {}
 
-Client::~Client() { impl_->shutdown(); }
+Client::~Client() {
+  // The last owner may let go inside a completion, on an I/O thread: waiting there for the
+  // client's handlers to drain would wait for the handler this thread is running. A thread of
+  // its own does the waiting, and keeps *impl_ alive until no handler can touch it.
+  if (impl_->on_io_thread()) {
+    std::thread([impl = std::move(impl_)] { impl->shutdown(); }).detach();
+    return;
+  }
+  impl_->shutdown();
+}
 
 std::uint64_t Client::send(Request request, Completion done) {
   return impl_->send(std::move(request), std::move(done));

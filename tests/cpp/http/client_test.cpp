@@ -94,6 +94,26 @@ TEST_F(ClientTest, Get) {
   EXPECT_GT(r.elapsed, 0);
 }
 
+// The last owner of a client may be a completion: dropping it there, on the I/O thread, must
+// neither deadlock (the client waiting for the handler that is running) nor free what that
+// handler still uses.
+TEST_F(ClientTest, TheLastOwnerMayLetGoInsideACompletion) {
+  for (int round = 0; round < 20; ++round) {
+    auto owner = std::make_shared<std::shared_ptr<Client>>(std::make_shared<Client>(engine_));
+    Client& client = **owner;
+    std::promise<std::error_code> done;
+    client.send(get(server_.url("/json")), [owner, &done](std::error_code ec, Response) mutable {
+      owner->reset();  // the last reference: ~Client runs here, on an I/O thread
+      done.set_value(ec);
+    });
+    owner.reset();
+    auto answer = done.get_future();
+    ASSERT_EQ(answer.wait_for(std::chrono::seconds(30)), std::future_status::ready)
+        << "round " << round << ": ~Client inside its own completion did not return";
+    EXPECT_FALSE(answer.get());
+  }
+}
+
 TEST_F(ClientTest, HttpErrorStatusIsAResponseNotAnError) {
   Client client(engine_);
   auto [ec, r] = fetch(client, get(server_.url("/status/503")));
