@@ -16,7 +16,7 @@ import json as _json
 import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union, cast
 from urllib.parse import urlencode, urlsplit
 
 from isthmus import _core, errors
@@ -205,7 +205,7 @@ class Request:
         self.timeout = timeout
 
     @classmethod
-    def _get(cls, url: str, headers: Headers) -> "Request":
+    def _get(cls, url: str, headers: Headers) -> Request:
         # The fast path of get_many: nothing to validate that build_request has not already.
         r = cls.__new__(cls)
         r.method, r.url, r.headers, r.content, r.timeout = "GET", url, headers, None, None
@@ -221,7 +221,7 @@ class Response:
     __slots__ = ("_raw", "request", "_content", "_headers")
 
     def __init__(self, raw: Any, request: Request):
-        self._raw = raw
+        self._raw: _core.Response = raw
         self.request = request
         self._content: Optional[bytes] = None
         self._headers: Optional[Headers] = None
@@ -324,7 +324,7 @@ class Response:
         """True for a 4xx or 5xx status."""
         return self.status_code >= 400
 
-    def raise_for_status(self) -> "Response":
+    def raise_for_status(self) -> Response:
         """Return the response if its status is below 400; raise the matching HTTPStatusError."""
         status = self.status_code
         if status < 400:
@@ -446,7 +446,7 @@ class _ClientBase:
             limit_key=self._limit_key,
         )
 
-    def _with_retry(self, retry: "_limits.Retry") -> Any:
+    def _with_retry(self, retry: _limits.Retry) -> Any:
         """This client retrying by ``retry`` instead: the same connections, credential and
         limiter (one is made when the client has none, so waits are still counted). The copy
         is for internal callers and is never closed: closing it would close this client."""
@@ -551,15 +551,18 @@ def _verb(method: str, awaitable: bool = False) -> Any:
                        headers: HeaderInput = None, content: Union[bytes, str, None] = None,
                        data: Union[bytes, str, Mapping[str, Any], None] = None, json: Any = None,
                        timeout: Optional[float] = None, priority: Optional[str] = None) -> Response:
-            return await self.request(method, url, params=params, headers=headers, content=content,
-                                      data=data, json=json, timeout=timeout, priority=priority)
+            return cast(Response, await self.request(
+                method, url, params=params, headers=headers, content=content, data=data, json=json,
+                timeout=timeout, priority=priority))
     else:
+        # mypy wants both variants of a conditional def to share one signature; one is async by design
         def call(self: Any, url: str, *, params: ParamsInput = None,  # type: ignore[misc]
                  headers: HeaderInput = None, content: Union[bytes, str, None] = None,
                  data: Union[bytes, str, Mapping[str, Any], None] = None, json: Any = None,
                  timeout: Optional[float] = None, priority: Optional[str] = None) -> Response:
-            return self.request(method, url, params=params, headers=headers, content=content,
-                                data=data, json=json, timeout=timeout, priority=priority)
+            return cast(Response, self.request(
+                method, url, params=params, headers=headers, content=content, data=data, json=json,
+                timeout=timeout, priority=priority))
 
     call.__name__ = method.lower()
     call.__qualname__ = f"{'AsyncClient' if awaitable else 'Client'}.{method.lower()}"
@@ -738,7 +741,7 @@ class Client(_ClientBase):
             self._closed = True
             self._core.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -755,14 +758,14 @@ class AsyncClient(_ClientBase):
         super().__init__(base_url, **kwargs)
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._queue: Any = None
-        self._futures: dict[int, tuple[asyncio.Future, Request]] = {}
+        self._futures: dict[int, tuple[asyncio.Future[Response], Request]] = {}
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
 
-    def _bind_loop(self) -> None:
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.get_running_loop()
         if self._loop is loop:
-            return
+            return loop
         if self._loop is not None and not self._loop.is_closed() and self._futures:
             raise errors.ConfigError("AsyncClient: in use by another event loop; create one client per loop")
         if self._queue is not None:
@@ -776,6 +779,7 @@ class AsyncClient(_ClientBase):
                 pass
 
         self._queue = _core.CompletionQueue(notify)
+        return loop
 
     def _drain(self) -> None:
         for token, raw in self._queue.take():
@@ -813,9 +817,9 @@ class AsyncClient(_ClientBase):
         """Send a Request as built and return its Response, awaited. Cancelling the awaiting
         task cancels the transfer."""
         self._check_open()
-        self._bind_loop()
+        loop = self._bind_loop()
         token = next(self._tokens)
-        future = self._loop.create_future()
+        future: asyncio.Future[Response] = loop.create_future()
         self._futures[token] = (future, request)
         transfer = self._core.send_async(
             self._queue, token, request.method, request.url, request.headers.multi_items(),
@@ -872,7 +876,7 @@ class AsyncClient(_ClientBase):
                 future.cancel()
         self._futures.clear()
 
-    async def __aenter__(self) -> "AsyncClient":
+    async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -884,7 +888,7 @@ class AsyncClient(_ClientBase):
 # client and a response, so that nothing outside this module reaches into their private parts.
 # Not public API; other modules call ``isthmus._transport``, never these.
 
-def _retrying_view(client: Any, retry: "_limits.Retry") -> Any:
+def _retrying_view(client: Any, retry: _limits.Retry) -> Any:
     """Internal: ``client`` retrying by ``retry`` (see ``_ClientBase._with_retry``)."""
     return client._with_retry(retry)
 
@@ -892,7 +896,7 @@ def _retrying_view(client: Any, retry: "_limits.Retry") -> Any:
 def _exchange(client: Any, requests: list[Request], concurrency: int) -> list[Any]:
     """Internal: the core's raw answers to ``requests`` sent by an open ``Client``, in order."""
     client._check_open()
-    return client._exchange_many(requests, concurrency)
+    return cast(list[Any], client._exchange_many(requests, concurrency))
 
 
 def _raw_answer(response: Response) -> Any:

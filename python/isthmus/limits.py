@@ -21,8 +21,8 @@ import math
 import numbers
 import time
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any, Optional, Union
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Optional, Union, cast
 
 from isthmus import _core, errors
 
@@ -39,7 +39,9 @@ def _bad(field: str, value: Any, valid: str) -> errors.ConfigError:
 def _number(field: str, value: Any, *, minimum: float = 0.0, inclusive: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise _bad(field, value, "a finite number")
-    ok = value >= minimum if inclusive else value > minimum
+    # The numbers.Real stub declares no comparison with float, though every Real has one.
+    real = cast(float, value)
+    ok = real >= minimum if inclusive else real > minimum
     if not ok:
         raise _bad(field, value, f"a number {'>=' if inclusive else '>'} {minimum:g}")
     return float(value)
@@ -56,6 +58,14 @@ def _per(field: str, per: Any) -> float:
     return _number(field, per)
 
 
+def _count(field: str, value: Any) -> int:
+    # Takes Any, not int: mypy holds that no int is an Integral, so a check on an int-typed
+    # argument would make the code after it unreachable, and unchecked.
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise _bad(field, value, "an int >= 1")
+    return int(value)
+
+
 def _scope(scope: Optional[Iterable[str]]) -> Optional[list[str]]:
     if scope is None:
         return None
@@ -69,17 +79,21 @@ def _scope(scope: Optional[Iterable[str]]) -> Optional[list[str]]:
 class _Rule:
     """One limit. Combine with ``&`` (or pass a list) to apply several at once."""
 
+    # Set by as_limiter on the rules of the Limiter it makes; absent until then.
+    _limiter: weakref.ref[Limiter]
+
     def _spec(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def __and__(self, other: Any) -> "Limits":
-        return Limits([self]) & other
+    def __and__(self, other: Any) -> Limits:
+        combined: Limits = Limits([self]) & other
+        return combined
 
-    def __rand__(self, other: Any) -> "Limits":
+    def __rand__(self, other: Any) -> Limits:
         return Limits(_rules_of(other)) & self
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self._spec() == other._spec()  # type: ignore[attr-defined]
+        return type(self) is type(other) and self._spec() == other._spec()
 
     def __hash__(self) -> int:
         return hash(repr(self))
@@ -130,9 +144,7 @@ class Concurrency(_Rule):
     """At most ``n`` calls in flight at once."""
 
     def __init__(self, n: int, *, scope: Optional[Iterable[str]] = None):
-        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-            raise _bad("n", n, "an int >= 1")
-        self.n = int(n)
+        self.n = _count("n", n)
         self.scope = _scope(scope)
 
     def _spec(self) -> dict[str, Any]:
@@ -207,12 +219,12 @@ class Limits:
     def __init__(self, rules: Iterable[_Rule] = ()):
         self.rules: tuple[_Rule, ...] = tuple(_rules_of(list(rules)))
 
-    def __and__(self, other: Any) -> "Limits":
+    def __and__(self, other: Any) -> Limits:
         return Limits(list(self.rules) + _rules_of(other))
 
     __rand__ = __and__
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[_Rule]:
         return iter(self.rules)
 
     def __len__(self) -> int:
@@ -315,9 +327,7 @@ class Retry:
                  retry_on: Iterable[Union[int, str]] = (*_RETRY_STATUSES, "timeout", "connection"),
                  circuit_breaker: Union[bool, Mapping[str, Any]] = True,
                  max_server_wait: float = 900.0):
-        if isinstance(attempts, bool) or not isinstance(attempts, numbers.Integral) or attempts < 1:
-            raise _bad("attempts", attempts, "an int >= 1")
-        self.attempts = int(attempts)
+        self.attempts = _count("attempts", attempts)
         self.base = _number("base", base)
         self.cap = _number("cap", cap)
         if self.cap < self.base:
@@ -325,12 +335,14 @@ class Retry:
         self.deadline = None if deadline is None else _number("deadline", deadline)
         statuses: list[int] = []
         self.on_timeout = self.on_connection = False
-        for item in ([retry_on] if isinstance(retry_on, (int, str)) else list(retry_on)):
+        # Any, as in _count: typed int | str, mypy would skip the Integral branch as unreachable.
+        items: list[Any] = [retry_on] if isinstance(retry_on, (int, str)) else list(retry_on)
+        for item in items:
             if item == "timeout":
                 self.on_timeout = True
             elif item == "connection":
                 self.on_connection = True
-            elif isinstance(item, numbers.Integral) and not isinstance(item, bool) and 100 <= item <= 599:
+            elif isinstance(item, numbers.Integral) and not isinstance(item, bool) and 100 <= int(item) <= 599:
                 statuses.append(int(item))
             else:
                 raise _bad("retry_on", item, "HTTP statuses (100-599), 'timeout' or 'connection'")
