@@ -19,7 +19,7 @@ import time
 import webbrowser
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from isthmus import _core, errors
 
@@ -436,7 +436,8 @@ class OAuth2AuthorizationCode(_OAuth2):
         params.update(self._extra)
         sep = "&" if urlsplit(self.authorize_url).query else "?"
         log.info("OAuth2AuthorizationCode: waiting for the redirect on %s", self._redirect_uri)
-        return self.authorize_url + sep + urlencode(params)
+        # The core's query encoder, the one every request goes through (a space is %20).
+        return self.authorize_url + sep + _core.encode_query([(k, str(v)) for k, v in params.items()])
 
     def wait(self, timeout: float = 300.0) -> OAuth2AuthorizationCode:
         """Waits for the redirect, checks it and exchanges the code for tokens."""
