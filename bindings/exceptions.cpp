@@ -1,5 +1,11 @@
 #include "exceptions.hpp"
 
+#include <pybind11/stl.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
 #include "bindings.hpp"
 #include "isthmus/error.hpp"
 
@@ -73,10 +79,10 @@ void register_exceptions(py::module_& m) {
   m.def(
       "error_codes",
       [] {
-        py::list out;
+        std::vector<std::tuple<std::string, int, std::string>> out;
         for (int v = 0; v < kErrcCount; ++v) {
           const auto e = static_cast<errc>(v);
-          out.append(py::make_tuple(std::string(name(e)), v, make_error_code(e).message()));
+          out.emplace_back(std::string(name(e)), v, make_error_code(e).message());
         }
         return out;
       },

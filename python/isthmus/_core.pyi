@@ -214,7 +214,7 @@ def encode_url(url: str) -> str:
     """
     The URL as sent on the wire: non-ASCII and unsafe bytes of the path, query and fragment percent-encoded as UTF-8, existing %XX escapes kept.
     """
-def error_codes() -> list:
+def error_codes() -> list[tuple[str, int, str]]:
     """
     Every code of the core's error category as (name, value, message), in value order.
     """
