@@ -390,6 +390,20 @@ py::list record_keys(const py::list& records, const std::vector<std::string>& pa
   return out;
 }
 
+// The value at a dotted path in each record (the object itself, not a copy); None where a step
+// is absent. The one dotted-path walk over Python records: keys, incremental cursors, pages.
+py::list record_values(const py::list& records, const std::vector<std::string>& path) {
+  std::vector<RecordStep> steps;
+  for (const auto& p : path) steps.push_back(record_step(p));
+  const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+  py::list out(n);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* at = walk_record(PyList_GET_ITEM(records.ptr(), i), steps);
+    PyList_SET_ITEM(out.ptr(), i, py::reinterpret_borrow<py::object>(at ? at : Py_None).release().ptr());
+  }
+  return out;
+}
+
 }  // namespace
 
 void bind_pipeline(py::module_& m) {
@@ -398,6 +412,8 @@ void bind_pipeline(py::module_& m) {
 
   m.def("record_keys", &record_keys, py::arg("records"), py::arg("path"),
         "Each record's identity at a path of keys, as text; None where it has none.");
+  m.def("record_values", &record_values, py::arg("records"), py::arg("path"),
+        "The value at a path of keys (digits index a list) in each record; None where absent.");
 
   py::class_<FieldMapper>(m, "FieldMapper", "The core of isthmus.FieldMap.")
       .def(py::init<const py::list&>(), py::arg("rules"))

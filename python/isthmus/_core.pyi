@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'raise_error_code', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -255,6 +255,10 @@ def random_token(nbytes: typing.SupportsInt | typing.SupportsIndex) -> str:
 def record_keys(records: list, path: collections.abc.Sequence[str]) -> list:
     """
     Each record's identity at a path of keys, as text; None where it has none.
+    """
+def record_values(records: list, path: collections.abc.Sequence[str]) -> list:
+    """
+    The value at a path of keys (digits index a list) in each record; None where absent.
     """
 def redact_url(arg0: str) -> str:
     """

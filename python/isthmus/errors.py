@@ -312,6 +312,16 @@ def pipeline_error(message: str, cause: BaseException) -> PipelineError:
     return exc
 
 
+def in_run(where: str, exc: BaseException) -> BaseException:
+    """What a run raises for ``exc``, met at ``where`` (``"Stream /v1/contacts"``, ``"HttpSink"``):
+    an isthmus error a direct call would raise (``ConnectError``, ``TokenError``, ``AuthError``
+    ...) becomes its ``pipeline_error``; a ``PipelineError`` or any other exception (a user's
+    mapping or sink raising ``KeyError``) is returned as it is."""
+    if isinstance(exc, IsthmusError) and not isinstance(exc, PipelineError):
+        return pipeline_error(f"{where}: {exc}", exc)
+    return exc
+
+
 class StateError(IsthmusError):
     """A pipeline's state file cannot be trusted (empty, damaged, not a state file). The
     message names the file; nothing is read from it or written to it."""

@@ -196,3 +196,87 @@ def test_errors_module_parses_no_dates_of_its_own():
     import inspect
     source = inspect.getsource(errors)
     assert "email.utils" not in source and "parsedate" not in source
+
+
+# --- Inside a run: the class a direct call would raise, as a PipelineError with __cause__ ---
+
+_FAST = isthmus.Retry(attempts=2, base=0.01, cap=0.05, circuit_breaker=False)
+_ALWAYS = {"429": {"error_rate": {"429": 1.0}}, "503": {"error_rate": {"503": 1.0}}}
+
+
+def _stream(client):
+    return isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), retry=_FAST)
+
+
+def _assert_run_raises(pipe, cls, *, status=None, secret="hunter2"):
+    with pytest.raises(cls) as caught:
+        pipe.run()
+    err = caught.value
+    assert isinstance(err, errors.PipelineError), type(err).__mro__
+    assert isinstance(err.__cause__, cls) and not isinstance(err.__cause__, errors.PipelineError)
+    assert err.status_code == status and err.status_code == err.__cause__.status_code
+    assert err.request and err.request == err.__cause__.request
+    assert secret not in str(err) + repr(err.__dict__)
+    assert pipe.runs()["status"].tolist() == ["failed"]
+    return err
+
+
+@pytest.mark.parametrize("fault,cls,status", [
+    ("429", errors.RateLimited, 429),
+    ("503", errors.ServerError, 503),
+])
+def test_a_source_that_keeps_failing_raises_the_status_class(tmp_path, fault, cls, status):
+    with isthmus.Sandbox(records=50, faults={"GET /v1/contacts": _ALWAYS[fault]}) as src, \
+            isthmus.Client(src.url) as client:
+        pipe = isthmus.Pipeline(_stream(client), sink=isthmus.CallableSink(list), state=str(tmp_path / "s.db"))
+        err = _assert_run_raises(pipe, cls, status=status)
+    assert err.request.startswith(f"GET {src.url}/v1/contacts")
+
+
+def test_a_source_answering_401_raises_auth_error(tmp_path):
+    with isthmus.Sandbox(records=50, auth="api_key") as src, \
+            isthmus.Client(src.url, auth=isthmus.ApiKey("hunter2", header="X-API-Key")) as client:
+        pipe = isthmus.Pipeline(_stream(client), sink=isthmus.CallableSink(list), state=str(tmp_path / "s.db"))
+        _assert_run_raises(pipe, errors.AuthError, status=401)
+
+
+def test_a_refused_source_raises_connect_error(tmp_path, closed_port):
+    with isthmus.Client(f"http://127.0.0.1:{closed_port}") as client:
+        pipe = isthmus.Pipeline(_stream(client), sink=isthmus.CallableSink(list), state=str(tmp_path / "s.db"))
+        err = _assert_run_raises(pipe, errors.ConnectError)
+    assert isinstance(err, ConnectionError) and f"127.0.0.1:{closed_port}/v1/contacts" in err.request
+
+
+def test_a_token_endpoint_refusing_raises_token_error(tmp_path):
+    with isthmus.Sandbox(records=50, auth="oauth2") as src:
+        auth = isthmus.OAuth2ClientCredentials(src.token_url, src.client_id, "hunter2")
+        with isthmus.Client(src.url, auth=auth) as client:
+            pipe = isthmus.Pipeline(_stream(client), sink=isthmus.CallableSink(list),
+                                    state=str(tmp_path / "s.db"))
+            err = _assert_run_raises(pipe, errors.TokenError)
+    assert isinstance(err, PermissionError)
+
+
+def _sink_pipeline(src, sink_client, tmp_path):
+    return isthmus.Pipeline(isthmus.Stream(isthmus.Client(src.url), "/v1/contacts",
+                                           paginator=isthmus.CursorPaginator()),
+                            sink=isthmus.HttpSink(sink_client, "/v1/contacts/batch", retry=_FAST),
+                            state=str(tmp_path / "s.db"))
+
+
+def test_a_refused_sink_raises_connect_error(tmp_path, closed_port):
+    with isthmus.Sandbox(records=50) as src, isthmus.Client(f"http://127.0.0.1:{closed_port}") as dst:
+        err = _assert_run_raises(_sink_pipeline(src, dst, tmp_path), errors.ConnectError)
+    assert err.request == f"POST http://127.0.0.1:{closed_port}/v1/contacts/batch"
+
+
+@pytest.mark.parametrize("fault,cls,status", [
+    ("429", errors.RateLimited, 429),
+    ("503", errors.ServerError, 503),
+])
+def test_a_sink_that_keeps_failing_raises_the_status_class(tmp_path, fault, cls, status):
+    with isthmus.Sandbox(records=50) as src, \
+            isthmus.Sandbox(faults={"POST /v1/contacts/batch": _ALWAYS[fault]}) as dst, \
+            isthmus.Client(dst.url) as client:
+        err = _assert_run_raises(_sink_pipeline(src, client, tmp_path), cls, status=status)
+    assert err.request == f"POST {dst.url}/v1/contacts/batch"
