@@ -160,16 +160,22 @@ def retry_after_server():
     server.server_close()
 
 
-def _http_date(offset: float) -> str:
-    return email.utils.formatdate(time.time() + offset, usegmt=True)
+class _InAnHour:
+    """An HTTP-date an hour (or `hours`) from when the test runs, not from when it was collected."""
+
+    def __init__(self, hours: float):
+        self.hours = hours
+
+    def __str__(self) -> str:
+        return email.utils.formatdate(time.time() + 3600 * self.hours, usegmt=True)
 
 
 @pytest.mark.parametrize("value,expected", [
     ("120", 120.0),
     ("0", 0.0),
     (" 7 ", 7.0),
-    (_http_date(3600), 3600.0),
-    (_http_date(-3600), 0.0),          # a date in the past: go now
+    (_InAnHour(1), 3600.0),
+    (_InAnHour(-1), 0.0),              # a date in the past: go now
     ("Sunday, 06-Nov-94 08:49:47 GMT", 0.0),
     ("soon", None),
     ("-5", None),
@@ -180,7 +186,7 @@ def _http_date(offset: float) -> str:
 def test_rate_limited_reads_retry_after_as_the_core_does(retry_after_server, value, expected):
     """RateLimited.retry_after (Python) and the limiter's parser (the core) are one parser."""
     with isthmus.Client(retry=None) as c:
-        r = c.get(retry_after_server + "/x", params={"v": value})
+        r = c.get(retry_after_server + "/x", params={"v": str(value)})
     with pytest.raises(errors.RateLimited) as caught:
         r.raise_for_status()
     core = _core.parse_retry_after(r.headers["retry-after"], time.time())
