@@ -10,7 +10,6 @@ token store before they are used. No secret appears in a repr, a log line or an 
 from __future__ import annotations
 
 import datetime as _dt
-import hmac as _hmac
 import http.server
 import json
 import logging
@@ -398,7 +397,8 @@ class OAuth2AuthorizationCode(_OAuth2):
                     self.send_error(404)
                     return
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                ok = "code" in query and _hmac.compare_digest(query.get("state", ""), flow._state)
+                ok = "code" in query and _core.constant_time_equal(query.get("state", "").encode(),
+                                                                    flow._state.encode())
                 if not flow._arrived.is_set():
                     flow._result = query if ok or "error" in query else {"error": "state_mismatch"}
                     flow._arrived.set()
