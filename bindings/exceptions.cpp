@@ -35,6 +35,7 @@ const char* class_name(const std::error_code& ec) {
     case errc::shutting_down: return "ClientClosed";
     case errc::invalid_argument: return "ConfigError";
     case errc::token_request_failed: return "TokenError";
+    case errc::token_request_lost: return "TokenError";
     case errc::token_store_error: return "TokenStoreError";
     case errc::token_store_tampered: return "TokenStoreError";
     case errc::webhook_invalid: return "WebhookVerificationError";

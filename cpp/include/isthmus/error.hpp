@@ -27,6 +27,7 @@ enum class errc {
   invalid_argument,    // a configuration value is out of range
   // auth
   token_request_failed,  // the token endpoint refused us or answered something unusable
+  token_request_lost,    // the token request got no answer (reset, timeout): worth retrying
   token_store_error,     // the token store could not be opened, read or written (or no key)
   token_store_tampered,  // a stored token failed authentication (wrong key or altered file)
   webhook_invalid,       // a webhook's signature, timestamp or headers did not verify
