@@ -71,6 +71,7 @@ std::string_view name(errc e) noexcept {
     ISTHMUS_ERRC_NAME(shutting_down)
     ISTHMUS_ERRC_NAME(invalid_argument)
     ISTHMUS_ERRC_NAME(token_request_failed)
+    ISTHMUS_ERRC_NAME(token_request_lost)
     ISTHMUS_ERRC_NAME(token_store_error)
     ISTHMUS_ERRC_NAME(token_store_tampered)
     ISTHMUS_ERRC_NAME(webhook_invalid)

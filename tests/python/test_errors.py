@@ -33,6 +33,7 @@ CODE_TABLE = {
     "shutting_down": (errors.ClientClosed, RuntimeError),
     "invalid_argument": (errors.ConfigError, ValueError),
     "token_request_failed": (errors.TokenError, PermissionError),
+    "token_request_lost": (errors.TokenError, PermissionError),
     "token_store_error": (errors.TokenStoreError, None),
     "token_store_tampered": (errors.TokenStoreError, None),
     "webhook_invalid": (errors.WebhookVerificationError, ValueError),
