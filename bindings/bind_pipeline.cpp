@@ -194,6 +194,13 @@ RecordStep record_step(const std::string& text) {
   return st;
 }
 
+std::vector<RecordStep> record_steps(const std::vector<std::string>& path) {
+  std::vector<RecordStep> steps;
+  steps.reserve(path.size());
+  for (const auto& p : path) steps.push_back(record_step(p));
+  return steps;
+}
+
 // The value at `path` in a record (borrowed), or nullptr when a step is absent.
 PyObject* walk_record(PyObject* record, const std::vector<RecordStep>& path) {
   PyObject* at = record;
@@ -371,8 +378,7 @@ class FieldMapper {
 // Each record's identity as text: the value at a path of dict keys, a str as it is, another
 // scalar through str(); None where a record has none (the caller hashes those).
 py::list record_keys(const py::list& records, const std::vector<std::string>& path) {
-  std::vector<RecordStep> steps;
-  for (const auto& p : path) steps.push_back(record_step(p));
+  const auto steps = record_steps(path);
   const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
   py::list out(n);
   for (Py_ssize_t i = 0; i < n; ++i) {
@@ -390,6 +396,19 @@ py::list record_keys(const py::list& records, const std::vector<std::string>& pa
   return out;
 }
 
+// The value at a dotted path in each record (the object itself, not a copy); None where a step
+// is absent. The one dotted-path walk over Python records: keys, incremental cursors, pages.
+py::list record_values(const py::list& records, const std::vector<std::string>& path) {
+  const auto steps = record_steps(path);
+  const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+  py::list out(n);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* at = walk_record(PyList_GET_ITEM(records.ptr(), i), steps);
+    PyList_SET_ITEM(out.ptr(), i, py::reinterpret_borrow<py::object>(at ? at : Py_None).release().ptr());
+  }
+  return out;
+}
+
 }  // namespace
 
 void bind_pipeline(py::module_& m) {
@@ -398,6 +417,8 @@ void bind_pipeline(py::module_& m) {
 
   m.def("record_keys", &record_keys, py::arg("records"), py::arg("path"),
         "Each record's identity at a path of keys, as text; None where it has none.");
+  m.def("record_values", &record_values, py::arg("records"), py::arg("path"),
+        "The value at a path of keys (digits index a list) in each record; None where absent.");
 
   py::class_<FieldMapper>(m, "FieldMapper", "The core of isthmus.FieldMap.")
       .def(py::init<const py::list&>(), py::arg("rules"))

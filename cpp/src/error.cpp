@@ -50,6 +50,44 @@ const std::error_category& category() noexcept {
 
 std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), category()}; }
 
+std::string_view name(errc e) noexcept {
+  // No default: -Wswitch names a code added to the enum and not here.
+  switch (e) {
+#define ISTHMUS_ERRC_NAME(code) \
+  case errc::code: return #code;
+    ISTHMUS_ERRC_NAME(ok)
+    ISTHMUS_ERRC_NAME(invalid_url)
+    ISTHMUS_ERRC_NAME(unsupported_scheme)
+    ISTHMUS_ERRC_NAME(resolve_failed)
+    ISTHMUS_ERRC_NAME(connect_failed)
+    ISTHMUS_ERRC_NAME(tls_error)
+    ISTHMUS_ERRC_NAME(timeout)
+    ISTHMUS_ERRC_NAME(transport_error)
+    ISTHMUS_ERRC_NAME(protocol_error)
+    ISTHMUS_ERRC_NAME(decoding_error)
+    ISTHMUS_ERRC_NAME(too_many_redirects)
+    ISTHMUS_ERRC_NAME(invalid_header)
+    ISTHMUS_ERRC_NAME(body_too_large)
+    ISTHMUS_ERRC_NAME(cancelled)
+    ISTHMUS_ERRC_NAME(shutting_down)
+    ISTHMUS_ERRC_NAME(invalid_argument)
+    ISTHMUS_ERRC_NAME(token_request_failed)
+    ISTHMUS_ERRC_NAME(token_request_lost)
+    ISTHMUS_ERRC_NAME(token_store_error)
+    ISTHMUS_ERRC_NAME(token_store_tampered)
+    ISTHMUS_ERRC_NAME(webhook_invalid)
+    ISTHMUS_ERRC_NAME(crypto_error)
+    ISTHMUS_ERRC_NAME(quota_exhausted)
+    ISTHMUS_ERRC_NAME(rate_limited)
+    ISTHMUS_ERRC_NAME(circuit_open)
+    ISTHMUS_ERRC_NAME(retry_deadline)
+    ISTHMUS_ERRC_NAME(state_error)
+    ISTHMUS_ERRC_NAME(internal)
+#undef ISTHMUS_ERRC_NAME
+  }
+  return {};
+}
+
 std::string printable(std::string_view bytes) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;

@@ -15,6 +15,10 @@ from isthmus import http as _http
 from isthmus.http import Response, redact_url
 from isthmus.limits import Retry, as_retry
 
+# What the network counters hold, under the names a run reports them by (they are part of
+# isthmus.pipeline.COUNT_NAMES, and the limiter's snapshot uses the same words).
+NETWORK_COUNTS = ("requests", "status_429", "retries", "bytes_in", "bytes_out", "wait_seconds")
+
 
 class Counters:
     """What a run reports about the network: requests, 429s, retries, bytes, time held back.
@@ -22,7 +26,7 @@ class Counters:
     Several fetch threads count at once, so counting goes through ``count`` (under a lock).
     """
 
-    __slots__ = ("requests", "status_429", "retries", "bytes_in", "bytes_out", "wait_seconds", "_lock")
+    __slots__ = (*NETWORK_COUNTS, "_lock")
 
     def __init__(self) -> None:
         self.requests = self.status_429 = self.retries = self.bytes_in = self.bytes_out = 0

@@ -10,7 +10,6 @@ token store before they are used. No secret appears in a repr, a log line or an 
 from __future__ import annotations
 
 import datetime as _dt
-import hmac as _hmac
 import http.server
 import json
 import logging
@@ -19,7 +18,7 @@ import time
 import webbrowser
 from collections.abc import Mapping
 from typing import Any, Callable, Optional, Sequence, Union
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from isthmus import _core, errors
 
@@ -398,7 +397,8 @@ class OAuth2AuthorizationCode(_OAuth2):
                     self.send_error(404)
                     return
                 query = {k: v[0] for k, v in parse_qs(parts.query).items()}
-                ok = "code" in query and _hmac.compare_digest(query.get("state", ""), flow._state)
+                ok = "code" in query and _core.constant_time_equal(query.get("state", "").encode(),
+                                                                    flow._state.encode())
                 if not flow._arrived.is_set():
                     flow._result = query if ok or "error" in query else {"error": "state_mismatch"}
                     flow._arrived.set()
@@ -436,7 +436,8 @@ class OAuth2AuthorizationCode(_OAuth2):
         params.update(self._extra)
         sep = "&" if urlsplit(self.authorize_url).query else "?"
         log.info("OAuth2AuthorizationCode: waiting for the redirect on %s", self._redirect_uri)
-        return self.authorize_url + sep + urlencode(params)
+        # The core's query encoder, the one every request goes through (a space is %20).
+        return self.authorize_url + sep + _core.encode_query([(k, str(v)) for k, v in params.items()])
 
     def wait(self, timeout: float = 300.0) -> OAuth2AuthorizationCode:
         """Waits for the redirect, checks it and exchanges the code for tokens."""

@@ -5,16 +5,22 @@ Each class also subclasses the builtin a Python user would reach for first
 catches an isthmus timeout. The core's error codes are mapped onto these classes in one
 place, ``bindings/exceptions.cpp``. Messages name the request (method and URL, with
 credentials and secret query values replaced by ``***``) and never carry a secret.
+
+Every error has the same three attributes, ``None`` where they do not apply:
+``status_code`` (the HTTP status of the answer, when there was one), ``request`` (the method
+and the redacted URL, ``"GET https://api.example.com/v1/contacts?token=***"``) and ``body``
+(a short excerpt of the answer with secret-looking values masked; ``""`` without an answer).
 """
 
 from __future__ import annotations
 
 import builtins
-import email.utils
 import functools
 import json
 import time
 from typing import Any, Optional
+
+from isthmus import _core
 
 __all__ = [
     "IsthmusError",
@@ -46,6 +52,8 @@ __all__ = [
     "ReconciliationError",
     "TokenError",
     "TokenStoreError",
+    "CryptoError",
+    "InternalError",
     "WebhookVerificationError",
     "LimitError",
     "QuotaExhausted",
@@ -57,6 +65,19 @@ __all__ = [
 
 class IsthmusError(Exception):
     """Base of every isthmus error."""
+
+    #: The HTTP status of the answer behind the error; None when nothing answered.
+    status_code: Optional[int] = None
+    #: The method and the redacted URL of the request that failed, or None.
+    request: Optional[str] = None
+    #: A short, redacted excerpt of the answer's body; "" when there was no answer.
+    body: str = ""
+
+
+def _request_text(method: Optional[str], url: Optional[str]) -> Optional[str]:
+    if method and url:
+        return f"{method} {url}"
+    return url or None
 
 
 class ConfigError(IsthmusError, ValueError):
@@ -70,6 +91,7 @@ class RequestError(IsthmusError):
         super().__init__(message)
         self.method = method
         self.url = url
+        self.request = _request_text(method, url)
 
 
 class InvalidURL(RequestError, ValueError):
@@ -139,6 +161,7 @@ class JSONDecodeError(DecodingError, json.JSONDecodeError):
         Exception.__init__(self, message)
         self.method = method
         self.url = url
+        self.request = _request_text(method, url)
         self.excerpt = excerpt
         self.position = position
         self.msg = message if msg is None else msg
@@ -175,11 +198,23 @@ class TokenStoreError(IsthmusError):
 class WebhookVerificationError(IsthmusError, ValueError):
     """An incoming webhook did not verify. ``check`` names what failed: ``"secret"``,
     ``"header"`` (missing or malformed), ``"timestamp"`` (outside the replay window) or
-    ``"signature"``."""
+    ``"signature"``; ``None`` when the core refused the webhook without naming one."""
 
-    def __init__(self, message: str, *, check: str):
+    def __init__(self, message: str, *, check: Optional[str] = None):
         super().__init__(message)
         self.check = check
+
+
+class CryptoError(IsthmusError, ValueError):
+    """A cryptographic operation was refused: a key that does not parse or does not fit the
+    algorithm, or an algorithm this build does not offer. The message never holds key bytes."""
+
+
+class InternalError(IsthmusError, RuntimeError):
+    """A bug in isthmus: a state the core should never reach. Please report it with the
+    message; nothing is swallowed."""
+
+
 class LimitError(RequestError):
     """The governor did not send the request: a limit, a quota or a breaker stopped it first."""
 
@@ -210,7 +245,8 @@ class RetryDeadlineExceeded(LimitError, builtins.TimeoutError):
 class HTTPStatusError(IsthmusError):
     """Raised by ``Response.raise_for_status()`` for a 4xx or 5xx answer.
 
-    Carries ``status_code``, ``headers``, the ``response`` and a short, redacted ``body`` excerpt.
+    Carries ``status_code``, ``headers``, ``request`` (method and redacted URL), the
+    ``response`` and a short, redacted ``body`` excerpt.
     """
 
     def __init__(self, message: str, *, response: Any):
@@ -218,7 +254,8 @@ class HTTPStatusError(IsthmusError):
         self.response = response
         self.status_code: int = response.status_code
         self.headers = response.headers
-        self.body: str = response._redacted_excerpt()
+        self.request = _request_text(response.request.method, _core.redact_url(response.url))
+        self.body = response._redacted_excerpt()
 
 
 class ClientError(HTTPStatusError):
@@ -230,31 +267,18 @@ class AuthError(ClientError, PermissionError):
 
 
 class RateLimited(ClientError):
-    """A 429 answer. ``retry_after`` is the server's requested wait in seconds, when it gave one."""
+    """A 429 answer. ``retry_after`` is the server's requested wait in seconds, when it gave one
+    (Retry-After as seconds or an HTTP-date, read by the same parser the core's limiter uses)."""
 
     def __init__(self, message: str, *, response: Any):
         super().__init__(message, response=response)
-        self.retry_after: Optional[float] = parse_retry_after(response.headers.get("retry-after"))
+        value = response.headers.get("retry-after")
+        self.retry_after: Optional[float] = (
+            None if value is None else _core.parse_retry_after(value, time.time()))
 
 
 class ServerError(HTTPStatusError):
     """A 5xx answer."""
-
-
-def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
-    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date), or None."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 class PipelineError(IsthmusError, RuntimeError):
@@ -290,6 +314,16 @@ def pipeline_error(message: str, cause: BaseException) -> PipelineError:
     BaseException.__init__(exc, message)
     exc.__dict__.update(getattr(cause, "__dict__", {}))
     exc.__cause__ = cause
+    return exc
+
+
+def in_run(where: str, exc: BaseException) -> BaseException:
+    """What a run raises for ``exc``, met at ``where`` (``"Stream /v1/contacts"``, ``"HttpSink"``):
+    an isthmus error a direct call would raise (``ConnectError``, ``TokenError``, ``AuthError``
+    ...) becomes its ``pipeline_error``; a ``PipelineError`` or any other exception (a user's
+    mapping or sink raising ``KeyError``) is returned as it is."""
+    if isinstance(exc, IsthmusError) and not isinstance(exc, PipelineError):
+        return pipeline_error(f"{where}: {exc}", exc)
     return exc
 
 

@@ -8,20 +8,12 @@ checkpoint token and moves only when a run has read everything.
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
-from isthmus import errors
+from isthmus import _core, errors
 from isthmus.paginators import _call_repr
 
 __all__ = ["Incremental", "TimeSlices"]
-
-
-def _get_path(record: Any, path: Sequence[str]) -> Any:
-    for step in path:
-        if not isinstance(record, dict):
-            return None
-        record = record.get(step)
-    return record
 
 
 # -- incremental -----------------------------------------------------------------------------
@@ -73,14 +65,17 @@ class _IncrementalTracker:
         self.max_t = _parse_time(self.max_value)
         self.boundary: Dict[str, Any] = {}
 
-    def skip(self, record: Any, key: str) -> bool:
-        value = _get_path(record, self.inc._path)
-        return key in self.previous and self.previous[key] == value
+    def skipped(self, records: List[Any], keys: List[str]) -> List[bool]:
+        """For each record: is it one the last run already delivered, unchanged, at the boundary?"""
+        previous = self.previous
+        if not previous:
+            return [False] * len(records)
+        values = _core.record_values(records, self.inc._path)
+        return [k in previous and previous[k] == v for k, v in zip(keys, values)]
 
     def observe(self, records: List[Any], keys: List[str]) -> None:
-        path, lookback = self.inc._path, self.inc.lookback
-        for r, k in zip(records, keys):
-            v = _get_path(r, path)
+        lookback = self.inc.lookback
+        for v, k in zip(_core.record_values(records, self.inc._path), keys):
             t = _parse_time(v)
             if t is None:
                 continue

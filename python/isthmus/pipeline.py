@@ -29,7 +29,7 @@ import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 from isthmus import errors
-from isthmus._transport import Counters
+from isthmus._transport import NETWORK_COUNTS, Counters
 from isthmus.mapping import FieldMap
 from isthmus.sinks import Rejection, Sink
 from isthmus.source import Acks, Batch, missing_methods, record_keys
@@ -42,8 +42,6 @@ log = logging.getLogger("isthmus")
 # Records asked of the source per batch: about a page, and the unit a batch map gets.
 _MAX_BATCH = 10_000
 
-# The counts a source's and a sink's network counters add to a run.
-_NETWORK = ("requests", "status_429", "retries", "bytes_in", "bytes_out")
 
 # -- progress --------------------------------------------------------------------------------
 
@@ -119,8 +117,10 @@ class _Progress:
 
 _STAGES = ("source", "map", "sink", "checkpoint")
 
-_COUNT_NAMES = ["read", "written", "dead_lettered", "dropped", "skipped", "requests", "status_429",
-                "retries", "bytes_in", "bytes_out", "wait_seconds"]
+# The counts of a run, named once: Run.counts and summary(), the state file's run history,
+# Pipeline.runs() and `isthmus run` all use these names.
+RECORD_COUNTS = ("read", "written", "dead_lettered", "dropped", "skipped")
+COUNT_NAMES = RECORD_COUNTS + NETWORK_COUNTS
 
 
 class _Newer:
@@ -157,7 +157,7 @@ class Run:
 
     def __init__(self, pipeline: Pipeline, run_id: int):
         self.pipeline, self.id = pipeline, run_id
-        self.counts: Dict[str, float] = {k: 0 for k in _COUNT_NAMES}
+        self.counts: Dict[str, float] = {k: 0 for k in COUNT_NAMES}
         # Where the caller's thread spent the run: waiting for pages from the source, in the
         # mapping, in the sink, writing checkpoints. A large "source" means the API is the limit.
         self.stage_seconds: Dict[str, float] = {k: 0.0 for k in _STAGES}
@@ -356,12 +356,23 @@ class Pipeline:
         if not mapped:
             return 0
         accepted = len(mapped)
-        result = self.sink.write(mapped, keys)
+        result = self._at_sink(self.sink.write, mapped, keys)
         if result:
             accepted -= self._file_rejections(result, "write", mapped, keys, dead)
         if settle:
-            accepted -= self._file_rejections(self.sink.flush(), "flush", None, None, dead)
+            accepted -= self._file_rejections(self._at_sink(self.sink.flush), "flush", None, None, dead)
         return accepted
+
+    def _at_sink(self, call: Callable[..., Any], *args: Any) -> Any:
+        """Calls the sink. An isthmus error a direct call would raise (a refused connect, a
+        token the credential could not get) stops the run as its PipelineError, naming the sink."""
+        try:
+            return call(*args)
+        except errors.IsthmusError as exc:
+            wrapped = errors.in_run(type(self.sink).__name__, exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
 
     def _file_rejections(self, result: Any, method: str, records: Optional[List[Any]],
                          keys: Optional[List[str]], dead: List[Dict[str, Any]]) -> int:
@@ -470,7 +481,7 @@ class Pipeline:
             nonlocal pending_dead, since_commit, last_commit, committed, sink_ok, latest
             began = time.perf_counter()
             sink_ok = False
-            flushed = self.sink.flush()
+            flushed = self._at_sink(self.sink.flush)
             sink_ok = True
             dead: List[Dict[str, Any]] = []
             if flushed:
@@ -562,8 +573,9 @@ class Pipeline:
             if collector_was_on:
                 gc.enable()
             run.duration = time.monotonic() - started
-            for k in _NETWORK:
-                run.counts[k] = getattr(counters, k) + int(getattr(source_counters, k, 0) or 0)
+            # What the sink's counters and the source's (when it keeps any) counted.
+            for k in NETWORK_COUNTS:
+                run.counts[k] = getattr(counters, k) + (getattr(source_counters, k, 0) or 0)
             # Time calls spent held back: by the clients' limiters, and backing off to retry.
             run.counts["wait_seconds"] = round(waited(), 3)
             self.sink.close()
@@ -719,11 +731,11 @@ class Pipeline:
         datetimes (finish empty while running, or when the process was killed), and its counts."""
         import pandas as pd
         rows = self.store.runs(self.name)
-        flat = [{**{k: v for k, v in r.items() if k != "counts"}, **{k: r["counts"].get(k) for k in _COUNT_NAMES},
+        flat = [{**{k: v for k, v in r.items() if k != "counts"}, **{k: r["counts"].get(k) for k in COUNT_NAMES},
                  **{f"{k}_s": (r["counts"].get("stage_seconds") or {}).get(k) for k in _STAGES}}
                 for r in rows]
         df = pd.DataFrame(flat, columns=["id", "pipeline", "started_at", "finished_at", "status", "error",
-                                         *_COUNT_NAMES, *(f"{k}_s" for k in _STAGES)])
+                                         *COUNT_NAMES, *(f"{k}_s" for k in _STAGES)])
         for c in ("started_at", "finished_at"):
             df[c] = pd.to_datetime(df[c], unit="s", utc=True)
         return df

@@ -353,7 +353,7 @@ class Stream:
         rkeys = self.keys(records)
         skipped = 0
         if r.tracker is not None:
-            keep = [not r.tracker.skip(rec, k) for rec, k in zip(records, rkeys)]
+            keep = [not s for s in r.tracker.skipped(records, rkeys)]
             if not all(keep):
                 skipped = keep.count(False)
                 records = [rec for rec, ok in zip(records, keep) if ok]
@@ -590,15 +590,8 @@ def _parse_in_python(body: bytes, path: str, wanted: List[str]) -> Tuple[str, An
         return "invalid:" + str(exc), None, []
 
     def walk(p: str) -> Any:
-        at = doc
-        for step in p.split(".") if p else []:
-            if isinstance(at, dict):
-                at = at.get(step)
-            elif isinstance(at, list) and step.isdigit() and int(step) < len(at):
-                at = at[int(step)]
-            else:
-                return None
-        return at
+        # The core's dotted-path walk, the one every record path goes through.
+        return _core.record_values([doc], p.split(".") if p else [])[0]
 
     def text(v: Any) -> Optional[str]:
         if v is None or isinstance(v, (dict, list)):

@@ -188,6 +188,23 @@ def test_concurrent_async_requests_share_one_token_request():
         assert api.stats()["tokens"]["issued"] == 1
 
 
+def test_authorize_url_is_encoded_by_the_core_query_encoder():
+    flow = isthmus.OAuth2AuthorizationCode("https://idp.example/authorize?tenant=7", "https://idp.example/token",
+                                           "my client", scopes=["contacts:read", "deals:write"],
+                                           extra_authorize_params={"prompt": "a&b=c+d"})
+    try:
+        url = flow.start()
+    finally:
+        flow._close_listener()
+    base, query = url.split("?", 1)[0], url.split("?", 1)[1]
+    assert base == "https://idp.example/authorize"
+    assert query.startswith("tenant=7&")
+    assert "scope=contacts%3Aread%20deals%3Awrite" in query  # %20, never '+', as in every request
+    assert "client_id=my%20client" in query and "prompt=a%26b%3Dc%2Bd" in query
+    q = parse_qs(query)
+    assert q["prompt"] == ["a&b=c+d"] and q["scope"] == ["contacts:read deals:write"]
+
+
 def test_authorization_code_with_pkce_and_the_local_listener(token_key, tmp_path):
     with oauth_sandbox(rotate_refresh_tokens=True) as api:
         store = isthmus.TokenStore.sqlite(tmp_path / "tokens.db")

@@ -828,3 +828,21 @@ def test_help_shows_signatures_and_docstrings():
                      (isthmus.Pipeline.dead_letters, "DataFrame"), (isthmus.Pipeline.runs, "DataFrame"),
                      (isthmus.HttpSink, "Idempotency-Key"), (isthmus.Sink, "Rejection")]:
         assert says in (fn.__doc__ or ""), fn
+
+
+def test_a_run_names_its_counts_once(tmp_path):
+    """Run.counts, summary(), runs() and the network counters speak the same names."""
+    from isthmus._transport import NETWORK_COUNTS, Counters
+    from isthmus.pipeline import COUNT_NAMES
+
+    assert set(NETWORK_COUNTS) <= set(COUNT_NAMES) and len(set(COUNT_NAMES)) == len(COUNT_NAMES)
+    assert [k for k in Counters.__slots__ if not k.startswith("_")] == list(NETWORK_COUNTS)
+    with isthmus.Sandbox(records=30) as src, isthmus.Client(src.url) as client:
+        pipe = isthmus.Pipeline(isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator()),
+                                sink=isthmus.CallableSink(lambda records: None), state=str(tmp_path / "s.db"))
+        run = pipe.run()
+    assert list(run.counts) == list(COUNT_NAMES)
+    assert set(COUNT_NAMES) <= set(run.summary())
+    history = pipe.runs()
+    assert set(COUNT_NAMES) <= set(history.columns)
+    assert history.iloc[-1][list(COUNT_NAMES)].tolist() == [run.counts[k] for k in COUNT_NAMES]

@@ -38,11 +38,18 @@ enum class errc {
   retry_deadline,      // the retry deadline passed before an attempt succeeded
   // store, queue
   state_error,         // a state or queue file cannot be opened, read or written, or is damaged
-  internal,            // a bug: reported, never swallowed
+  internal,            // a bug: reported, never swallowed (stays last: see kErrcCount)
 };
+
+// Every code is one of 0 .. kErrcCount - 1, so a table over the codes (the Python exception
+// classes, their test) can walk them all and notice one that is missing.
+inline constexpr int kErrcCount = static_cast<int>(errc::internal) + 1;
 
 const std::error_category& category() noexcept;
 std::error_code make_error_code(errc e) noexcept;
+
+// The code's name as the enum spells it ("connect_failed"); "" for a value that is no code.
+std::string_view name(errc e) noexcept;
 
 // Untrusted bytes made safe to quote in an error message: printable ASCII is kept and every
 // other byte is written as \xNN, so a message is one line of valid UTF-8 (it becomes a Python

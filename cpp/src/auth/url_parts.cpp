@@ -50,24 +50,6 @@ UrlParts split_url(std::string_view url) {
   return p;
 }
 
-std::vector<std::pair<std::string, std::string>> split_query(std::string_view query) {
-  std::vector<std::pair<std::string, std::string>> out;
-  while (!query.empty()) {
-    const auto amp = query.find('&');
-    std::string_view pair = query.substr(0, amp);
-    if (!pair.empty()) {
-      const auto eq = pair.find('=');
-      if (eq == std::string_view::npos)
-        out.emplace_back(std::string(pair), std::string());
-      else
-        out.emplace_back(std::string(pair.substr(0, eq)), std::string(pair.substr(eq + 1)));
-    }
-    if (amp == std::string_view::npos) break;
-    query.remove_prefix(amp + 1);
-  }
-  return out;
-}
-
 std::string url_with_query_param(const std::string& url, std::string_view name,
                                  std::string_view value) {
   const auto hash = url.find('#');

@@ -14,6 +14,7 @@ namespace isthmus::auth {
 
 using http::percent_decode;
 using http::percent_encode;
+using http::split_query;
 
 struct UrlParts {
   std::string scheme;  // lower case
@@ -27,9 +28,6 @@ struct UrlParts {
 
 // Throws errc::invalid_url when the URL is not absolute.
 UrlParts split_url(std::string_view url);
-
-// "a=1&b" -> {("a","1"), ("b","")}, still encoded.
-std::vector<std::pair<std::string, std::string>> split_query(std::string_view query);
 
 // The URL with "name=value" (both percent-encoded) added to its query, before any fragment.
 std::string url_with_query_param(const std::string& url, std::string_view name,

@@ -97,6 +97,24 @@ std::string percent_decode(std::string_view in) {
   return out;
 }
 
+std::vector<std::pair<std::string, std::string>> split_query(std::string_view query) {
+  std::vector<std::pair<std::string, std::string>> out;
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    std::string_view pair = query.substr(0, amp);
+    if (!pair.empty()) {
+      const auto eq = pair.find('=');
+      if (eq == std::string_view::npos)
+        out.emplace_back(std::string(pair), std::string());
+      else
+        out.emplace_back(std::string(pair.substr(0, eq)), std::string(pair.substr(eq + 1)));
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+  return out;
+}
+
 std::string encode_query(const std::vector<std::pair<std::string, std::string>>& params) {
   std::string out;
   for (const auto& [name, value] : params) {

@@ -2,8 +2,6 @@
 // OAuth2 provider, rate limits with their headers, silent overload and injected faults.
 // Shared state sits behind one mutex: every critical section is short and allocation-light.
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/sha.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +15,8 @@
 #include <optional>
 #include <tuple>
 
+#include "isthmus/auth/crypto.hpp"
+#include "isthmus/http/url.hpp"
 #include "sandbox/records.hpp"
 #include "sandbox/router.hpp"
 #include "sandbox/text.hpp"
@@ -24,6 +24,8 @@
 namespace isthmus::sandbox {
 
 using nlohmann::json;
+using auth::hex;
+using auth::sha256;
 
 namespace {
 
@@ -50,18 +52,11 @@ bool parse_u64(std::string_view s, std::uint64_t& out) {
   return ec == std::errc() && p == s.data() + s.size();
 }
 
-std::string base64(std::string_view in, bool url) {
-  std::string out(4 * ((in.size() + 2) / 3) + 1, '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()), reinterpret_cast<const unsigned char*>(in.data()),
-                          static_cast<int>(in.size()));
-  out.resize(static_cast<std::size_t>(n));
-  if (url) {
-    for (auto& c : out) c = c == '+' ? '-' : c == '/' ? '_' : c;
-    while (!out.empty() && out.back() == '=') out.pop_back();
-  }
-  return out;
-}
-
+// The sandbox decodes base64 with its own strict decoder: it plays a server, and
+// auth::unbase64 deliberately accepts either alphabet and missing padding, so sharing it would
+// let a client that sends URL-safe or unpadded Basic credentials pass tests a real server
+// fails. Encoding, hashing, HMAC and comparing come from auth/crypto: they wrap OpenSSL, and
+// its tests pin them to the RFC 4231 and RFC 7636 vectors, so sharing them hides no bug.
 std::optional<std::string> unbase64(std::string_view in, bool url) {
   std::string s(in);
   if (url) {
@@ -77,37 +72,6 @@ std::optional<std::string> unbase64(std::string_view in, bool url) {
   for (std::size_t i = s.size(); i > 0 && s[i - 1] == '='; --i) ++pad;
   out.resize(static_cast<std::size_t>(n) - pad);
   return out;
-}
-
-std::string sha256(std::string_view in) {
-  unsigned char md[SHA256_DIGEST_LENGTH];
-  SHA256(reinterpret_cast<const unsigned char*>(in.data()), in.size(), md);
-  return std::string(reinterpret_cast<char*>(md), sizeof md);
-}
-
-std::string hmac_sha256(std::string_view key, std::string_view data) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), reinterpret_cast<const unsigned char*>(data.data()),
-       data.size(), md, &len);
-  return std::string(reinterpret_cast<char*>(md), len);
-}
-
-std::string hex(std::string_view in) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : in) {
-    out += digits[c >> 4];
-    out += digits[c & 15];
-  }
-  return out;
-}
-
-bool equal_constant_time(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  unsigned char diff = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-  return diff == 0;
 }
 
 // Form or JSON body parameters of /oauth endpoints.
@@ -247,7 +211,7 @@ void Router::emit(std::string_view type, const std::string& data_json) {
     // Standard Webhooks: v1,base64(HMAC-SHA256(secret, id.timestamp.body)).
     d.headers = {{"webhook-id", id},
                  {"webhook-timestamp", ts},
-                 {"webhook-signature", "v1," + base64(hmac_sha256(h.secret, id + "." + ts + "." + body), false)},
+                 {"webhook-signature", "v1," + auth::base64(auth::hmac(auth::Digest::sha256, h.secret, id + "." + ts + "." + body))},
                  {"Content-Type", "application/json"}};
     send_webhook_(std::move(d));
   }
@@ -284,7 +248,7 @@ Reply Router::webhooks(const Request& req, std::string_view tail) {
       h.path = path;
       s.hooks.push_back(h);
     }
-    return json_reply(201, json{{"id", h.id}, {"url", url}, {"secret", "whsec_" + base64(h.secret, false)}});
+    return json_reply(201, json{{"id", h.id}, {"url", url}, {"secret", "whsec_" + auth::base64(h.secret)}});
   }
   if (req.method == "GET" && tail.empty()) {
     json list = json::array();
@@ -335,7 +299,7 @@ static std::optional<Reply> check_auth(const Config& c, Router::State& s, const 
       std::string challenge = c.api_key_in_query ? "ApiKey realm=\"sandbox\", in=\"query\", name=\"api_key\""
                                                  : "ApiKey realm=\"sandbox\", in=\"header\", name=\"X-API-Key\"";
       if (key.empty()) return unauthorized(challenge, "missing API key");
-      if (!equal_constant_time(key, c.api_key)) return unauthorized(challenge, "wrong API key");
+      if (!auth::constant_time_equal(key, c.api_key)) return unauthorized(challenge, "wrong API key");
       credential = "api_key:" + c.api_key;
       return std::nullopt;
     }
@@ -344,7 +308,7 @@ static std::optional<Reply> check_auth(const Config& c, Router::State& s, const 
       const char* challenge = "Basic realm=\"sandbox\", charset=\"UTF-8\"";
       if (h.size() < 6 || to_lower(h.substr(0, 6)) != "basic ") return unauthorized(challenge, "missing Basic credentials");
       auto decoded = unbase64(h.substr(6), false);
-      if (!decoded || !equal_constant_time(*decoded, c.username + ":" + c.password))
+      if (!decoded || !auth::constant_time_equal(*decoded, c.username + ":" + c.password))
         return unauthorized(challenge, "wrong username or password");
       credential = "basic:" + c.username;
       return std::nullopt;
@@ -356,7 +320,7 @@ static std::optional<Reply> check_auth(const Config& c, Router::State& s, const 
         return unauthorized("Bearer realm=\"sandbox\"", "missing bearer token");
       std::string_view token = h.substr(7);
       if (c.auth == AuthMode::bearer) {
-        if (!equal_constant_time(token, c.bearer_token))
+        if (!auth::constant_time_equal(token, c.bearer_token))
           return unauthorized("Bearer realm=\"sandbox\", error=\"invalid_token\", error_description=\"unknown token\"",
                               "wrong bearer token");
         credential = "bearer";
@@ -386,8 +350,8 @@ static std::optional<Reply> check_signature(const Config& c, const Request& req,
   if (ts.empty() || sig.empty() || !parse_u64(ts, t)) return unauthorized(challenge, "missing X-Signature or X-Signature-Timestamp");
   if (std::fabs(static_cast<double>(t) - now) > 300) return unauthorized(challenge, "signature timestamp is more than 300 s off");
   std::string expected =
-      "sha256=" + hex(hmac_sha256(c.signing_secret, std::string(ts) + "." + req.method + "." + req.target + "." + req.body));
-  if (!equal_constant_time(sig, expected)) return unauthorized(challenge, "signature does not match");
+      "sha256=" + hex(auth::hmac(auth::Digest::sha256, c.signing_secret, std::string(ts) + "." + req.method + "." + req.target + "." + req.body));
+  if (!auth::constant_time_equal(sig, expected)) return unauthorized(challenge, "signature does not match");
   return std::nullopt;
 }
 
@@ -538,7 +502,7 @@ struct Page {
 static std::string encode_cursor(std::uint64_t next, std::uint64_t since, std::uint64_t before) {
   std::string raw = "v1:" + std::to_string(next) + ":" + std::to_string(since);
   if (before) raw += ":" + std::to_string(before);
-  return base64(raw, true);
+  return auth::base64url(raw);
 }
 
 static bool decode_cursor(std::string_view cursor, std::uint64_t& next, std::uint64_t& since,
@@ -996,7 +960,7 @@ Reply Router::oauth(const Request& req, double now) {
       s.codes[code] = AuthCode{c.client_id, redirect, challenge, now + 60};
       location = redirect + sep + "code=" + code;
     }
-    if (!q("state").empty()) location += "&state=" + percent_encode(q("state"));
+    if (!q("state").empty()) location += "&state=" + http::percent_encode(q("state"));
     r.headers.emplace_back("Location", location);
     return r;
   }
@@ -1031,7 +995,7 @@ Reply Router::oauth(const Request& req, double now) {
   }
 
   std::string grant = param("grant_type");
-  bool client_ok = client_id == c.client_id && equal_constant_time(client_secret, c.client_secret);
+  bool client_ok = client_id == c.client_id && auth::constant_time_equal(client_secret, c.client_secret);
   auto issue = [&](bool with_refresh) {
     std::lock_guard lock(s.mutex);
     std::string access = s.new_token(c.seed, "at_");
@@ -1068,7 +1032,7 @@ Reply Router::oauth(const Request& req, double now) {
     if (param("redirect_uri") != ac.redirect_uri) return oauth_error(400, "invalid_grant", "redirect_uri does not match");
     if (!ac.challenge.empty()) {
       if (verifier.size() < 43 || verifier.size() > 128) return oauth_error(400, "invalid_grant", "code_verifier must be 43-128 characters");
-      if (base64(sha256(verifier), true) != ac.challenge) return oauth_error(400, "invalid_grant", "PKCE verification failed");
+      if (auth::base64url(sha256(verifier)) != ac.challenge) return oauth_error(400, "invalid_grant", "PKCE verification failed");
     } else if (!client_ok) {
       return oauth_error(401, "invalid_client", "wrong client_secret (or use PKCE)");
     }

@@ -1,4 +1,4 @@
-// Small text helpers for request parsing: percent-decoding and query strings.
+// Request text for the sandbox's router: form decoding over the core's URL helpers.
 #pragma once
 
 #include <string>
@@ -8,9 +8,9 @@
 
 namespace isthmus::sandbox {
 
-// Decodes %XX (and '+' as space when `plus_is_space`); malformed escapes are kept verbatim.
+// http::percent_decode, with '+' read as a space when `plus_is_space` (form bodies, queries).
 std::string percent_decode(std::string_view in, bool plus_is_space);
-std::string percent_encode(std::string_view in);
+// A query string or form body as decoded (name, value) pairs, empty members skipped.
 std::vector<std::pair<std::string, std::string>> parse_query(std::string_view query);
 std::string to_lower(std::string_view in);
 

@@ -67,6 +67,14 @@ TEST(PercentDecode, UndoesEncodingAndKeepsWhatIsNoEscape) {
   EXPECT_EQ(percent_decode(percent_encode(all)), all);
 }
 
+TEST(SplitQuery, SplitsOnAmpersandAndTheFirstEqualsAndKeepsTheEncoding) {
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(split_query("a=1&b&&c=x=y&d=%20"), (Pairs{{"a", "1"}, {"b", ""}, {"c", "x=y"}, {"d", "%20"}}));
+  EXPECT_EQ(split_query(""), Pairs{});
+  EXPECT_EQ(split_query("&&"), Pairs{});
+  EXPECT_EQ(split_query("=v"), (Pairs{{"", "v"}}));
+}
+
 TEST(EncodeQuery, JoinsEncodedPairs) {
   EXPECT_EQ(encode_query({}), "");
   EXPECT_EQ(encode_query({{"q", "a b"}, {"tag", "x&y=z"}, {"e", "\xC3\xA9"}, {"empty", ""}}),

@@ -30,6 +30,15 @@ Request get(const std::string& target) {
 
 Router make(const std::string& config) { return Router(parse_config(config)); }
 
+TEST(SandboxText, FormDecodingReadsPlusAsSpaceButNotAnEncodedPlus) {
+  EXPECT_EQ(percent_decode("a+b%2Bc%20d", true), "a b+c d");
+  EXPECT_EQ(percent_decode("a+b%2Bc", false), "a+b+c");
+  EXPECT_EQ(percent_decode("100%", true), "100%");
+  using Pairs = std::vector<std::pair<std::string, std::string>>;
+  EXPECT_EQ(parse_query("scope=read+write&state=a%26b&&flag"),
+            (Pairs{{"scope", "read write"}, {"state", "a&b"}, {"flag", ""}}));
+}
+
 TEST(SandboxRecords, TimesRoundTrip) {
   std::uint64_t ms = 0;
   ASSERT_TRUE(parse_time("2024-03-05T06:07:08.123Z", ms));

@@ -23,6 +23,10 @@ std::string percent_encode(std::string_view in, std::string_view keep = {});
 // Decodes %XX; an invalid escape is kept literally and '+' stays '+'.
 std::string percent_decode(std::string_view in);
 
+// "a=1&b" -> {("a","1"), ("b","")}: split on '&' and the first '=', empty members skipped,
+// still encoded (decode with percent_decode; a form body also reads '+' as a space).
+std::vector<std::pair<std::string, std::string>> split_query(std::string_view query);
+
 // "name=value" pairs joined by '&', names and values percent-encoded as above.
 std::string encode_query(const std::vector<std::pair<std::string, std::string>>& params);
 
