@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   bind_pipeline(m);
   bind_limits(m);
   bind_json(m);
+  bind_sinks(m);
 }
