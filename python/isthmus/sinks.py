@@ -12,13 +12,12 @@ right before each checkpoint; the contract is in docs/pipeline.md.
 from __future__ import annotations
 
 import json
-import threading
 import traceback
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from isthmus import _core, errors
+from isthmus._transport import Counters, as_stage_retry, core_client, excerpt, governed, status_error
 from isthmus.http import Response, redact_url
-from isthmus.limits import Retry, as_retry
 
 __all__ = ["Sink", "Rejection", "HttpSink", "JsonlSink", "SqliteSink", "CallableSink"]
 
@@ -63,114 +62,6 @@ class Rejection:
         which = f"index={self.index}" if self.index is not None else f"key={self.key!r}"
         status = f", http_status={self.http_status}" if self.http_status is not None else ""
         return f"Rejection({self.error!r}, {which}{status})"
-
-
-class Counters:
-    """What a run reports about the network: requests, 429s, retries, bytes, time held back.
-
-    Several fetch threads count at once, so counting goes through ``count`` (under a lock).
-    """
-
-    __slots__ = ("requests", "status_429", "retries", "bytes_in", "bytes_out", "wait_seconds", "_lock")
-
-    def __init__(self) -> None:
-        self.requests = self.status_429 = self.retries = self.bytes_in = self.bytes_out = 0
-        self.wait_seconds = 0.0  # held back by the limiter and backing off between attempts
-        self._lock = threading.Lock()
-
-    def count(self, raw: Any, request: Any) -> None:
-        """Counts every attempt behind one answer of the core (a raw response)."""
-        # Counted without taking the body out of the core, which may parse it in place.
-        with self._lock:
-            self.requests += raw.attempts
-            self.retries += max(0, raw.attempts - 1)
-            self.status_429 += raw.retried_429 + (raw.status == 429)
-            self.bytes_in += raw.retried_bytes + raw.body_size
-            if request.content:
-                self.bytes_out += len(request.content) * raw.attempts
-            self.wait_seconds += raw.waited
-
-    def add(self, counts: Dict[str, Any]) -> None:
-        """Adds what the core counted for a batch of requests (a sink writer's counts)."""
-        with self._lock:
-            self.requests += counts["requests"]
-            self.retries += counts["retries"]
-            self.status_429 += counts["status_429"]
-            self.bytes_in += counts["bytes_in"]
-            self.bytes_out += counts["bytes_out"]
-            self.wait_seconds += counts["wait_seconds"]
-
-    def add_retries(self, n: int) -> None:
-        with self._lock:
-            self.retries += n
-
-
-def governed(client: Any, retry: Optional[Retry], attempts: int) -> Tuple[Any, Retry]:
-    """The client a stream or sink sends through, and the ``Retry`` it retries by.
-
-    One retry mechanism, the governor's: ``retry`` when given, else the client's own, else
-    ``Retry(attempts=attempts)`` without a circuit breaker (a run stops on failures that
-    outlast the attempts, and its rerun resumes from the checkpoint).
-    """
-    if retry is not None:
-        return client._with_retry(retry), retry
-    if getattr(client, "retry", None) is not None:
-        return client, client.retry
-    default = Retry(attempts=attempts, circuit_breaker=False)
-    return client._with_retry(default), default
-
-
-def as_stage_retry(retry: Any) -> Optional[Retry]:
-    """``retry=`` of a Stream or HttpSink: None (the client's, or a default), a Retry, or attempts."""
-    if retry is None:
-        return None
-    if isinstance(retry, bool):
-        raise errors.ConfigError(f"retry: {retry!r} is not valid; expected a Retry(...), an int number "
-                                 "of attempts, or None for the client's retry")
-    return as_retry(retry)
-
-
-def send(client: Any, requests: Sequence[Any], counters: Counters,
-         concurrency: int) -> List[Union[Response, Exception]]:
-    """Sends requests in parallel through the client (its governor retries 429s, 5xx and
-    transport errors); counts every attempt. One Response, or the error of a request that
-    never got an answer, per request, in order."""
-    client._check_open()
-    raws = client._exchange_many(list(requests), concurrency)
-    out: List[Union[Response, Exception]] = []
-    for raw, req in zip(raws, requests):
-        counters.count(raw, req)
-        out.append(Response(raw, req) if raw.ok else raw.exception(req.method, redact_url(req.url)))
-    return out
-
-
-def answered(answers: List[Union[Response, Exception]]) -> List[Response]:
-    """The responses of ``send``; raises the first request's error instead when one never got
-    an answer (the governor has already retried it)."""
-    responses: List[Response] = []
-    for resp in answers:
-        if isinstance(resp, Exception):
-            raise resp
-        responses.append(resp)
-    return responses
-
-
-def status_error(resp: Any) -> errors.HTTPStatusError:
-    """The error ``resp.raise_for_status()`` raises (``AuthError`` for a 401 ...), for an answer
-    that is not a 2xx."""
-    try:
-        resp.raise_for_status()
-    except errors.HTTPStatusError as exc:
-        return exc
-    return errors.HTTPStatusError(f"{resp.status_code} {resp.reason_phrase} for {resp.request.method} "
-                                  f"{redact_url(resp.request.url)}", response=resp)
-
-
-def _excerpt(response: Response, limit: int = 500) -> str:
-    try:
-        return response._redacted_excerpt(limit)
-    except Exception:
-        return ""
 
 
 class Sink:
@@ -260,7 +151,6 @@ class HttpSink(Sink):
         super().open(counters)
         if self._http is None:
             self._http, _ = governed(self.client, self.retry, self.attempts)
-        self._http._check_open()
         # Records kept from a run that stopped were never checkpointed: its rerun reads them
         # again, so a fresh batcher starts empty.
         self._post = self.client.build_request("POST", self.path, json=[], headers=self.headers)
@@ -271,7 +161,7 @@ class HttpSink(Sink):
             def key_function(texts: List[str], keys: List[str]) -> str:
                 return str(fn([json.loads(t) for t in texts], keys))
         self._batcher = _core.HttpBatcher(
-            self._http._core, self._post.url, self._post.headers.multi_items(), self.batch_size,
+            core_client(self._http), self._post.url, self._post.headers.multi_items(), self.batch_size,
             self.concurrency, self.wrap or "", self.idempotency_key is True, self._post.timeout or 0.0,
             key_function)
 
@@ -311,7 +201,7 @@ class HttpSink(Sink):
             resp = Response(raw, self._post)
             out.append(Rejection(f"{resp.status_code} {resp.reason_phrase} from POST {shown}", key=key,
                                  record=json.loads(text), http_status=resp.status_code,
-                                 response_excerpt=_excerpt(resp), attempts=1))
+                                 response_excerpt=excerpt(resp), attempts=1))
         return out
 
     @staticmethod
@@ -324,7 +214,7 @@ class HttpSink(Sink):
         else:
             why = (f"HttpSink: {where} still answered {status} after {resp.attempts} attempts; "
                    "stopping without moving the checkpoint")
-        return errors.pipeline_error(f"{why}: {_excerpt(resp, 200)}", status_error(resp))
+        return errors.pipeline_error(f"{why}: {excerpt(resp, 200)}", status_error(resp))
 
 
 class JsonlSink(Sink):
