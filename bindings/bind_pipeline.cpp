@@ -1,5 +1,6 @@
 // isthmus._core: the pipeline's hot parts. A page body is parsed in the core with the GIL
 // released, then its records become Python objects in one pass (no JSON text crosses over).
+#include <atomic>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -22,6 +23,10 @@ namespace {
 
 using pipeline::JsonVisitor;
 using pipeline::Page;
+
+// Records the core has made into Python objects (pages parsed to dicts, FieldMap results), so
+// a test can tell that a fused run made none.
+std::atomic<std::uint64_t> python_records{0};
 
 // Builds Python objects with the C API: this loop runs for every field of every record.
 class PyBuilder : public JsonVisitor {
@@ -173,6 +178,7 @@ py::tuple parse_page(const py::object& body, const std::string& records_path,
     GcPause pause;
     page->visit_records(records_path, builder);
   }
+  python_records += count;
   return py::make_tuple("ok", builder.take(), field_values);
 }
 
@@ -276,6 +282,7 @@ class FieldMapper {
         failed.append(py::make_tuple(i, why));
       }
     }
+    python_records += static_cast<std::uint64_t>(PyList_GET_SIZE(mapped.ptr()));
     return py::make_tuple(mapped, failed);
   }
 
@@ -460,6 +467,9 @@ void bind_pipeline(py::module_& m) {
   m.def("parse_page", &parse_page, py::arg("body"), py::arg("records_path"), py::arg("fields"),
         "Parse a page: (status, records, field texts). See isthmus.pipeline.");
 
+  m.def("python_records_built", [] { return python_records.load(); },
+        "Records the core has made into Python objects so far (parsed pages, FieldMap results); for tests.");
+
   m.def("record_keys", &record_keys, py::arg("records"), py::arg("path"),
         "Each record's identity at a path of keys, as text; None where it has none.");
 
@@ -493,7 +503,7 @@ void bind_pipeline(py::module_& m) {
       }, "The records as JSON Lines.");
 
   m.def("map_page", &map_page, py::arg("body"), py::arg("records_path"), py::arg("fields"), py::arg("key_path"),
-        py::arg("mapper").none(true),
+        py::arg("mapper").none(true) = py::none(),
         "Parse a page and map its records in the core: (status, MappedBatch, field texts).");
 
   py::class_<pipeline::Watermark>(m, "Watermark",

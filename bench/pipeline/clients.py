@@ -32,16 +32,28 @@ def run_isthmus_fields(url: str, records: int, page: int, out: str) -> int:
     return run_isthmus(url, records, page, out, isthmus.FieldMap(fields))
 
 
-def run_isthmus(url: str, records: int, page: int, out: str, mapping=trivial) -> int:
+def run_isthmus_fields_http(url: str, records: int, page: int, out: str) -> int:
+    """The FieldMap row with HttpSink: OUT is the URL of a second sandbox taking the batches."""
     import isthmus
 
-    state = out + ".state.db"
+    fields = {**{f: f for f in CONTACT_FIELDS}, "source": {"value": "crm"}}
+    with isthmus.Client(out, max_connections=16) as dest:
+        sink = isthmus.HttpSink(dest, "/v1/contacts/batch", batch_size=500, concurrency=8)
+        return run_isthmus(url, records, page, "", isthmus.FieldMap(fields), sink=sink)
+
+
+def run_isthmus(url: str, records: int, page: int, out: str, mapping=trivial, sink=None) -> int:
+    import tempfile
+
+    import isthmus
+
+    state = (out or tempfile.mkdtemp()) + ".state.db"
     with isthmus.Client(url, max_connections=16) as client:
         # ISTHMUS_PARSER=python compares json.loads with the core's page parser (the default).
         stream = isthmus.Stream(client, "/v1/contacts", records="data",
                                 paginator=isthmus.OffsetPaginator(limit=page, total="meta.total", window=8),
                                 parser=os.environ.get("ISTHMUS_PARSER", "core"))
-        run = isthmus.Pipeline(stream, map=mapping, sink=isthmus.JsonlSink(out), state=state,
+        run = isthmus.Pipeline(stream, map=mapping, sink=sink or isthmus.JsonlSink(out), state=state,
                                checkpoint_every=50_000).run()
     return run.counts["written"]
 
@@ -115,7 +127,8 @@ def run_dlt(url: str, records: int, page: int, out: str) -> int:
 def main() -> None:
     tool, url, records, page, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
     started = time.monotonic()
-    written = {"isthmus": run_isthmus, "isthmus-fieldmap": run_isthmus_fields, "aiohttp": run_aiohttp,
+    written = {"isthmus": run_isthmus, "isthmus-fieldmap": run_isthmus_fields,
+               "isthmus-fieldmap-http": run_isthmus_fields_http, "aiohttp": run_aiohttp,
                "dlt": run_dlt}[tool](url, records, page, out)
     took = time.monotonic() - started
     print(json.dumps({"records": written, "seconds": took}))

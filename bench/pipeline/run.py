@@ -23,26 +23,38 @@ import common  # noqa: E402
 from common import EXIT_SKIP  # noqa: E402
 
 NAME = "pipeline"
-TOOLS = ["isthmus", "isthmus-fieldmap", "aiohttp", "dlt"]
+TOOLS = ["isthmus", "isthmus-fieldmap", "isthmus-fieldmap-http", "aiohttp", "dlt"]
 
 
-def measure(tool: str, n: int, records: int, page: int) -> dict:
-    """Serves n records from a fresh sandbox process and runs one tool over them."""
-    port = common.free_port()
+def sandbox(port: int, n: int, page: int) -> subprocess.Popen:
     server = subprocess.Popen(
         [sys.executable, "-m", "isthmus.cli", "sandbox", "--port", str(port), "--threads", "2",
          "--records", str(n), "--pagination", "offset", "--max-page-size", str(max(page, 100))],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     common._live[server.pid] = server
+    return server
+
+
+def measure(tool: str, n: int, records: int, page: int) -> dict:
+    """Serves n records from a fresh sandbox process and runs one tool over them."""
+    port = common.free_port()
+    server = sandbox(port, n, page)
+    # The HttpSink row posts to a second sandbox process (its import endpoint) instead of a file.
+    dest_port = common.free_port() if tool.endswith("-http") else None
+    dest = sandbox(dest_port, 0, page) if dest_port else None
     label = tool if n == records else f"{tool} ({n:,} records)"
     try:
         common.wait_for_port(port, proc=server)
+        if dest:
+            common.wait_for_port(dest_port, proc=dest)
         with tempfile.TemporaryDirectory() as tmp:
-            out = str(Path(tmp) / "out.jsonl")
+            out = f"http://127.0.0.1:{dest_port}" if dest else str(Path(tmp) / "out.jsonl")
             run = common.run_client([sys.executable, str(HERE / "clients.py"), tool, f"http://127.0.0.1:{port}",
                                      str(n), str(page), out], timeout=1800)
     finally:
         common._terminate(server)
+        if dest:
+            common._terminate(dest)
     if run.returncode == EXIT_SKIP:
         return {"tool": label, "value": None, "note": "not installed"}
     got = run.report.get("records")
