@@ -316,7 +316,7 @@ def json_lines(records: list) -> tuple:
     """
     (JSON Lines bytes, [(index, reason), ...] for records left out).
     """
-def map_page(body: typing.Any, records_path: str, fields: collections.abc.Sequence[str], key_path: str, mapper: FieldMapper) -> tuple:
+def map_page(body: typing.Any, records_path: str, fields: collections.abc.Sequence[str], key_path: str, mapper: FieldMapper | None = None) -> tuple:
     """
     Parse a page and map its records in the core: (status, MappedBatch, field texts).
     """

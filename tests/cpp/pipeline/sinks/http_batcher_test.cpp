@@ -112,18 +112,23 @@ TEST_F(HttpBatcherTest, TheIdempotencyKeyComesFromTheRecordsKeys) {
 }
 
 TEST_F(HttpBatcherTest, ABatchAnswered4xxIsNarrowedRecordByRecord) {
-  auto b = batcher("/v1/contacts/batch", 3, 1);
+  // A destination taking bodies of at most 1 KiB: the batch is too large (413), and so is
+  // one of its records on its own.
+  server_ = std::make_unique<sandbox::Server>(sandbox::Options{.threads = 1, .config_json = R"({"max_body_bytes": 1024})"});
+  server_->start();
+  auto b = batcher("/v1/contacts/batch", 3, 2);  // 3 records: kept until the flush
   MappedBatch in;
+  const std::string big = R"({"id":"b","pad":")" + std::string(1100, 'x') + R"("})";
   in.add(R"({"id":"a"})", "a");
-  in.add("5", "bad");  // not an object: the sandbox answers 422 for any batch holding it
+  in.add(big, "b");
   in.add(R"({"id":"c"})", "c");
   b.write(in);
   auto o = b.flush();
   EXPECT_FALSE(o.stop);
   ASSERT_EQ(o.rejected.size(), 1u);
-  EXPECT_EQ(o.rejected[0].key, "bad");
-  EXPECT_EQ(o.rejected[0].record, "5");
-  EXPECT_EQ(o.rejected[0].response.status, 422);
+  EXPECT_EQ(o.rejected[0].key, "b");
+  EXPECT_EQ(o.rejected[0].record, big);
+  EXPECT_EQ(o.rejected[0].response.status, 413);
   EXPECT_EQ(recording_->sent().size(), 4u);  // the batch, then each record alone
   EXPECT_EQ(received()["contacts"]["unique"], 2);
 }
