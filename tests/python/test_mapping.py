@@ -144,3 +144,19 @@ def test_without_a_mapping_records_are_copied_as_the_python_writer_would_write_t
     assert status == "ok" and batch.lines() == want and batch.failures == []
     assert isthmus._core.map_page(body, "items", [], "id", None)[0] == "missing"
     assert isthmus._core.map_page(b"{", "data", [], "id", None)[0].startswith("invalid:")
+
+
+def test_a_fused_run_of_50k_records_makes_no_python_object_per_record(tmp_path):
+    # FieldMap + JsonlSink: every page is mapped in the core and written by the core. The
+    # counter is the core's own count of records it turned into Python objects.
+    with isthmus.Sandbox(records=50_000, pagination="offset", max_page_size=500) as src, \
+            isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts",
+                                paginator=isthmus.OffsetPaginator(limit=500, total="meta.total"))
+        before = isthmus._core.python_records_built()
+        run = isthmus.Pipeline(stream, map=isthmus.FieldMap({"id": "id", "email": "email"}),
+                               sink=isthmus.JsonlSink(tmp_path / "out.jsonl"), state=str(tmp_path / "s.db")).run()
+        built = isthmus._core.python_records_built() - before
+    assert run.counts["written"] == 50_000 and built == 0
+    lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+    assert len(lines) == 50_000 and json.loads(lines[0]).keys() == {"id", "email"}
