@@ -263,3 +263,25 @@ def test_a_fused_run_resumes_from_its_checkpoint(tmp_path):
     ids = [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     # Each rerun resumes at its checkpoint: at most the page in hand when a run failed comes twice.
     assert len(set(ids)) == 3_000 and len(ids) - 3_000 <= 100 * statuses.count("failed")
+
+
+def test_http_sink_takes_an_idempotency_key_function_and_its_errors_keep_the_records():
+    seen = []
+
+    def key(records, keys):
+        seen.append((records, keys))
+        if records[0]["id"] == "boom":
+            raise LookupError("no key for boom")
+        return "mine-" + "-".join(keys)
+
+    with isthmus.Sandbox() as dst, isthmus.Client(dst.url) as client:
+        sink = opened(isthmus.HttpSink(client, "/v1/contacts/batch", batch_size=2, idempotency_key=key))
+        records = [{"id": "a", "n": 1.5}, {"id": "b"}, {"id": "c"}]
+        assert sink.write(records, ["a", "b", "c"]) == [] and sink.flush() == []
+        assert seen == [([records[0], records[1]], ["a", "b"]), ([records[2]], ["c"])]
+        assert sink.write(records, ["a", "b", "c"]) == [] and sink.flush() == []  # the same keys again
+        assert dst.stats()["records_received"]["contacts"]["idempotent_replays"] == 2
+        sink.write([{"id": "boom"}], ["boom"])
+        with pytest.raises(LookupError, match="no key for boom"):
+            sink.flush()
+        assert sink.buffered == 1  # nothing was sent: the record stays kept
