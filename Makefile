@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 JOBS ?= $(shell nproc)
 B ?=
+ARGS ?=
 
 .PHONY: all deps venv install demo test lint stubs test-cpp test-cpp-tsan test-python bench clean
 
@@ -64,11 +65,12 @@ fuzz-smoke: deps
 fuzz: deps
 	JOBS=$(JOBS) bash scripts/fuzz.sh
 
-# `make bench` runs every benchmark; `make bench B=http` runs one.
+# `make bench` runs every benchmark; `make bench B=http` runs one; ARGS go to it
+# (`make bench B=pipeline ARGS=--profile`).
 bench: install
 	@bash scripts/install-deps.sh bench
 	$(PY) -m pip install -q -r requirements-bench.txt
-	$(PY) bench/run.py $(B)
+	$(PY) bench/run.py $(B) $(ARGS)
 
 clean:
 	rm -rf build

@@ -111,6 +111,7 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
+{http_conf}
     server {{
         listen 127.0.0.1:{port} reuseport;
         root {tmp}/www;
@@ -129,6 +130,9 @@ class Nginx:
     A path may carry a query (`"/v1/items?limit=1"`): the body is then answered for exactly
     that path and query string, so a load generator can send the same request line to nginx
     as to the server it is compared with. A path cannot be served both with and without one.
+
+    `http_conf` is added to the http block and `location_conf` to every location (e.g. a
+    `limit_req_zone` and its `limit_req`).
     """
 
     # Files for paths with a query live under this directory of the web root, one directory
@@ -136,7 +140,7 @@ class Nginx:
     _QUERY_DIR = "_by_query"
 
     def __init__(self, files: dict[str, bytes], content_type: str = "application/json",
-                 workers: int = 1):
+                 workers: int = 1, http_conf: str = "", location_conf: str = ""):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         plain = {p for p in files if "?" not in p}
@@ -148,6 +152,8 @@ class Nginx:
         self.files = files
         self.content_type = content_type
         self.workers = workers
+        self.http_conf = http_conf
+        self.location_conf = location_conf
         self.port = 0
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._proc: subprocess.Popen | None = None
@@ -180,15 +186,16 @@ class Nginx:
             target.chmod(0o644)
             if not query:
                 # Exact-match location so the extension-less file still gets the right type.
-                locations.append(f"        location = {path} {{ default_type {self.content_type}; }}")
+                locations.append(f"        location = {path} {{ default_type {self.content_type}; "
+                                 f"{self.location_conf} }}")
             elif base not in by_query:
                 by_query.add(base)
                 locations.append(f"        location = {base} {{ default_type {self.content_type}; "
-                                 f"try_files /{self._QUERY_DIR}{base}/$args =404; }}")
+                                 f"try_files /{self._QUERY_DIR}{base}/$args =404; {self.location_conf} }}")
         self.port = free_port()
         conf = tmp / "nginx.conf"
         conf.write_text(_NGINX_CONF.format(tmp=tmp, port=self.port, workers=self.workers,
-                                           locations="\n".join(locations)))
+                                           http_conf=self.http_conf, locations="\n".join(locations)))
         # -e: the default error log under /var/log may not be writable; -p keeps paths in tmp.
         self._proc = subprocess.Popen(
             [exe, "-p", str(tmp), "-e", str(tmp / "error.log"), "-c", str(conf)],

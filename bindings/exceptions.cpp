@@ -27,6 +27,7 @@ const char* class_name(const std::error_code& ec) {
     case errc::shutting_down: return "ClientClosed";
     case errc::invalid_argument: return "ConfigError";
     case errc::token_request_failed: return "TokenError";
+    case errc::token_request_lost: return "TokenError";
     case errc::token_store_error: return "TokenStoreError";
     case errc::token_store_tampered: return "TokenStoreError";
     case errc::webhook_invalid: return "WebhookVerificationError";
@@ -35,6 +36,7 @@ const char* class_name(const std::error_code& ec) {
     case errc::rate_limited: return "Throttled";
     case errc::circuit_open: return "CircuitOpen";
     case errc::retry_deadline: return "RetryDeadlineExceeded";
+    case errc::state_error: return "StateError";
     case errc::ok:
     case errc::internal: break;
   }
@@ -42,7 +44,7 @@ const char* class_name(const std::error_code& ec) {
 }
 
 bool is_request_error(const std::string& name) {
-  return name != "IsthmusError" && name != "ConfigError" && name != "TokenStoreError" &&
+  return name != "IsthmusError" && name != "ConfigError" && name != "TokenStoreError" && name != "StateError" &&
          name != "WebhookVerificationError";
 }
 

@@ -2,7 +2,7 @@
 # Installs the Debian packages the build needs, when they are missing.
 # As root it runs apt-get; otherwise it prints the one command to run and fails.
 #   scripts/install-deps.sh          build and test packages
-#   scripts/install-deps.sh bench    also what the benchmarks drive (wrk, Google Benchmark)
+#   scripts/install-deps.sh bench    also what the benchmarks drive (wrk, Google Benchmark, perf)
 set -euo pipefail
 
 packages=(g++ make cmake ninja-build pkg-config git
@@ -11,7 +11,7 @@ packages=(g++ make cmake ninja-build pkg-config git
           openssl nginx-light
           clang libclang-rt-14-dev)  # the fuzz targets: clang 14 and its libFuzzer runtime
 if [ "${1:-}" = bench ]; then
-  packages+=(wrk libbenchmark-dev)
+  packages+=(wrk libbenchmark-dev linux-perf)  # perf: bench/pipeline --profile
 fi
 
 missing=()

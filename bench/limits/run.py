@@ -8,6 +8,10 @@
      sandbox's own arrival times are the clock. Goal: within 1% and zero 429s.
   3. Adaptive: the sandbox silently overloads above a hidden capacity C (500/502/503, no 429);
      isthmus' Adaptive limit, not told C, should reach >= 0.9 C with <= 1% errors after warm-up.
+  4. Told nothing: a client with no limit of its own against the sandbox at 40/s (burst 5), paced
+     only by the sandbox's headers. Goal: close to 40/s, 429s only in the first wave.
+  5. Adaptive against a real leaky bucket: nginx `limit_req rate=50r/s burst=5 nodelay`,
+     answering 429 with no headers. Goal: accepted rate >= 0.9 x 50 with <= 1% refused.
 
 Writes bench/results/limits.json: rows of {"tool", "case", "value", ...}; value is higher-better
 (reservations/s, accepted requests/s, or goodput as a fraction of C).
@@ -25,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from common import write_results  # noqa: E402
+from common import Nginx, Skip, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -217,6 +221,60 @@ def adaptive_rows(capacity: float, seconds: float, warmup: float, concurrency: i
     return [row]
 
 
+def told_nothing_rows(rate: float, burst: int, n: int, concurrency: int) -> list[dict]:
+    if isthmus is None:
+        return []
+    with isthmus.Sandbox(rate_limit=rate, burst=burst, records=1000, max_arrivals=n * 2) as api:
+        with isthmus.Client(api.url, retry=isthmus.Retry(attempts=5), max_connections=concurrency) as c:
+            c.get_many(["/v1/contacts?limit=1"] * n, concurrency=concurrency, return_exceptions=True)
+        stats = api.stats()
+    ok = sorted(a["t"] for a in stats["arrivals"] if a["status"] == 200)
+    achieved = (len(ok) - burst) / (ok[-1] - ok[0]) if len(ok) > 1 else float("nan")
+    # Once the first wave's 429s (and their Retry-After) are past: the pace the headers give.
+    last_429 = max((a["t"] for a in stats["arrivals"] if a["status"] == 429), default=ok[0])
+    after = [t for t in ok if t > last_429]
+    steady = (len(after) - 1) / (after[-1] - after[0]) if len(after) > 1 else float("nan")
+    row = {"tool": "isthmus", "case": f"told nothing, sandbox {rate:g}/s (burst {burst})", "value": achieved,
+           "target": rate, "error_pct": (achieved - rate) / rate * 100, "status_429": stats["rate_limited"],
+           "requests": n, "accepted": len(ok), "after_first_wave_per_s": steady}
+    print(f"  told nothing: achieved {achieved:.2f}/s of {rate:g}/s ({row['error_pct']:+.2f}%), "
+          f"{steady:.2f}/s after the first wave, "
+          f"429s {row['status_429']} ({len(ok)}/{n} accepted, concurrency {concurrency})", flush=True)
+    return [row]
+
+
+def leaky_bucket_rows(rate: int, warmup: float, seconds: float, concurrency: int) -> list[dict]:
+    if isthmus is None:
+        return []
+    zone = f"limit_req_zone $server_port zone=bench:1m rate={rate}r/s; limit_req_status 429;"
+    try:
+        ng = Nginx({"/v1/ping": b'{"ok": true}'}, http_conf=zone,
+                   location_conf="limit_req zone=bench burst=5 nodelay;")
+        ng.__enter__()
+    except Skip as exc:
+        print(f"  skipped: {exc}")
+        return []
+    try:
+        with isthmus.Client(ng.url, rate_limit=isthmus.Adaptive(min=1, max=10_000),
+                            max_connections=concurrency) as c:
+            c.get_many(["/v1/ping"] * int(rate * warmup), concurrency=concurrency, return_exceptions=True)
+            n = int(rate * seconds)
+            started = time.monotonic()
+            answers = c.get_many(["/v1/ping"] * n, concurrency=concurrency, return_exceptions=True)
+            wall = time.monotonic() - started
+            limit = next(iter(c.limits_snapshot().values()))["adaptive_limit"]
+    finally:
+        ng.__exit__(None, None, None)
+    ok = sum(1 for a in answers if getattr(a, "status_code", 0) == 200)
+    refused = sum(1 for a in answers if getattr(a, "status_code", 0) == 429)
+    row = {"tool": "isthmus", "case": f"adaptive vs nginx limit_req {rate}r/s burst=5 nodelay",
+           "value": ok / wall / rate, "accepted_per_s": ok / wall, "refused_pct": refused / n * 100,
+           "other_failures": n - ok - refused, "final_limit": limit, "warmup_s": warmup, "requests": n}
+    print(f"  leaky bucket: accepted {row['accepted_per_s']:.1f}/s = {row['value']:.3f} x {rate}/s, "
+          f"refused {row['refused_pct']:.2f}% after {warmup:g} s warm-up; limit ended at {limit:.1f}", flush=True)
+    return [row]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (smoke test)")
@@ -224,7 +282,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0, help="per rate-keeping run")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--capacity", type=float, default=300.0, help="hidden capacity for the adaptive run")
-    ap.add_argument("--only", choices=["reserve", "rate", "adaptive"], help="run one part")
+    ap.add_argument("--only", choices=["reserve", "rate", "adaptive", "told", "bucket"], help="run one part")
     args = ap.parse_args()
     if isthmus is None:
         print("isthmus is not installed: `make install` first", file=sys.stderr)
@@ -243,6 +301,13 @@ def main() -> int:
         print("adaptive limit against silent overload")
         rows += adaptive_rows(args.capacity, 10.0 if args.quick else 30.0, 3.0 if args.quick else 10.0,
                               args.concurrency)
+    if args.only in (None, "told"):
+        print("a client told nothing, paced by the sandbox's rate-limit headers")
+        rows += told_nothing_rows(40.0, 5, 200 if args.quick else 400, 8)
+    if args.only in (None, "bucket"):
+        print("adaptive limit against nginx's leaky bucket (limit_req, 429, no headers)")
+        rows += leaky_bucket_rows(50, 5.0 if args.quick else 10.0, 10.0 if args.quick else 30.0,
+                                  args.concurrency)
     path = write_results("limits", rows, unit="higher is better: reservations/s, accepted requests/s, goodput/C",
                          load_average=os.getloadavg()[0])
     print(f"wrote {path}")

@@ -25,6 +25,7 @@ class Category final : public std::error_category {
       case errc::shutting_down: return "shutting down";
       case errc::invalid_argument: return "invalid argument";
       case errc::token_request_failed: return "token request failed";
+      case errc::token_request_lost: return "token request got no answer";
       case errc::token_store_error: return "token store error";
       case errc::token_store_tampered: return "stored token failed authentication";
       case errc::webhook_invalid: return "webhook verification failed";
@@ -33,6 +34,7 @@ class Category final : public std::error_category {
       case errc::rate_limited: return "rate limited";
       case errc::circuit_open: return "circuit open";
       case errc::retry_deadline: return "retry deadline passed";
+      case errc::state_error: return "state file error";
       case errc::internal: return "internal error";
     }
     return "unknown isthmus error";

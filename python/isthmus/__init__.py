@@ -17,6 +17,7 @@ from isthmus import limits as _limits
 from isthmus import mapping as _mapping
 from isthmus import paginators as _paginators
 from isthmus import pipeline as _pipeline
+from isthmus import queue as _queue
 from isthmus import sinks as _sinks
 from isthmus import source as _source
 from isthmus import stream as _stream
@@ -28,6 +29,7 @@ from isthmus.limits import *  # noqa: F401,F403
 from isthmus.mapping import *  # noqa: F401,F403
 from isthmus.paginators import *  # noqa: F401,F403
 from isthmus.pipeline import *  # noqa: F401,F403
+from isthmus.queue import *  # noqa: F401,F403
 from isthmus.sandbox import Sandbox
 from isthmus.sinks import *  # noqa: F401,F403
 from isthmus.source import *  # noqa: F401,F403
@@ -46,6 +48,7 @@ __all__ = [
     *_pipeline.__all__,
     *_mapping.__all__,
     *_sinks.__all__,
+    *_queue.__all__,
     *_auth.__all__,
     *_limits.__all__,
     *_errors.__all__,

@@ -294,8 +294,8 @@ def pipeline_error(message: str, cause: BaseException) -> PipelineError:
 
 
 class StateError(IsthmusError):
-    """A pipeline's state file cannot be trusted (empty, damaged, not a state file). The
-    message names the file; nothing is read from it or written to it."""
+    """A pipeline's state file or a queue file cannot be trusted (empty, damaged, not a file of
+    that kind) or used (locked too long, closed). The message names the file."""
 
 
 class ReconciliationError(PipelineError):

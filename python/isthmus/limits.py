@@ -5,8 +5,10 @@ Limits are plain values you combine with ``&``::
     limits = ist.RateLimit(10, per="second") & ist.Quota(10_000, per="day") & ist.Concurrency(8)
     client = ist.Client(url, rate_limit=limits, retry=ist.Retry(attempts=5, deadline=60))
 
-Each client given limits builds its own ``Limiter``. To make several clients (or streams)
-share one allowance, build the ``Limiter`` yourself and hand the same object to each.
+A limit is one allowance, however many clients it is given to: clients handed the same
+``RateLimit`` (or the same combination) share one ``Limiter``, made by the first of them. To
+share explicitly, or to set ``costs`` and ``max_wait``, build the ``Limiter`` yourself and hand
+the same object to each.
 
 The limiter lives in the C++ core and never sleeps: it answers how long a call must wait,
 and the core arms a timer. Calls wait in a queue per key, ``priority="high"`` first.
@@ -18,6 +20,7 @@ import html
 import math
 import numbers
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional, Union
 
@@ -358,12 +361,32 @@ class Retry:
 
 
 def as_limiter(rate_limit: Any) -> Optional[Limiter]:
-    """What a client's ``rate_limit=`` becomes: None, the shared Limiter given, or a new one."""
+    """What a client's ``rate_limit=`` becomes: None, the Limiter given, or the one Limiter its
+    limits belong to (made on first use), so one limit never becomes several allowances."""
     if rate_limit is None:
         return None
     if isinstance(rate_limit, Limiter):
         return rate_limit
-    return Limiter(rate_limit)
+    rules = _rules_of(rate_limit)
+    owners = {id(owner): owner for owner in (_owner_of(r) for r in rules) if owner is not None}
+    if not owners:
+        limiter = Limiter(rules)
+        for rule in rules:
+            rule._limiter = weakref.ref(limiter)
+        return limiter
+    if len(owners) == 1:
+        owner = next(iter(owners.values()))
+        if {id(r) for r in owner.limits.rules} == {id(r) for r in rules}:
+            return owner
+    raise errors.ConfigError(
+        f"rate_limit: {Limits(rules)!r} mixes limits already given to another client with others, "
+        "so they cannot be one allowance; build one isthmus.Limiter(...) with all of them and give "
+        "that to every client")
+
+
+def _owner_of(rule: _Rule) -> Optional[Limiter]:
+    ref = getattr(rule, "_limiter", None)
+    return ref() if ref is not None else None
 
 
 def as_retry(retry: Any) -> Optional[Retry]:

@@ -1,7 +1,8 @@
 """Pipeline state in one SQLite file: checkpoints, dead letters and run history.
 
-Python's ``sqlite3`` in WAL mode for this first slice (the core's ``store`` area will take it
-over). A checkpoint and the dead letters of the records it moves past are committed in one
+Python's ``sqlite3`` in WAL mode; creating a file whole and backing it up run in the core, over
+its one SQLite helper (``cpp/include/isthmus/store/sqlite.hpp``), which the rest of this module
+moves onto next. A checkpoint and the dead letters of the records it moves past are committed in one
 transaction, so after a crash either both are there or neither is, and the records are read
 again: at-least-once.
 
@@ -18,11 +19,10 @@ import logging
 import os
 import re
 import sqlite3
-import tempfile
 import time
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
-from isthmus import errors
+from isthmus import _core, errors
 
 __all__ = ["StateStore"]
 
@@ -154,37 +154,10 @@ class StateStore:
         return db
 
     def _create(self) -> None:
-        """Builds the new file complete beside its place, then links it in: another process or
-        thread opening the same new path at the same moment sees no file or a whole one, never
-        the empty file SQLite starts with (which would pass for a truncated state file)."""
-        folder = os.path.dirname(os.path.abspath(self.path))
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(self.path) + ".", suffix=".new", dir=folder)
-        except OSError as exc:
-            raise errors.StateError(f"state file {self.path} cannot be created: {exc}") from exc
-        os.close(fd)
-        try:
-            with self._guard("cannot be created"):
-                db = self._connect(tmp)
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    for ddl in _TABLES.values():
-                        db.execute(ddl)
-                    db.execute("COMMIT")
-                finally:
-                    db.close()
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass  # another opener won; its file is as complete as this one
-            except OSError:
-                # A file system without hard links: a file moved over the path could replace
-                # another opener's, so create it in place (the narrow race returns).
-                sqlite3.connect(self.path).close()
-        finally:
-            for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
+        """Builds the new file complete beside its place, then links it in (in the core): another
+        process or thread opening the same new path at the same moment sees no file or a whole
+        one, never the empty file SQLite starts with (which would pass for a truncated file)."""
+        _core.create_state_file(self.path, ";\n".join(_TABLES.values()), _RESTORE_HINT)
 
     def _columns(self) -> Dict[str, List[str]]:
         names = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
@@ -288,35 +261,13 @@ class StateStore:
         self._db.close()
 
     def backup(self, dest: str) -> None:
-        """A consistent copy of the whole file at ``dest``, taken with SQLite's backup API; safe
-        while a run writes. Copying a WAL database with ``cp`` can miss the commits still in its
-        ``-wal`` file or catch one half written. ``dest`` must not exist yet."""
-        dest = str(dest)
-        if os.path.exists(dest):
-            raise errors.StateError(f"backup of {self.path}: {dest} already exists; choose a new name")
-        folder = os.path.dirname(os.path.abspath(dest))
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=os.path.basename(dest) + ".", suffix=".partial", dir=folder)
-        except OSError as exc:
-            raise errors.StateError(f"backup of {self.path}: {dest} cannot be created: {exc}") from exc
-        os.close(fd)
-        try:
-            with self._guard("cannot be backed up"):
-                copy = sqlite3.connect(tmp)
-                try:
-                    self._db.backup(copy)
-                finally:
-                    copy.close()
-            # Put in place whole, so a crash mid-copy never leaves a truncated backup at dest.
-            try:
-                os.link(tmp, dest)
-            except FileExistsError:
-                raise errors.StateError(f"backup of {self.path}: {dest} already exists; choose a new name") from None
-            except OSError:
-                os.replace(tmp, dest)  # a file system without hard links
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        """A consistent copy of the whole file at ``dest``, taken with SQLite's backup API in the
+        core and put in place whole; safe while a run writes. Copying a WAL database with ``cp``
+        can miss the commits still in its ``-wal`` file or catch one half written. ``dest`` must
+        not exist yet."""
+        if self.path == ":memory:":
+            raise errors.StateError("backup: an in-memory state has no file to copy")
+        _core.backup_state_file(self.path, str(dest), _RESTORE_HINT)
 
     # -- runs ------------------------------------------------------------------------------
     def begin_run(self, pipeline: str) -> int:

@@ -24,6 +24,7 @@ import requests
 
 import isthmus
 from conftest import authorization_code_refresh_token, wait_until
+from fault_proxy import FaultProxy
 from isthmus import _core
 
 KEY = bytes(range(32)).hex()
@@ -114,6 +115,45 @@ def test_wrong_client_secret_raises_token_error_naming_the_oauth_error():
         assert "invalid_client" in str(e.value) and "401" in str(e.value)
         assert "SECRET" not in str(e.value)
         assert e.value.method == "GET"
+
+
+class _ResetsFirst(FaultProxy):
+    """Resets the first `n` connections as the answer comes back, then lets everything through."""
+
+    def __init__(self, upstream_port: int, n: int):
+        self.n = n
+        super().__init__(upstream_port)
+
+    @property
+    def reset_after(self):
+        return 0 if self.stats()["resets"] < self.n else None
+
+    @reset_after.setter
+    def reset_after(self, _value):
+        pass
+
+
+def test_a_token_request_lost_on_the_wire_is_retried_like_any_idempotent_call():
+    with oauth_sandbox() as api, _ResetsFirst(api.port, 3) as proxy:
+        token_url = proxy.url + urlsplit(api.token_url).path
+        auth = isthmus.OAuth2ClientCredentials(token_url, api.client_id, api.client_secret)
+        with isthmus.Client(api.url, auth=auth, retry=isthmus.Retry(attempts=5, base=0.01)) as c:
+            r = c.post("/v1/contacts/batch", json=[{"id": 1}])  # not idempotent: it was never sent
+            (stats,) = c.limits_snapshot().values()
+    assert r.status_code < 300
+    assert proxy.stats()["resets"] == 3
+    assert auth.token_requests == 4
+    assert stats["retries"] == 3 and r.attempts == 4
+
+
+def test_a_refused_token_request_fails_at_once_even_with_retries():
+    with oauth_sandbox() as api:
+        auth = isthmus.OAuth2ClientCredentials(api.token_url, api.client_id, "wrong-SECRET")
+        with isthmus.Client(api.url, auth=auth, retry=isthmus.Retry(attempts=5, base=0.01)) as c:
+            with pytest.raises(isthmus.TokenError, match="401"):
+                c.get("/v1/contacts")
+            (stats,) = c.limits_snapshot().values()
+    assert auth.token_requests == 1 and stats["retries"] == 0
 
 
 def test_200_concurrent_requests_across_an_expiry_make_exactly_one_refresh():

@@ -242,3 +242,78 @@ def test_limiter_state_renders_in_notebooks():
     html = limiter._repr_html_()
     assert "crm///" in html and "<table>" in html
     assert math.isinf(isthmus.Limiter(isthmus.Concurrency(1)).reserve()) is False
+
+
+# --- the server's headers pace a client that has no limit of its own ------------------------
+
+def test_remaining_zero_with_a_policy_paces_by_the_refill_not_the_reset(tmp_path):
+    # 40/s with a burst of 5: once the burst is spent a slot frees every 25 ms. A client told
+    # nothing must follow that, not stop for a Reset rounded up to whole seconds.
+    with isthmus.Sandbox(rate_limit=40, burst=5, records=200) as api, isthmus.Client(api.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                params={"limit": 1})
+        out: list = []
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend),
+                               state=str(tmp_path / "paced.db")).run()
+        stats = api.stats()
+        got = arrivals(api, "GET /v1/contacts")
+    assert len(out) == 200
+    assert stats["rate_limited"] == 0 and run.summary()["status_429"] == 0
+    # The governor's own account: 200 pages at 40/s after a burst of 5 hold back ~4.9 s in all.
+    ideal = (len(got) - 5) / 40
+    assert run.summary()["wait_seconds"] < 2 * ideal
+    assert got[-1]["t"] - got[0]["t"] < 2 * ideal
+
+
+def test_concurrent_calls_told_nothing_follow_the_servers_pace():
+    with isthmus.Sandbox(rate_limit=40, burst=5) as api:
+        with isthmus.Client(api.url, retry=isthmus.Retry(attempts=5)) as client:
+            responses = client.get_many(["/v1/contacts?limit=1"] * 200, concurrency=8)
+        stats = api.stats()
+        got = arrivals(api, "GET /v1/contacts")
+    assert [r.status_code for r in responses].count(200) == 200
+    # The first calls go before the server has said anything: only that first wave may be refused.
+    assert stats["rate_limited"] <= 8
+    assert got[-1]["t"] - got[0]["t"] < 2 * (200 - 5) / 40
+
+
+# --- one RateLimit is one allowance ----------------------------------------------------------
+
+def test_one_rate_limit_given_to_two_clients_is_one_allowance():
+    limit = isthmus.RateLimit(20, burst=1)
+    with isthmus.Sandbox() as api:
+        a, b = isthmus.Client(api.url, rate_limit=limit), isthmus.Client(api.url, rate_limit=limit)
+        assert a.limiter is b.limiter
+        results: dict[str, list[int]] = {}
+
+        def run(name, client):
+            results[name] = [r.status_code for r in client.get_many(["/v1/deals?limit=1"] * 40, concurrency=4)]
+
+        threads = [threading.Thread(target=run, args=(n, c)) for n, c in (("a", a), ("b", b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        a.close()
+        b.close()
+        times = [x["t"] for x in arrivals(api, "GET /v1/deals")]
+    assert results["a"].count(200) == 40 and results["b"].count(200) == 40
+    # No window of one second holds more than the one allowance: 20 + the burst.
+    most = max(sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times))
+    assert most <= 20 + 1
+
+
+def test_a_rate_limit_shared_and_combined_anew_is_refused_with_a_way_out():
+    limit = isthmus.RateLimit(20)
+    with isthmus.Client("http://127.0.0.1:1", rate_limit=limit):
+        with pytest.raises(isthmus.ConfigError, match="Limiter"):
+            isthmus.Client("http://127.0.0.1:1", rate_limit=limit & isthmus.Concurrency(2))
+    # Equal limits built separately stay separate allowances, as written.
+    one = isthmus.Client("http://127.0.0.1:1", rate_limit=isthmus.RateLimit(5))
+    two = isthmus.Client("http://127.0.0.1:1", rate_limit=isthmus.RateLimit(5))
+    assert one.limiter is not two.limiter
+    one.close()
+    two.close()
+
+
+# --- the adaptive limit against a real leaky bucket -------------------------------------------

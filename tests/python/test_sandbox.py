@@ -269,6 +269,11 @@ def test_rate_limit_gcra_and_429_headers(retry_after):
         limited = codes[3]
         assert limited.headers["X-RateLimit-Limit"] == "3"
         assert "RateLimit" in limited.headers and "RateLimit-Policy" in limited.headers
+        # Exact: the next slot frees one emission interval (0.2 s) after the last accepted call,
+        # not at a whole second; the policy's q/w is the rate (5/s).
+        assert 0.15 < float(codes[2].headers["X-RateLimit-Reset"]) <= 0.2
+        assert float(limited.headers["X-RateLimit-Reset"]) <= 0.2
+        assert limited.headers["RateLimit-Policy"] == '"burst";q=5;w=1'
         ra = limited.headers["Retry-After"]
         if retry_after == "seconds":
             assert ra == "1"

@@ -27,6 +27,7 @@ enum class errc {
   invalid_argument,    // a configuration value is out of range
   // auth
   token_request_failed,  // the token endpoint refused us or answered something unusable
+  token_request_lost,    // the token request got no answer (reset, timeout): worth retrying
   token_store_error,     // the token store could not be opened, read or written (or no key)
   token_store_tampered,  // a stored token failed authentication (wrong key or altered file)
   webhook_invalid,       // a webhook's signature, timestamp or headers did not verify
@@ -35,6 +36,8 @@ enum class errc {
   rate_limited,        // a limit would make the call wait longer than allowed, or 429s outlasted retries
   circuit_open,        // the host's circuit breaker is open: the call was not sent
   retry_deadline,      // the retry deadline passed before an attempt succeeded
+  // store, queue
+  state_error,         // a state or queue file cannot be opened, read or written, or is damaged
   internal,            // a bug: reported, never swallowed
 };
 

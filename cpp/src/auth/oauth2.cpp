@@ -203,8 +203,10 @@ struct OAuth2::State : std::enable_shared_from_this<State> {
 
   void on_token_response(std::error_code ec, const http::Response& resp, const std::string& grant) {
     const std::string where = "token request to " + http::redact_url(o.token_url);
+    // No answer (a reset, a timeout) says nothing about our credentials: the caller's retry
+    // policy may try again. An answer that refuses us is final, so bad secrets fail at once.
     if (ec)
-      return fail(errc::token_request_failed,
+      return fail(errc::token_request_lost,
                   where + " failed: " + (resp.error_message.empty() ? ec.message() : resp.error_message));
     nlohmann::json j = nlohmann::json::parse(resp.body, nullptr, false);
     if (resp.status != 200) {

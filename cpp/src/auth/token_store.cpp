@@ -1,9 +1,7 @@
 #include "isthmus/auth/token_store.hpp"
 
 #include <openssl/crypto.h>
-#include <sqlite3.h>
 
-#include <chrono>
 #include <cstdlib>
 #include <fstream>
 #include <iterator>
@@ -13,6 +11,7 @@
 
 #include "isthmus/auth/crypto.hpp"
 #include "isthmus/error.hpp"
+#include "isthmus/store/sqlite.hpp"
 
 namespace isthmus::auth {
 namespace {
@@ -63,40 +62,20 @@ class MemoryStore final : public TokenStore {
 
 class SqliteStore final : public TokenStore {
  public:
-  SqliteStore(const std::string& path, std::string key) : path_(path), key_(std::move(key)) {
-    if (key_.size() != 32)
-      throw Error(errc::token_store_error, "token store: the key must be 32 bytes; " + std::string(kKeyHelp));
-    if (sqlite3_open_v2(path.c_str(), &db_,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
-                        nullptr) != SQLITE_OK) {
-      std::string msg = db_ ? sqlite3_errmsg(db_) : "out of memory";
-      sqlite3_close(db_);
-      db_ = nullptr;
-      throw Error(errc::token_store_error, "token store " + path + ": cannot open: " + msg);
-    }
-    // Other processes may hold the write lock for a moment; wait rather than fail.
-    sqlite3_busy_timeout(db_, 5000);
-    // WAL + FULL: a committed save survives a crash or power loss, readers never block it.
-    exec("PRAGMA journal_mode=WAL");
-    exec("PRAGMA synchronous=FULL");
-    exec("CREATE TABLE IF NOT EXISTS isthmus_tokens ("
-         " id TEXT PRIMARY KEY, sealed BLOB NOT NULL, updated_at REAL NOT NULL)");
+  SqliteStore(const std::string& path, std::string key) : key_(std::move(key)), db_(open(path, key_)) {
+    db_.exec("CREATE TABLE IF NOT EXISTS isthmus_tokens ("
+             " id TEXT PRIMARY KEY, sealed BLOB NOT NULL, updated_at REAL NOT NULL)",
+             "cannot be created");
   }
 
-  ~SqliteStore() override {
-    OPENSSL_cleanse(key_.data(), key_.size());
-    sqlite3_close(db_);
-  }
+  ~SqliteStore() override { OPENSSL_cleanse(key_.data(), key_.size()); }
 
   std::optional<TokenRecord> load(const std::string& id) override {
     std::lock_guard lock(m_);
-    Stmt st(db_, "SELECT sealed FROM isthmus_tokens WHERE id = ?1", path_);
-    sqlite3_bind_text(st.s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
-    int rc = sqlite3_step(st.s);
-    if (rc == SQLITE_DONE) return std::nullopt;
-    if (rc != SQLITE_ROW) fail("read");
-    const auto* p = static_cast<const char*>(sqlite3_column_blob(st.s, 0));
-    std::string sealed(p ? p : "", static_cast<std::size_t>(sqlite3_column_bytes(st.s, 0)));
+    auto st = db_.prepare("SELECT sealed FROM isthmus_tokens WHERE id = ?1", "cannot be read");
+    st.bind(1, id);
+    if (!st.step()) return std::nullopt;
+    const std::string sealed = st.text(0);
     std::string plain = aes256gcm_open(key_, sealed, id);
     try {
       auto r = from_json(plain);
@@ -104,7 +83,7 @@ class SqliteStore final : public TokenStore {
       return r;
     } catch (const nlohmann::json::exception&) {
       OPENSSL_cleanse(plain.data(), plain.size());
-      throw Error(errc::token_store_error, "token store " + path_ + ": a record is not valid JSON");
+      throw Error(errc::token_store_error, "token store " + db_.path() + ": a record is not valid JSON");
     }
   }
 
@@ -112,54 +91,36 @@ class SqliteStore final : public TokenStore {
     std::string plain = to_json(r);
     const std::string sealed = aes256gcm_seal(key_, plain, id);
     OPENSSL_cleanse(plain.data(), plain.size());
-    const double now = std::chrono::duration<double>(
-                           std::chrono::system_clock::now().time_since_epoch()).count();
     std::lock_guard lock(m_);
-    Stmt st(db_,
-            "INSERT INTO isthmus_tokens (id, sealed, updated_at) VALUES (?1, ?2, ?3) "
-            "ON CONFLICT(id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
-            path_);
-    sqlite3_bind_text(st.s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_blob(st.s, 2, sealed.data(), static_cast<int>(sealed.size()), SQLITE_TRANSIENT);
-    sqlite3_bind_double(st.s, 3, now);
-    if (sqlite3_step(st.s) != SQLITE_DONE) fail("write");
+    db_.prepare("INSERT INTO isthmus_tokens (id, sealed, updated_at) VALUES (?1, ?2, ?3) "
+                "ON CONFLICT(id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
+                "cannot be written")
+        .bind(1, id)
+        .bind_blob(2, sealed)
+        .bind(3, store::unix_now())
+        .run();
   }
 
   void erase(const std::string& id) override {
     std::lock_guard lock(m_);
-    Stmt st(db_, "DELETE FROM isthmus_tokens WHERE id = ?1", path_);
-    sqlite3_bind_text(st.s, 1, id.data(), static_cast<int>(id.size()), SQLITE_TRANSIENT);
-    if (sqlite3_step(st.s) != SQLITE_DONE) fail("delete");
+    db_.prepare("DELETE FROM isthmus_tokens WHERE id = ?1", "cannot be written").bind(1, id).run();
   }
 
  private:
-  struct Stmt {
-    sqlite3_stmt* s = nullptr;
-    Stmt(sqlite3* db, const char* sql, const std::string& path) {
-      if (sqlite3_prepare_v2(db, sql, -1, &s, nullptr) != SQLITE_OK)
-        throw Error(errc::token_store_error, "token store " + path + ": " + sqlite3_errmsg(db));
-    }
-    ~Stmt() { sqlite3_finalize(s); }
-  };
-
-  void exec(const char* sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err ? err : "unknown error";
-      sqlite3_free(err);
-      throw Error(errc::token_store_error, "token store " + path_ + ": " + msg);
-    }
-  }
-
-  [[noreturn]] void fail(const char* what) {
-    throw Error(errc::token_store_error,
-                "token store " + path_ + ": cannot " + what + ": " + sqlite3_errmsg(db_));
+  static store::Database open(const std::string& path, const std::string& key) {
+    if (key.size() != 32)
+      throw Error(errc::token_store_error, "token store: the key must be 32 bytes; " + std::string(kKeyHelp));
+    store::OpenOptions o;
+    o.what = "token store";
+    o.code = errc::token_store_error;
+    // FULL: a committed save (a rotated refresh token) survives a power loss too.
+    o.sync = store::Sync::full;
+    return store::Database(path, o);
   }
 
   std::mutex m_;
-  std::string path_;
   std::string key_;
-  sqlite3* db_ = nullptr;
+  store::Database db_;
 };
 
 std::string trim(const std::string& s) {

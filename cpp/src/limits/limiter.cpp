@@ -48,6 +48,16 @@ std::string describe(const Rule& r) {
       r.spec);
 }
 
+// Calls per second an adaptive rate grows by each second, given where the server last said no.
+// Well below that point it regains the gap fast; near it, it creeps, since a server with burst
+// tolerance answers a rate a little too high only once the excess has built up, long after it
+// was reached; well past it, the server may have found more room, so it probes faster again.
+double rate_growth(double value, double refused_at) {
+  if (value < 0.95 * refused_at) return 2 * (refused_at - value);
+  if (value < 1.05 * refused_at) return 0.01 * refused_at;
+  return 0.03 * value;
+}
+
 }  // namespace
 
 std::string Key::str() const {
@@ -107,17 +117,27 @@ struct Limiter::Bucket {
   TimePoint probe_until{};
   // Adaptive state.
   double value = 0;
-  double ssthresh = 0;
+  double ssthresh = 0;  // the rate (or cap) at the last congestion signal: where the server said no
   bool slow_start = true;
   TimePoint last_cut{};
   double latency_base = 0;
   double latency_ewma = 0;
 };
 
+// What the server said about the allowance of one server scope (see observe()).
+struct Limiter::ServerPace {
+  TimePoint paused_until{};
+  // After "Remaining: 0" from a server whose policy gives its rate, calls go one slot apart
+  // from the moment it said the next one frees up, until the key falls idle with room again.
+  bool pacing = false;
+  Duration slot{};
+  TimePoint next{};
+};
+
 struct Limiter::KeyState {
   KeyStats stats;
   std::vector<std::pair<std::size_t, Bucket*>> adaptive;  // (rule, bucket) this key feeds
-  TimePoint* paused_until = nullptr;                       // shared by the key's server scope
+  ServerPace* server = nullptr;                            // shared by the key's server scope
 };
 
 struct Limiter::Ticket {
@@ -161,7 +181,9 @@ Limiter::KeyState& Limiter::key_state(const Key& key) {
       if (std::holds_alternative<AdaptiveSpec>(options_.rules[r].spec))
         slot->adaptive.emplace_back(r, &bucket(r, key));
     // Server signals pause the credential's whole allowance, whatever the endpoint.
-    slot->paused_until = &pauses_[scoped(key, kDefaultScope)];
+    auto& server = servers_[scoped(key, kDefaultScope)];
+    if (!server) server = std::make_unique<ServerPace>();
+    slot->server = server.get();
   }
   return *slot;
 }
@@ -232,8 +254,13 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
 
   // The earliest time every rule admits the call. Rules only ever push it later, so a few
   // rounds settle it (a quota may move it into the next window, which a rate then accepts).
-  TimePoint t = std::max(now, *ks.paused_until);
+  ServerPace& sp = *ks.server;
+  TimePoint t = std::max(now, sp.paused_until);
   if (t > now) r.reason = "paused by the server";
+  if (sp.pacing && sp.next > t) {
+    t = sp.next;
+    r.reason = "paced by the server's policy";
+  }
   std::size_t binding = n;
   double resets_at = 0;
   bool impossible = false;
@@ -301,6 +328,9 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   if (r.wait > Duration::zero() && !commit_if_waiting) return r;
 
   // Commit: every rule takes its share at time t.
+  // A call let go late (a busy timer) does not move the grid: the server's bucket keeps its own
+  // schedule too, so the next call may catch up.
+  if (sp.pacing) sp.next = std::max(sp.next, t - sp.slot) + seconds(cost * to_seconds(sp.slot));
   auto ticket = std::make_unique<Ticket>();
   ticket->key = &ks;
   for (std::size_t i = 0; i < n; ++i) {
@@ -392,7 +422,7 @@ void Limiter::pause(const Key& key, double secs) {
     secs = options_.max_server_wait;
     ++ks.stats.server_waits_clamped;
   }
-  *ks.paused_until = std::max(*ks.paused_until, clock_->now() + seconds(secs));
+  ks.server->paused_until = std::max(ks.server->paused_until, clock_->now() + seconds(secs));
 }
 
 void Limiter::note_wait(const Key& key, double secs) {
@@ -424,10 +454,33 @@ void Limiter::observe(const Key& key, const Observation& o) {
     // disagree on what Reset means (the window's end, or a full refill of a bucket that drips
     // back one call at a time), and a client pacing itself at the limit sees 0 all the time.
     // If that trust is misplaced, the 429 that follows carries the authoritative wait.
+    // A policy that gives the server's rate (q per w) turns "Remaining: 0" into a pace rather
+    // than a pause: a bucket that drips back one call per slot has the next one free a slot
+    // from now, however far off its Reset (often whole seconds, rounded up) says it refills.
+    const bool pace = !paces_ && o.status > 0 && o.status < 500 && o.quota.remaining && o.quota.slot;
     if (o.retry_after && (o.status == 429 || o.status == 503)) pause_for = *o.retry_after;
     else if (o.status == 429 && o.quota.reset_after) pause_for = *o.quota.reset_after;
-    else if (!paces_ && o.quota.remaining && *o.quota.remaining <= 0 && o.quota.reset_after)
+    else if (!pace && !paces_ && o.quota.remaining && *o.quota.remaining <= 0 && o.quota.reset_after)
       pause_for = *o.quota.reset_after;
+    if (pace) {
+      ServerPace& sp = *ks.server;
+      if (*o.quota.remaining <= 0) {
+        const double slot = std::min(*o.quota.slot, options_.max_server_wait);
+        const double next = o.quota.reset_after ? std::min(*o.quota.reset_after, slot) : slot;
+        // The server counted from the call's arrival, somewhere between its send (now - latency)
+        // and now. Starting, count from now; once paced, our own slots carry on from there and
+        // are moved only if even the earliest arrival says we ran ahead of the server.
+        const TimePoint from = sp.pacing ? now - o.latency : now;
+        sp.pacing = true;
+        sp.slot = seconds(slot);
+        sp.next = std::max(sp.next, from + seconds(next));
+      } else if (*o.quota.remaining > std::max(1.0, o.quota.limit.value_or(0) / 2) && sp.next + sp.slot < now) {
+        // Room for a burst again while nothing paced is pending: the key fell idle, so its next
+        // calls may use the burst. (While calls queue, room seen after a pause is no reason to
+        // let them all go at once.)
+        sp.pacing = false;
+      }
+    }
 
     const double latency = to_seconds(o.latency);
     for (auto [rule, bp] : ks.adaptive) {
@@ -458,7 +511,8 @@ void Limiter::observe(const Key& key, const Observation& o) {
         if (busy) {
           double step;
           if (b.slow_start) step = is_rate ? 0.5 : 1.0;
-          else step = is_rate ? std::max(1.0, 0.02 * b.ssthresh) / b.value : 1.0 / b.value;
+          else if (is_rate) step = std::max(0.1, rate_growth(b.value, b.ssthresh)) / b.value;  // ~value answers a second
+          else step = 1.0 / b.value;
           b.value = std::min(a.max, b.value + step);
         }
       }
@@ -474,7 +528,7 @@ std::vector<KeyStats> Limiter::snapshot() const {
   out.reserve(keys_.size());
   for (const auto& [name, ks] : keys_) {
     KeyStats s = ks->stats;
-    s.paused_for = std::max(0.0, to_seconds(*ks->paused_until - now));
+    s.paused_for = std::max(0.0, to_seconds(ks->server->paused_until - now));
     if (!ks->adaptive.empty()) s.adaptive_limit = ks->adaptive.front().second->value;
     out.push_back(std::move(s));
   }

@@ -85,6 +85,14 @@ std::string unquote(std::string_view s) {
 }
 
 // Keeps the member that leaves the caller least room: fewest remaining, then longest reset.
+// A quota and its window only mean a rate when both are there, positive and finite.
+std::optional<double> slot_of(std::optional<double> quota, std::optional<double> window) {
+  if (!quota || !window || !(*quota > 0) || !(*window > 0)) return std::nullopt;
+  const double s = *window / *quota;
+  if (!std::isfinite(s) || s <= 0) return std::nullopt;
+  return s;
+}
+
 bool more_restrictive(const RateLimitItem& a, const RateLimitItem& b) {
   if (!b.remaining) return a.remaining.has_value();
   if (!a.remaining) return false;
@@ -174,6 +182,7 @@ ServerQuota parse_x_ratelimit(const http::Headers& headers, double unix_now) {
           auto w = m.find(";w=");
           if (w == std::string_view::npos || parse_number(m.substr(0, m.find(';'))) != q.limit) continue;
           q.window = parse_number(m.substr(w + 3));
+          q.slot = slot_of(q.limit, q.window);
           break;
         }
       }
@@ -248,10 +257,12 @@ ServerQuota parse_server_quota(const http::Headers& headers, double unix_now) {
       }
       if (!q.limit) q.limit = best->quota;
       if (!q.window) q.window = best->window;
+      if (auto s = slot_of(best->quota, best->window)) q.slot = s;
     }
   } else if (!policies.empty()) {
     if (!q.limit) q.limit = policies.front().quota;
     if (!q.window) q.window = policies.front().window;
+    if (auto s = slot_of(policies.front().quota, policies.front().window)) q.slot = s;
   }
   return q;
 }

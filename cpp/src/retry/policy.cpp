@@ -48,6 +48,7 @@ bool never_left(std::error_code ec) {
     case errc::connect_failed:
     case errc::tls_error:
     case errc::invalid_header:
+    case errc::token_request_lost:  // the call itself waited for a token and was never sent
     case errc::circuit_open:
     case errc::quota_exhausted:
     case errc::rate_limited:
@@ -64,6 +65,8 @@ Decision decide(const Policy& p, const http::Request& request, std::error_code e
   bool retryable = false;
   if (ec) {
     if (ec == make_error_code(errc::timeout)) retryable = p.retry_on_timeout;
+    else if (ec == make_error_code(errc::token_request_lost))
+      retryable = p.retry_on_connection_error || p.retry_on_timeout;
     else if (ec == make_error_code(errc::connect_failed) || ec == make_error_code(errc::resolve_failed) ||
              ec == make_error_code(errc::transport_error) || ec == make_error_code(errc::protocol_error))
       retryable = p.retry_on_connection_error;

@@ -10,6 +10,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -392,16 +393,37 @@ static std::optional<Reply> check_signature(const Config& c, const Request& req,
 
 // --- rate limits ------------------------------------------------------------------------
 
+// Seconds as a header value: milliseconds, rounded up, so waiting that long always suffices.
+static std::string seconds_text(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f", std::ceil(std::max(0.0, s) * 1000.0 - 1e-6) / 1000.0);
+  return buf;
+}
+
+// The policy as the IETF fields can say it, in whole seconds: the smallest window (up to an
+// hour) that holds a whole number of calls at `rate`, so q/w is the rate exactly.
+static std::pair<std::uint64_t, std::uint64_t> policy_window(double rate) {
+  for (std::uint64_t w = 1; w <= 3600; ++w) {
+    const double q = rate * static_cast<double>(w);
+    if (std::fabs(q - std::round(q)) < 1e-6 * std::max(1.0, q) && std::round(q) >= 1)
+      return {static_cast<std::uint64_t>(std::round(q)), w};
+  }
+  return {std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::llround(rate * 3600))), 3600};
+}
+
+// `reset_s` is the true time until one more call may go (0 when the burst is whole). The de-facto
+// X-RateLimit-Reset carries it to the millisecond; the IETF `t=` is an integer, so it is rounded
+// up there (still true: waiting that long suffices), and a client wanting the exact pace reads
+// the policy's q/w.
 static void add_limit_headers(Reply& r, const Config& c, std::uint64_t remaining, double reset_s,
                               std::optional<std::uint64_t> quota_left) {
-  auto reset = static_cast<std::uint64_t>(std::ceil(std::max(0.0, reset_s)));
+  auto whole = static_cast<std::uint64_t>(std::ceil(std::max(0.0, reset_s) - 1e-9));
   r.headers.emplace_back("X-RateLimit-Limit", std::to_string(c.burst));
   r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(remaining));
-  r.headers.emplace_back("X-RateLimit-Reset", std::to_string(reset));
-  double window = static_cast<double>(c.burst) / c.rate_limit;
-  std::string policy = "\"burst\";q=" + std::to_string(c.burst) + ";w=" +
-                       std::to_string(std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::ceil(window))));
-  std::string state = "\"burst\";r=" + std::to_string(remaining) + ";t=" + std::to_string(reset);
+  r.headers.emplace_back("X-RateLimit-Reset", seconds_text(reset_s));
+  auto [q, w] = policy_window(c.rate_limit);
+  std::string policy = "\"burst\";q=" + std::to_string(q) + ";w=" + std::to_string(w);
+  std::string state = "\"burst\";r=" + std::to_string(remaining) + ";t=" + std::to_string(whole);
   if (quota_left) {
     policy += ", \"daily\";q=" + std::to_string(c.daily_quota) + ";w=86400";
     state += ", \"daily\";r=" + std::to_string(*quota_left);
@@ -438,13 +460,15 @@ static std::optional<Reply> check_rate(const Config& c, Router::State& s, Stats&
     if (!quota_hit && tat - now > tolerance + 1e-9) {
       wait = tat - now - tolerance;
       remaining = 0;
-      reset = tat - now;
+      reset = wait;
     } else if (!quota_hit) {
       g.tat = tat + interval;
-      double slack = tolerance - (g.tat - now);  // wall-clock doubles: allow for rounding below
-      remaining = slack < -1e-4 * interval ? 0 : static_cast<std::uint64_t>(std::floor(slack / interval + 1e-4)) + 1;
-      remaining = std::min<std::uint64_t>(remaining, c.burst);
-      reset = g.tat - now;
+      // In calls: how far the bucket is from refusing; wall-clock doubles, so allow for rounding.
+      const double exact = (tolerance - (g.tat - now)) / interval;
+      const double room = exact + 1e-4;
+      remaining = room < 0 ? 0 : std::min<std::uint64_t>(static_cast<std::uint64_t>(std::floor(room)) + 1, c.burst);
+      // Until one more call may go: the next whole unit of room.
+      reset = remaining >= c.burst ? 0 : std::max(0.0, (std::floor(room) + 1 - exact) * interval);
     } else {
       reset = wait;
     }

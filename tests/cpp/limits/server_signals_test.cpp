@@ -85,6 +85,18 @@ TEST(RateLimitField, ItemFormWithPolicies) {
   EXPECT_EQ(q.reset_after, 3600.0);
   EXPECT_EQ(q.limit, 1000.0);
   EXPECT_EQ(q.window, 86400.0);
+  EXPECT_EQ(q.slot, 86.4);  // the window over the quota of the same policy
+}
+
+TEST(RateLimitField, TheSlotComesFromOnePolicyNotFromMixedSources) {
+  // The sandbox's form: X-RateLimit-Limit is the burst, the policy the rate (40/s).
+  http::Headers h = {{"X-RateLimit-Limit", "5"}, {"X-RateLimit-Remaining", "0"}, {"X-RateLimit-Reset", "0.025"},
+                     {"RateLimit-Policy", "\"burst\";q=40;w=1"}, {"RateLimit", "\"burst\";r=0;t=1"}};
+  auto q = parse_server_quota(h, 0);
+  EXPECT_EQ(q.limit, 5.0);
+  EXPECT_EQ(q.reset_after, 0.025);
+  EXPECT_EQ(q.slot, 1.0 / 40);
+  EXPECT_FALSE(parse_server_quota({{"RateLimit-Policy", "\"p\";q=0;w=1"}}, 0).slot);
 }
 
 TEST(RateLimitField, GarbageIsHarmless) {

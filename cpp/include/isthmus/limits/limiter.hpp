@@ -66,7 +66,7 @@ struct AdaptiveSpec {
   double min = 1;
   double max = 100;
   double start = 0;           // 0 = start at min
-  double decrease = 0.85;     // factor applied on a congestion signal
+  double decrease = 0.85;     // factor applied on a congestion signal (the rate there is remembered)
   double latency_factor = 0;  // >0: latency above this multiple of the baseline is congestion
 };
 
@@ -183,7 +183,8 @@ class Limiter {
   mutable std::mutex mutex_;
   std::vector<std::unordered_map<std::string, std::unique_ptr<Bucket>>> buckets_;  // per rule
   std::map<std::string, std::unique_ptr<KeyState>> keys_;
-  std::unordered_map<std::string, TimePoint> pauses_;  // node-based: pointers to values stay valid
+  struct ServerPace;
+  std::unordered_map<std::string, std::unique_ptr<ServerPace>> servers_;  // per server scope
   std::unordered_map<std::uint64_t, std::unique_ptr<Ticket>> tickets_;
   bool paces_ = false;  // some rule sets a pace of its own (rate, quota or adaptive rate)
   std::uint64_t next_ticket_ = 1;

@@ -29,7 +29,10 @@ struct ServerQuota {
   std::optional<double> remaining;
   std::optional<double> reset_after;  // seconds from now until the allowance refills
   std::optional<double> window;       // seconds, from a policy
-  bool empty() const { return !limit && !remaining && !reset_after && !window; }
+  // Seconds per unit of the policy's long-run rate (its window over its quota, both from the
+  // same policy): how soon one more call frees up at a server that drips its allowance back.
+  std::optional<double> slot;
+  bool empty() const { return !limit && !remaining && !reset_after && !window && !slot; }
 };
 
 // A Reset value: small numbers are a delay in seconds; numbers that look like Unix time

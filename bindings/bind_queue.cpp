@@ -1,0 +1,142 @@
+// isthmus._core: the durable local queue. Arguments are converted with the GIL held; SQLite
+// works with it released (a put waits for an fsync, a lease for another process's write lock);
+// results become Python objects once the GIL is back.
+#include <pybind11/stl.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "isthmus/error.hpp"
+#include "isthmus/queue/local_queue.hpp"
+
+namespace py = pybind11;
+
+namespace isthmus::bindings {
+namespace {
+
+using queue::Item;
+using queue::LocalQueue;
+
+std::vector<Item> items_from(const py::list& items) {
+  std::vector<Item> out;
+  out.reserve(items.size());
+  std::size_t i = 0;
+  for (const auto& o : items) {
+    if (py::isinstance<py::bytes>(o)) {
+      out.push_back({o.cast<std::string>(), false});
+    } else if (py::isinstance<py::str>(o)) {
+      out.push_back({o.cast<std::string>(), true});
+    } else {
+      throw Error(errc::invalid_argument, "items[" + std::to_string(i) + "]: a " +
+                                              std::string(py::str(o.get_type().attr("__name__"))) +
+                                              " is not valid; expected str or bytes");
+    }
+    ++i;
+  }
+  return out;
+}
+
+py::object body_of(const std::string& body, bool text) {
+  if (!text) return py::bytes(body);
+  // Text went in as a Python str, so it is valid UTF-8 unless the file was edited.
+  PyObject* s = PyUnicode_DecodeUTF8(body.data(), static_cast<Py_ssize_t>(body.size()), "replace");
+  if (!s) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(s);
+}
+
+}  // namespace
+
+void bind_queue(py::module_& m) {
+  py::class_<LocalQueue, std::shared_ptr<LocalQueue>>(
+      m, "LocalQueue", "A durable queue in one SQLite file (use isthmus.LocalQueue).")
+      .def(py::init([](const std::string& path, int max_deliveries) {
+             queue::LocalQueueOptions o;
+             o.max_deliveries = max_deliveries;
+             py::gil_scoped_release release;
+             return std::make_shared<LocalQueue>(path, o);
+           }),
+           py::arg("path"), py::arg("max_deliveries") = 5)
+      .def_property_readonly("path", &LocalQueue::path)
+      .def_property_readonly("max_deliveries", &LocalQueue::max_deliveries)
+      .def(
+          "put",
+          [](LocalQueue& q, const py::list& items) {
+            auto converted = items_from(items);
+            py::gil_scoped_release release;
+            return queue::put(q, std::move(converted));
+          },
+          py::arg("items"), "Puts all of items (str or bytes) in one transaction; returns how many.")
+      .def(
+          "lease",
+          [](LocalQueue& q, std::size_t n, std::int64_t visibility_ms) {
+            queue::Lease lease;
+            {
+              py::gil_scoped_release release;
+              lease = queue::lease(q, n, std::chrono::milliseconds(visibility_ms));
+            }
+            py::list messages;
+            for (const auto& msg : lease.messages)
+              messages.append(py::make_tuple(msg.id, body_of(msg.body, msg.text), msg.deliveries));
+            return py::make_tuple(lease.token, lease.expires_at, messages);
+          },
+          py::arg("n"), py::arg("visibility_ms"),
+          "(token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.")
+      .def(
+          "ack",
+          [](LocalQueue& q, std::string token, std::vector<std::uint64_t> ids) {
+            py::gil_scoped_release release;
+            return queue::ack(q, std::move(token), std::move(ids));
+          },
+          py::arg("token"), py::arg("ids"), "Removes the messages still held by the lease; returns how many.")
+      .def(
+          "nack",
+          [](LocalQueue& q, std::string token, std::vector<std::uint64_t> ids, std::int64_t delay_ms) {
+            py::gil_scoped_release release;
+            return queue::nack(q, std::move(token), std::move(ids), std::chrono::milliseconds(delay_ms));
+          },
+          py::arg("token"), py::arg("ids"), py::arg("delay_ms"),
+          "Returns the messages to ready after the delay (or to the dead letters); returns how many.")
+      .def(
+          "dead_letters",
+          [](LocalQueue& q, std::size_t limit) {
+            std::vector<queue::DeadLetter> dead;
+            {
+              py::gil_scoped_release release;
+              dead = queue::dead_letters(q, limit);
+            }
+            py::list out;
+            for (const auto& d : dead)
+              out.append(py::make_tuple(d.id, body_of(d.body, d.text), d.deliveries, d.enqueued_at,
+                                        d.dead_at, d.reason));
+            return out;
+          },
+          py::arg("limit") = 0,
+          "[(id, body, deliveries, enqueued_at, dead_at, reason), ...], oldest first (limit 0: all).")
+      .def(
+          "stats",
+          [](LocalQueue& q) {
+            queue::Stats s;
+            {
+              py::gil_scoped_release release;
+              s = queue::stats(q);
+            }
+            py::dict d;
+            d["ready"] = s.ready;
+            d["leased"] = s.leased;
+            d["delayed"] = s.delayed;
+            d["dead"] = s.dead;
+            return d;
+          },
+          "{ready, leased, delayed, dead}")
+      .def(
+          "close",
+          [](LocalQueue& q) {
+            py::gil_scoped_release release;
+            q.close();
+          },
+          "Closes the file; later calls raise StateError.");
+}
+
+}  // namespace isthmus::bindings

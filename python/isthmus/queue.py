@@ -1,0 +1,189 @@
+"""A durable local queue: ``LocalQueue``, one SQLite file (WAL) managed by the C++ core.
+
+::
+
+    with ist.LocalQueue("work.db", max_deliveries=5) as q:
+        q.put(["page 1", "page 2"])           # durable when put() returns
+        lease = q.lease(10, visibility=30)   # held for 30 s, then back to ready
+        for m in lease:
+            handle(m.body)                   # m.deliveries: 1 on the first delivery
+        q.ack(lease)                         # or q.nack(lease, delay=60)
+
+A message leased ``max_deliveries`` times without an ack goes to the dead letters
+(``dead_letters()``) instead of coming back again. Several threads and processes may share one
+file: a message is never held by two live leases at once. Delivery is at-least-once: a lease
+that expires (a worker crashed or was too slow) hands its messages to the next lessee, and an
+ack under the expired lease then removes nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, Union
+
+from isthmus import _core, errors
+
+__all__ = ["LocalQueue", "Lease", "QueueMessage", "QueueDeadLetter"]
+
+Body = Union[str, bytes]
+
+# About 30 years: far beyond any lease or delay, and well inside the core's millisecond counts.
+_MAX_SECONDS = 1e9
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """One leased message: ``body`` as it was put (str or bytes) and how many times it has been
+    delivered, this delivery included."""
+
+    id: int
+    body: Body
+    deliveries: int
+    lease: str = field(repr=False, compare=False, default="")
+
+
+@dataclass(frozen=True)
+class QueueDeadLetter:
+    """A message delivered ``deliveries`` times without an ack, set aside."""
+
+    id: int
+    body: Body
+    deliveries: int
+    enqueued_at: float
+    dead_at: float
+    reason: str
+
+
+class Lease:
+    """The messages one ``lease()`` call took, held until ``expires_at`` (Unix seconds)."""
+
+    def __init__(self, token: str, expires_at: float, messages: Sequence[QueueMessage]):
+        self.token = token
+        self.expires_at = expires_at
+        self.messages: Tuple[QueueMessage, ...] = tuple(messages)
+
+    def __iter__(self) -> Iterator[QueueMessage]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __bool__(self) -> bool:
+        return bool(self.messages)
+
+    def __repr__(self) -> str:
+        return f"<Lease of {len(self.messages)} message(s), expires at {self.expires_at:.3f}>"
+
+
+def _seconds(name: str, value: Any, *, allow_zero: bool) -> int:
+    """Seconds as whole milliseconds for the core; a bad value names the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise errors.ConfigError(f"{name}: {value!r} is not valid; expected a finite number of seconds")
+    seconds = float(value)
+    if seconds < 0 or (seconds == 0 and not allow_zero) or seconds > _MAX_SECONDS:
+        raise errors.ConfigError(f"{name}: {value!r} is not valid; expected a number of seconds "
+                                 f"{'>= 0' if allow_zero else '> 0'} and at most {_MAX_SECONDS:g}")
+    ms = math.ceil(seconds * 1000)
+    return ms if allow_zero else max(1, ms)
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise errors.ConfigError(f"{name}: {value!r} is not valid; expected an integer >= 1")
+    return int(value)
+
+
+Acked = Union[Lease, QueueMessage, Iterable[QueueMessage]]
+
+
+class LocalQueue:
+    """A durable queue in the SQLite file at ``path`` (created whole when missing).
+
+    A damaged file, or one that is not a queue, raises ``StateError`` naming it; bad arguments
+    raise ``ConfigError`` naming the argument.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike[str]], max_deliveries: int = 5):
+        if not isinstance(path, (str, os.PathLike)):
+            raise errors.ConfigError(f"path: {path!r} is not valid; expected a file path")
+        self.path = os.fspath(path)
+        self.max_deliveries = _count("max_deliveries", max_deliveries)
+        self._q: Optional[_core.LocalQueue] = _core.LocalQueue(self.path, self.max_deliveries)
+
+    def _open(self) -> _core.LocalQueue:
+        if self._q is None:
+            raise errors.StateError(f"queue file {self.path} is closed")
+        return self._q
+
+    def put(self, items: Union[Body, Iterable[Body]]) -> int:
+        """Puts one item or many (str or bytes), all in one transaction: when it returns they are
+        on disk. Returns how many were put."""
+        batch: List[Body] = [items] if isinstance(items, (str, bytes)) else list(items)
+        for i, item in enumerate(batch):
+            if not isinstance(item, (str, bytes)):
+                raise errors.ConfigError(f"items[{i}]: a {type(item).__name__} is not valid; "
+                                         "expected str or bytes")
+        return self._open().put(batch)
+
+    def lease(self, n: int = 1, *, visibility: float = 30.0) -> Lease:
+        """Up to ``n`` ready messages, held for ``visibility`` seconds; an empty lease when none is
+        ready (it does not wait for messages to arrive)."""
+        token, expires_at, rows = self._open().lease(_count("n", n), _seconds("visibility", visibility,
+                                                                               allow_zero=False))
+        return Lease(token, expires_at, [QueueMessage(i, body, d, token) for i, body, d in rows])
+
+    def ack(self, messages: Acked) -> int:
+        """Removes the messages (a lease, one message, or several) from the queue. Returns how many
+        were removed: fewer when a lease expired and another lessee took some of them."""
+        return sum(self._open().ack(token, ids) for token, ids in self._by_lease(messages))
+
+    def nack(self, messages: Acked, *, delay: float = 0.0) -> int:
+        """Returns the messages to ready after ``delay`` seconds; a message already delivered
+        ``max_deliveries`` times goes to the dead letters instead. Returns how many moved."""
+        ms = _seconds("delay", delay, allow_zero=True)
+        return sum(self._open().nack(token, ids, ms) for token, ids in self._by_lease(messages))
+
+    @staticmethod
+    def _by_lease(messages: Acked) -> List[Tuple[str, List[int]]]:
+        if isinstance(messages, Lease):
+            return [(messages.token, [m.id for m in messages.messages])]
+        many = [messages] if isinstance(messages, QueueMessage) else list(messages)
+        groups: Dict[str, List[int]] = {}
+        for i, m in enumerate(many):
+            if not isinstance(m, QueueMessage):
+                raise errors.ConfigError(f"messages[{i}]: a {type(m).__name__} is not valid; expected a "
+                                         "Lease or the QueueMessage objects of one")
+            groups.setdefault(m.lease, []).append(m.id)
+        return list(groups.items())
+
+    def dead_letters(self, limit: int = 0) -> List[QueueDeadLetter]:
+        """The dead letters, oldest first (``limit`` 0: all)."""
+        if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0:
+            raise errors.ConfigError(f"limit: {limit!r} is not valid; expected an integer >= 0")
+        return [QueueDeadLetter(*row) for row in self._open().dead_letters(int(limit))]
+
+    def stats(self) -> Dict[str, int]:
+        """How many messages are ``ready``, ``leased``, ``delayed`` (nacked with a delay) and
+        ``dead``."""
+        return dict(self._open().stats())
+
+    def close(self) -> None:
+        """Closes the file; later calls raise ``StateError``. Closing twice is harmless."""
+        if self._q is not None:
+            self._q.close()
+            self._q = None
+
+    def __enter__(self) -> LocalQueue:
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                 tb: Optional[TracebackType]) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._q is None else "open"
+        return f"<LocalQueue {self.path!r} max_deliveries={self.max_deliveries} ({state})>"
