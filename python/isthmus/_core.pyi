@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'LocalQueue', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -164,6 +164,37 @@ class FieldMapper:
         ...
     def apply(self, records: list) -> tuple:
         ...
+class MappedBatch:
+    """
+    Records as JSON text in the core, for its sink writers; see isthmus.sinks.
+    """
+    def __len__(self) -> int:
+        ...
+    def keys(self) -> list:
+        """
+        Each record's key, None where it has none (see keyless).
+        """
+    def lines(self) -> bytes:
+        """
+        The records as JSON Lines.
+        """
+    def set_key(self, index: typing.SupportsInt | typing.SupportsIndex, key: str) -> None:
+        ...
+    @property
+    def failures(self) -> list:
+        """
+        [(index among the records read, reason, record JSON, key or None), ...]
+        """
+    @property
+    def keyless(self) -> list:
+        """
+        [(index, input record JSON), ...] of the records without a key.
+        """
+    @property
+    def read(self) -> int:
+        """
+        Records read (mapped and failed).
+        """
 class Watermark:
     """
     The first unit not yet accepted, when units finish out of order.
@@ -203,6 +234,57 @@ class Limiter:
         ...
     @property
     def waiting(self) -> int:
+        ...
+class JsonlWriter:
+    """
+    The core of isthmus.JsonlSink.
+    """
+    def __init__(self, path: str, fsync: bool) -> None:
+        ...
+    def close(self) -> None:
+        ...
+    def flush(self) -> None:
+        ...
+    def open(self) -> None:
+        ...
+    def write(self, batch: MappedBatch) -> int:
+        """
+        Appends the batch's lines; returns the bytes written.
+        """
+    @property
+    def is_open(self) -> bool:
+        ...
+class SqliteWriter:
+    """
+    The core of isthmus.SqliteSink.
+    """
+    def __init__(self, path: str, table: str, key_field: str) -> None:
+        ...
+    def close(self) -> None:
+        ...
+    def open(self) -> None:
+        ...
+    def write(self, batch: MappedBatch, keys_are_final: bool) -> None:
+        ...
+class HttpBatcher:
+    """
+    The core of isthmus.HttpSink.
+    """
+    @staticmethod
+    def idempotency_key(keys: collections.abc.Sequence[str]) -> str:
+        ...
+    def __init__(self, client: typing.Any, url: str, headers: collections.abc.Sequence[tuple[str, str]], batch_size: typing.SupportsInt | typing.SupportsIndex, concurrency: typing.SupportsInt | typing.SupportsIndex, wrap: str, idempotency_key: bool, timeout: typing.SupportsFloat | typing.SupportsIndex, key_function: typing.Any = None) -> None:
+        ...
+    def clear(self) -> None:
+        ...
+    def flush(self) -> typing.Any:
+        ...
+    def write(self, batch: MappedBatch) -> typing.Any:
+        """
+        (rejected [(key, record JSON, Response)], stopping Response or None, counts)
+        """
+    @property
+    def buffered(self) -> int:
         ...
 class LocalQueue:
     """
@@ -270,6 +352,10 @@ def generate_token_key() -> str:
     ...
 def hmac(algorithm: str, key: bytes, data: bytes) -> bytes:
     ...
+def json_batch(records: list, keys: list) -> tuple:
+    """
+    (MappedBatch of the records as JSON with their keys, [(index, reason), ...] for records left out).
+    """
 def json_dumps(obj: typing.Any) -> bytes:
     """
     obj as compact UTF-8 JSON bytes; TypeError naming the path of a value it cannot write.
@@ -277,6 +363,10 @@ def json_dumps(obj: typing.Any) -> bytes:
 def json_lines(records: list) -> tuple:
     """
     (JSON Lines bytes, [(index, reason), ...] for records left out).
+    """
+def map_page(body: typing.Any, records_path: str, fields: collections.abc.Sequence[str], key_path: str, mapper: FieldMapper | None = None) -> tuple:
+    """
+    Parse a page and map its records in the core: (status, MappedBatch, field texts).
     """
 def parse_page(body: typing.Any, records_path: str, fields: collections.abc.Sequence[str]) -> tuple:
     """
@@ -290,6 +380,10 @@ def pkce_challenge_s256(verifier: str) -> str:
     ...
 def pkce_verifier(length: typing.SupportsInt | typing.SupportsIndex = 64) -> str:
     ...
+def python_records_built() -> int:
+    """
+    Records the core has made into Python objects so far (parsed pages, FieldMap results); for tests.
+    """
 def random_token(nbytes: typing.SupportsInt | typing.SupportsIndex) -> str:
     ...
 def record_keys(records: list, path: collections.abc.Sequence[str]) -> list:
