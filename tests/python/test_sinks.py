@@ -230,8 +230,8 @@ def test_a_fused_http_run_posts_the_bodies_and_keys_the_python_path_posts(tmp_pa
     assert fused.counts["bytes_out"] == slow.counts["bytes_out"] > 0
 
 
-def test_a_fused_http_run_dead_letters_what_the_destination_rejects(tmp_path):
-    # A record too large for the destination: its batch is narrowed, and only it is rejected.
+def test_a_fused_http_run_narrows_batches_the_destination_refuses(tmp_path):
+    # Batches too large for the destination (413) are sent again record by record.
     with isthmus.Sandbox(records=300, pagination="offset") as src, isthmus.Sandbox(max_body_bytes=4096) as dst, \
             isthmus.Client(src.url) as sc, isthmus.Client(dst.url) as dc:
         stream = isthmus.Stream(sc, "/v1/contacts", paginator=isthmus.OffsetPaginator(limit=100))
