@@ -12,6 +12,8 @@
 #include <string>
 
 #include "bindings.hpp"
+#include "isthmus/pipeline/json_write.hpp"
+#include "isthmus/pipeline/mapped.hpp"
 
 namespace py = pybind11;
 
@@ -80,71 +82,36 @@ class Encoder {
  private:
   void string(PyObject* s) {
     if (PyUnicode_IS_ASCII(s)) {
-      quoted(std::string_view(static_cast<const char*>(PyUnicode_DATA(s)),
-                              static_cast<std::size_t>(PyUnicode_GET_LENGTH(s))));
+      pipeline::append_quoted(out_, std::string_view(static_cast<const char*>(PyUnicode_DATA(s)),
+                                                     static_cast<std::size_t>(PyUnicode_GET_LENGTH(s))));
       return;
     }
-    // Written from the str's own code points: PyUnicode_AsUTF8 would build and keep a UTF-8
+    // Encoded from the str's own code points: PyUnicode_AsUTF8 would build and keep a UTF-8
     // copy inside every non-ASCII str it is asked for.
     const int kind = PyUnicode_KIND(s);
     const void* data = PyUnicode_DATA(s);
     const Py_ssize_t n = PyUnicode_GET_LENGTH(s);
-    out_ += '"';
+    utf8_.clear();
     for (Py_ssize_t i = 0; i < n; ++i) {
       const Py_UCS4 c = PyUnicode_READ(kind, data, i);
       if (c < 0x80) {
-        escape_ascii(static_cast<unsigned char>(c));
+        utf8_ += static_cast<char>(c);
       } else if (c < 0x800) {
-        out_ += static_cast<char>(0xC0 | (c >> 6));
-        out_ += static_cast<char>(0x80 | (c & 0x3F));
+        utf8_ += static_cast<char>(0xC0 | (c >> 6));
+        utf8_ += static_cast<char>(0x80 | (c & 0x3F));
       } else if (c < 0x10000) {
         if (c >= 0xD800 && c <= 0xDFFF) throw EncodeError{"a str with a lone surrogate is not valid UTF-8", {}};
-        out_ += static_cast<char>(0xE0 | (c >> 12));
-        out_ += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-        out_ += static_cast<char>(0x80 | (c & 0x3F));
+        utf8_ += static_cast<char>(0xE0 | (c >> 12));
+        utf8_ += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+        utf8_ += static_cast<char>(0x80 | (c & 0x3F));
       } else {
-        out_ += static_cast<char>(0xF0 | (c >> 18));
-        out_ += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
-        out_ += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
-        out_ += static_cast<char>(0x80 | (c & 0x3F));
+        utf8_ += static_cast<char>(0xF0 | (c >> 18));
+        utf8_ += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+        utf8_ += static_cast<char>(0x80 | ((c >> 6) & 0x3F));
+        utf8_ += static_cast<char>(0x80 | (c & 0x3F));
       }
     }
-    out_ += '"';
-  }
-
-  void escape_ascii(unsigned char c) {
-    static const char* hex = "0123456789abcdef";
-    if (c >= 0x20 && c != '"' && c != '\\') {
-      out_ += static_cast<char>(c);
-      return;
-    }
-    switch (c) {
-      case '"': out_ += "\\\""; break;
-      case '\\': out_ += "\\\\"; break;
-      case '\n': out_ += "\\n"; break;
-      case '\r': out_ += "\\r"; break;
-      case '\t': out_ += "\\t"; break;
-      case '\b': out_ += "\\b"; break;
-      case '\f': out_ += "\\f"; break;
-      default:
-        out_ += "\\u00";
-        out_ += hex[c >> 4];
-        out_ += hex[c & 0xf];
-    }
-  }
-
-  void quoted(std::string_view s) {
-    out_ += '"';
-    std::size_t run = 0;  // start of the stretch copied as is
-    for (std::size_t i = 0; i < s.size(); ++i) {
-      const auto c = static_cast<unsigned char>(s[i]);
-      if (c >= 0x20 && c != '"' && c != '\\') continue;
-      out_.append(s.data() + run, i - run);
-      run = i + 1;
-      escape_ascii(c);
-    }
-    out_.append(s.data() + run, s.size() - run);
-    out_ += '"';
+    pipeline::append_quoted(out_, utf8_);
   }
 
   void integer(PyObject* obj) {
@@ -244,13 +211,14 @@ class Encoder {
     const char* p = PyUnicode_AsUTF8AndSize(text.ptr(), &n);
     if (!p) throw py::error_already_set();
     if (quote) {
-      quoted(std::string_view(p, static_cast<std::size_t>(n)));
+      pipeline::append_quoted(out_, std::string_view(p, static_cast<std::size_t>(n)));
     } else {
       out_.append(p, static_cast<std::size_t>(n));
     }
   }
 
   std::string& out_;
+  std::string utf8_;  // a non-ASCII str's text, reused
 };
 
 std::string describe(const EncodeError& e) {
@@ -270,34 +238,73 @@ py::bytes dumps(const py::handle& obj) {
   return to_bytes(out);
 }
 
-// Each record as one line; a record that cannot be written is left out and reported as
-// (index, reason), so one bad record never stops the others.
-py::tuple lines(const py::list& records) {
-  std::string out;
-  out.reserve(static_cast<std::size_t>(PyList_GET_SIZE(records.ptr())) * 256);
+// Records to a batch of JSON texts, the unit the core's sink writers take. A record that
+// cannot be written is left out and reported as (index, reason), so one bad record never
+// stops the others.
+py::tuple batch(const py::list& records, const py::list& keys) {
+  auto out = std::make_unique<pipeline::MappedBatch>();
   py::list rejected;
-  Encoder enc(out);
-  const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
-  for (Py_ssize_t i = 0; i < n; ++i) {
-    const std::size_t mark = out.size();
-    try {
-      enc.value(PyList_GET_ITEM(records.ptr(), i), 0);
-      out += '\n';
-    } catch (const EncodeError& e) {
-      out.resize(mark);
-      rejected.append(py::make_tuple(i, "not JSON-serializable: " + describe(e)));
-    }
-  }
-  return py::make_tuple(to_bytes(out), rejected);
+  encode_records(records, keys, *out, rejected);
+  return py::make_tuple(py::cast(std::move(out)), rejected);
+}
+
+// Each record as one line (the batch's text), for callers that want bytes.
+py::tuple lines(const py::list& records) {
+  pipeline::MappedBatch out;
+  py::list rejected;
+  encode_records(records, py::list(), out, rejected);
+  const auto text = out.lines();
+  return py::make_tuple(py::bytes(text.data(), text.size()), rejected);
 }
 
 }  // namespace
+
+std::string json_text(const py::handle& obj) {
+  std::string out;
+  try {
+    Encoder(out).value(obj.ptr(), 0);
+  } catch (const EncodeError& e) {
+    throw py::type_error("not JSON-serializable: " + describe(e));
+  }
+  return out;
+}
+
+void encode_records(const py::list& records, const py::list& keys, pipeline::MappedBatch& out,
+                    py::list& rejected) {
+  const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+  const bool keyed = PyList_GET_SIZE(keys.ptr()) == n;
+  std::string& text = out.begin();
+  text.reserve(text.size() + static_cast<std::size_t>(n) * 256);
+  Encoder enc(text);
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    const std::size_t mark = text.size();
+    try {
+      enc.value(PyList_GET_ITEM(records.ptr(), i), 0);
+    } catch (const EncodeError& e) {
+      text.resize(mark);
+      rejected.append(py::make_tuple(i, "not JSON-serializable: " + describe(e)));
+      continue;
+    }
+    std::optional<std::string_view> key;
+    PyObject* k = keyed ? PyList_GET_ITEM(keys.ptr(), i) : Py_None;
+    if (PyUnicode_Check(k)) {
+      Py_ssize_t size = 0;
+      const char* p = PyUnicode_AsUTF8AndSize(k, &size);
+      if (!p) throw py::error_already_set();
+      key = std::string_view(p, static_cast<std::size_t>(size));
+    }
+    out.end(key);
+  }
+  out.set_read(out.read() + static_cast<std::size_t>(n));
+}
 
 void bind_json(py::module_& m) {
   m.def("json_dumps", &dumps, py::arg("obj"),
         "obj as compact UTF-8 JSON bytes; TypeError naming the path of a value it cannot write.");
   m.def("json_lines", &lines, py::arg("records"),
         "(JSON Lines bytes, [(index, reason), ...] for records left out).");
+  m.def("json_batch", &batch, py::arg("records"), py::arg("keys"),
+        "(MappedBatch of the records as JSON with their keys, [(index, reason), ...] for records left out).");
 }
 
 }  // namespace isthmus::bindings

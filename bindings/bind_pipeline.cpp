@@ -1,5 +1,7 @@
 // isthmus._core: the pipeline's hot parts. A page body is parsed in the core with the GIL
 // released, then its records become Python objects in one pass (no JSON text crosses over).
+#include <atomic>
+#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -9,6 +11,8 @@
 #include "bindings.hpp"
 #include "isthmus/http/message.hpp"
 #include "isthmus/pipeline/cast.hpp"
+#include "isthmus/pipeline/field_map.hpp"
+#include "isthmus/pipeline/mapped.hpp"
 #include "isthmus/pipeline/page.hpp"
 #include "isthmus/pipeline/watermark.hpp"
 
@@ -19,6 +23,10 @@ namespace {
 
 using pipeline::JsonVisitor;
 using pipeline::Page;
+
+// Records the core has made into Python objects (pages parsed to dicts, FieldMap results), so
+// a test can tell that a fused run made none.
+std::atomic<std::uint64_t> python_records{0};
 
 // Builds Python objects with the C API: this loop runs for every field of every record.
 class PyBuilder : public JsonVisitor {
@@ -170,6 +178,7 @@ py::tuple parse_page(const py::object& body, const std::string& records_path,
     GcPause pause;
     page->visit_records(records_path, builder);
   }
+  python_records += count;
   return py::make_tuple("ok", builder.take(), field_values);
 }
 
@@ -228,6 +237,7 @@ class FieldMapper {
   // rules: (target steps, source steps or None, cast name, required, default), validated by
   // isthmus.FieldMap, which also words the errors a user sees.
   explicit FieldMapper(const py::list& rules) {
+    std::vector<pipeline::FieldRule> core_rules;
     for (const auto& item : rules) {
       auto t = item.cast<py::tuple>();
       Rule r;
@@ -246,9 +256,24 @@ class FieldMapper {
       r.cast = *cast;
       r.required = t[3].cast<bool>();
       r.fallback = py::reinterpret_borrow<py::object>(t[4]);
+      pipeline::FieldRule core;
+      for (const auto& step : t[0].cast<py::list>()) core.target.push_back(step.cast<std::string>());
+      if (r.has_source) core.source = r.source_text;
+      core.cast = r.cast;
+      core.required = r.required;
+      core.fallback = json_text(r.fallback);
+      core_rules.push_back(std::move(core));
       rules_.push_back(std::move(r));
     }
+    try {
+      page_map_ = std::make_shared<pipeline::FieldMap>(std::move(core_rules));
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
   }
+
+  // The same rules over a parsed page, writing JSON text (field_map.hpp).
+  const pipeline::FieldMap& page_map() const { return *page_map_; }
 
   // (mapped records, [(index, reason), ...]) for the records that failed a rule.
   py::tuple apply(const py::list& records) const {
@@ -264,6 +289,7 @@ class FieldMapper {
         failed.append(py::make_tuple(i, why));
       }
     }
+    python_records += static_cast<std::uint64_t>(PyList_GET_SIZE(mapped.ptr()));
     return py::make_tuple(mapped, failed);
   }
 
@@ -373,7 +399,52 @@ class FieldMapper {
   }
 
   std::vector<Rule> rules_;
+  std::shared_ptr<const pipeline::FieldMap> page_map_;
 };
+
+// Parses a page like parse_page and maps its records with `mapper` (a FieldMapper, or None to
+// copy them) straight to JSON text: (status, MappedBatch or None, field texts). No Python
+// object is made per record; only the batch handle, and later its failures, cross over.
+py::tuple map_page(const py::object& body, const std::string& records_path, const std::vector<std::string>& fields,
+                   const std::string& key_path, const FieldMapper* mapper) {
+  std::string_view text;
+  if (py::isinstance<http::Response>(body)) {
+    text = body.cast<const http::Response&>().body;
+  } else {
+    char* data = nullptr;
+    Py_ssize_t size = 0;
+    if (PyBytes_AsStringAndSize(body.ptr(), &data, &size) != 0) throw py::error_already_set();
+    text = std::string_view(data, static_cast<std::size_t>(size));
+  }
+  const pipeline::FieldMap* map = mapper ? &mapper->page_map() : nullptr;
+  std::string error;
+  std::vector<std::optional<std::string>> values;
+  auto batch = std::make_unique<pipeline::MappedBatch>();
+  Page::Records found = Page::Records::missing;
+  bool parsed = false;
+  {
+    // `body` and `mapper` stay referenced by the caller, so they outlive this scope.
+    py::gil_scoped_release release;
+    auto page = Page::parse(text, error);
+    if (page) {
+      parsed = true;
+      for (const auto& f : fields) values.push_back(page->text(f));
+      found = map ? map->map_page(*page, records_path, key_path, *batch)
+                  : pipeline::FieldMap::copy_page(*page, records_path, key_path, *batch);
+    }
+  }
+  if (!parsed) return py::make_tuple("invalid:" + error, py::none(), py::list());
+  py::list field_values(values.size());
+  for (std::size_t i = 0; i < values.size(); ++i)
+    field_values[i] = values[i] ? py::object(py::str(*values[i])) : py::object(py::none());
+  if (found == Page::Records::missing) return py::make_tuple("missing", py::none(), field_values);
+  if (found == Page::Records::not_an_array) return py::make_tuple("not_an_array", py::none(), field_values);
+  return py::make_tuple("ok", py::cast(std::move(batch)), field_values);
+}
+
+py::object optional_str(const std::optional<std::string>& s) {
+  return s ? py::object(py::str(*s)) : py::object(py::none());
+}
 
 // Each record's identity as text: the value at a path of dict keys, a str as it is, another
 // scalar through str(); None where a record has none (the caller hashes those).
@@ -415,6 +486,9 @@ void bind_pipeline(py::module_& m) {
   m.def("parse_page", &parse_page, py::arg("body"), py::arg("records_path"), py::arg("fields"),
         "Parse a page: (status, records, field texts). See isthmus.pipeline.");
 
+  m.def("python_records_built", [] { return python_records.load(); },
+        "Records the core has made into Python objects so far (parsed pages, FieldMap results); for tests.");
+
   m.def("record_keys", &record_keys, py::arg("records"), py::arg("path"),
         "Each record's identity at a path of keys, as text; None where it has none.");
   m.def("record_values", &record_values, py::arg("records"), py::arg("path"),
@@ -423,6 +497,35 @@ void bind_pipeline(py::module_& m) {
   py::class_<FieldMapper>(m, "FieldMapper", "The core of isthmus.FieldMap.")
       .def(py::init<const py::list&>(), py::arg("rules"))
       .def("apply", &FieldMapper::apply, py::arg("records"));
+
+  py::class_<pipeline::MappedBatch>(m, "MappedBatch",
+                                    "Records as JSON text in the core, for its sink writers; see isthmus.sinks.")
+      .def("__len__", &pipeline::MappedBatch::size)
+      .def_property_readonly("read", &pipeline::MappedBatch::read, "Records read (mapped and failed).")
+      .def_property_readonly("failures", [](const pipeline::MappedBatch& b) {
+        py::list out;
+        for (const auto& f : b.failures()) out.append(py::make_tuple(f.index, f.reason, f.record, optional_str(f.key)));
+        return out;
+      }, "[(index among the records read, reason, record JSON, key or None), ...]")
+      .def("keys", [](const pipeline::MappedBatch& b) {
+        py::list out(b.size());
+        for (std::size_t i = 0; i < b.size(); ++i) out[i] = optional_str(b.key(i));
+        return out;
+      }, "Each record's key, None where it has none (see keyless).")
+      .def_property_readonly("keyless", [](const pipeline::MappedBatch& b) {
+        py::list out;
+        for (const auto& [i, src] : b.keyless()) out.append(py::make_tuple(i, src));
+        return out;
+      }, "[(index, input record JSON), ...] of the records without a key.")
+      .def("set_key", &pipeline::MappedBatch::set_key, py::arg("index"), py::arg("key"))
+      .def("lines", [](const pipeline::MappedBatch& b) {
+        const auto t = b.lines();
+        return py::bytes(t.data(), t.size());
+      }, "The records as JSON Lines.");
+
+  m.def("map_page", &map_page, py::arg("body"), py::arg("records_path"), py::arg("fields"), py::arg("key_path"),
+        py::arg("mapper").none(true) = py::none(),
+        "Parse a page and map its records in the core: (status, MappedBatch, field texts).");
 
   py::class_<pipeline::Watermark>(m, "Watermark",
                                   "The first unit not yet accepted, when units finish out of order.")

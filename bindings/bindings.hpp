@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "isthmus/http/client.hpp"
+#include "isthmus/pipeline/mapped.hpp"
 
 namespace isthmus::bindings {
 
@@ -17,6 +18,7 @@ void bind_pipeline(pybind11::module_& m);
 void bind_auth(pybind11::module_& m);
 void bind_limits(pybind11::module_& m);
 void bind_json(pybind11::module_& m);
+void bind_sinks(pybind11::module_& m);
 void bind_queue(pybind11::module_& m);
 void bind_store(pybind11::module_& m);
 
@@ -25,5 +27,17 @@ void bind_store(pybind11::module_& m);
 std::shared_ptr<http::Transport> govern(std::shared_ptr<http::Transport> inner,
                                         const pybind11::object& governor,
                                         const pybind11::object& retry, const pybind11::object& key);
+
+// bind_http.cpp: the transport stack an isthmus._core.HttpClient sends through.
+std::shared_ptr<http::Transport> transport_of(const pybind11::handle& http_client);
+
+// bind_json.cpp: `obj` as JSON text, the way isthmus._core.json_dumps writes it; TypeError
+// naming where when it cannot be written.
+std::string json_text(const pybind11::handle& obj);
+// Each record of `records` (a list) appended to `out` as JSON, with its key from `keys` (a
+// list of str or None, as long); a record that cannot be written is left out and reported as
+// (index, reason) in `rejected`.
+void encode_records(const pybind11::list& records, const pybind11::list& keys, pipeline::MappedBatch& out,
+                    pybind11::list& rejected);
 
 }  // namespace isthmus::bindings

@@ -13,6 +13,7 @@ PYBIND11_MODULE(_core, m) {
   bind_pipeline(m);
   bind_limits(m);
   bind_json(m);
+  bind_sinks(m);
   bind_queue(m);
   bind_store(m);
 }

@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -164,6 +164,37 @@ class FieldMapper:
         ...
     def apply(self, records: list) -> tuple:
         ...
+class MappedBatch:
+    """
+    Records as JSON text in the core, for its sink writers; see isthmus.sinks.
+    """
+    def __len__(self) -> int:
+        ...
+    def keys(self) -> list:
+        """
+        Each record's key, None where it has none (see keyless).
+        """
+    def lines(self) -> bytes:
+        """
+        The records as JSON Lines.
+        """
+    def set_key(self, index: typing.SupportsInt | typing.SupportsIndex, key: str) -> None:
+        ...
+    @property
+    def failures(self) -> list:
+        """
+        [(index among the records read, reason, record JSON, key or None), ...]
+        """
+    @property
+    def keyless(self) -> list:
+        """
+        [(index, input record JSON), ...] of the records without a key.
+        """
+    @property
+    def read(self) -> int:
+        """
+        Records read (mapped and failed).
+        """
 class Watermark:
     """
     The first unit not yet accepted, when units finish out of order.
@@ -204,8 +235,107 @@ class Limiter:
     @property
     def waiting(self) -> int:
         ...
+class JsonlWriter:
+    """
+    The core of isthmus.JsonlSink.
+    """
+    def __init__(self, path: str, fsync: bool) -> None:
+        ...
+    def close(self) -> None:
+        ...
+    def flush(self) -> None:
+        ...
+    def open(self) -> None:
+        ...
+    def write(self, batch: MappedBatch) -> int:
+        """
+        Appends the batch's lines; returns the bytes written.
+        """
+    @property
+    def is_open(self) -> bool:
+        ...
+class SqliteWriter:
+    """
+    The core of isthmus.SqliteSink.
+    """
+    def __init__(self, path: str, table: str, key_field: str) -> None:
+        ...
+    def close(self) -> None:
+        ...
+    def open(self) -> None:
+        ...
+    def write(self, batch: MappedBatch, keys_are_final: bool) -> None:
+        ...
+class HttpBatcher:
+    """
+    The core of isthmus.HttpSink.
+    """
+    @staticmethod
+    def idempotency_key(keys: collections.abc.Sequence[str]) -> str:
+        ...
+    def __init__(self, client: typing.Any, url: str, headers: collections.abc.Sequence[tuple[str, str]], batch_size: typing.SupportsInt | typing.SupportsIndex, concurrency: typing.SupportsInt | typing.SupportsIndex, wrap: str, idempotency_key: bool, timeout: typing.SupportsFloat | typing.SupportsIndex, key_function: typing.Any = None) -> None:
+        ...
+    def clear(self) -> None:
+        ...
+    def flush(self) -> typing.Any:
+        ...
+    def write(self, batch: MappedBatch) -> typing.Any:
+        """
+        (rejected [(key, record JSON, Response)], stopping Response or None, counts)
+        """
+    @property
+    def buffered(self) -> int:
+        ...
+class LocalQueue:
+    """
+    A durable queue in one SQLite file (use isthmus.LocalQueue).
+    """
+    def __init__(self, path: str, max_deliveries: typing.SupportsInt | typing.SupportsIndex = 5) -> None:
+        ...
+    def ack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> int:
+        """
+        Removes the messages still held by the lease; returns how many.
+        """
+    def close(self) -> None:
+        """
+        Closes the file; later calls raise StateError.
+        """
+    def dead_letters(self, limit: typing.SupportsInt | typing.SupportsIndex = 0) -> list:
+        """
+        [(id, body, deliveries, enqueued_at, dead_at, reason), ...], oldest first (limit 0: all).
+        """
+    def lease(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple[str, float, list]:
+        """
+        (token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.
+        """
+    def nack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], delay_ms: typing.SupportsInt | typing.SupportsIndex) -> int:
+        """
+        Returns the messages to ready after the delay (or to the dead letters); returns how many.
+        """
+    def put(self, items: list) -> int:
+        """
+        Puts all of items (str or bytes) in one transaction; returns how many.
+        """
+    def stats(self) -> dict:
+        """
+        {ready, leased, delayed, dead}
+        """
+    @property
+    def max_deliveries(self) -> int:
+        ...
+    @property
+    def path(self) -> str:
+        ...
+def backup_state_file(path: str, dest: str, restore_hint: str = '') -> None:
+    """
+    A consistent copy of the whole file at `dest` (SQLite's backup API), put in place whole; `dest` must not exist. StateError naming the file on failure.
+    """
 def constant_time_equal(arg0: bytes, arg1: bytes) -> bool:
     ...
+def create_state_file(path: str, schema: str, restore_hint: str = '') -> bool:
+    """
+    Creates the file holding `schema` whole (built beside it, then hard-linked in); False when another opener created it first. StateError naming the file on failure.
+    """
 def encode_query(params: collections.abc.Sequence[tuple[str, str]]) -> str:
     """
     name=value pairs joined by '&', percent-encoded as the signers expect (a space is %20, escapes in upper-case hex).
@@ -213,10 +343,6 @@ def encode_query(params: collections.abc.Sequence[tuple[str, str]]) -> str:
 def encode_url(url: str) -> str:
     """
     The URL as sent on the wire: non-ASCII and unsafe bytes of the path, query and fragment percent-encoded as UTF-8, existing %XX escapes kept.
-    """
-def error_codes() -> list[tuple[str, int, str]]:
-    """
-    Every code of the core's error category as (name, value, message), in value order.
     """
 def find_link(values: collections.abc.Sequence[str], rel: str) -> str | None:
     """
@@ -226,6 +352,10 @@ def generate_token_key() -> str:
     ...
 def hmac(algorithm: str, key: bytes, data: bytes) -> bytes:
     ...
+def json_batch(records: list, keys: list) -> tuple:
+    """
+    (MappedBatch of the records as JSON with their keys, [(index, reason), ...] for records left out).
+    """
 def json_dumps(obj: typing.Any) -> bytes:
     """
     obj as compact UTF-8 JSON bytes; TypeError naming the path of a value it cannot write.
@@ -233,6 +363,10 @@ def json_dumps(obj: typing.Any) -> bytes:
 def json_lines(records: list) -> tuple:
     """
     (JSON Lines bytes, [(index, reason), ...] for records left out).
+    """
+def map_page(body: typing.Any, records_path: str, fields: collections.abc.Sequence[str], key_path: str, mapper: FieldMapper | None = None) -> tuple:
+    """
+    Parse a page and map its records in the core: (status, MappedBatch, field texts).
     """
 def parse_page(body: typing.Any, records_path: str, fields: collections.abc.Sequence[str]) -> tuple:
     """
@@ -246,19 +380,15 @@ def pkce_challenge_s256(verifier: str) -> str:
     ...
 def pkce_verifier(length: typing.SupportsInt | typing.SupportsIndex = 64) -> str:
     ...
-def raise_error_code(value: typing.SupportsInt | typing.SupportsIndex, message: str) -> None:
+def python_records_built() -> int:
     """
-    Raises the Python exception the core's code `value` becomes (for the test of the table).
+    Records the core has made into Python objects so far (parsed pages, FieldMap results); for tests.
     """
 def random_token(nbytes: typing.SupportsInt | typing.SupportsIndex) -> str:
     ...
 def record_keys(records: list, path: collections.abc.Sequence[str]) -> list:
     """
     Each record's identity at a path of keys, as text; None where it has none.
-    """
-def record_values(records: list, path: collections.abc.Sequence[str]) -> list:
-    """
-    The value at a path of keys (digits index a list) in each record; None where absent.
     """
 def redact_url(arg0: str) -> str:
     """

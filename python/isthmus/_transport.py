@@ -49,6 +49,16 @@ class Counters:
         """Counts every attempt behind a ``Response`` (one from ``Client.iter_many``)."""
         self.count(_http._raw_answer(response), response.request)
 
+    def add(self, counts: Any) -> None:
+        """Adds what a sink writer of the core counted for its requests (a dict of these names)."""
+        with self._lock:
+            self.requests += counts["requests"]
+            self.retries += counts["retries"]
+            self.status_429 += counts["status_429"]
+            self.bytes_in += counts["bytes_in"]
+            self.bytes_out += counts["bytes_out"]
+            self.wait_seconds += counts["wait_seconds"]
+
     def add_retries(self, n: int) -> None:
         with self._lock:
             self.retries += n
@@ -67,6 +77,12 @@ def governed(client: Any, retry: Optional[Retry], attempts: int) -> Tuple[Any, R
         return client, client.retry
     default = Retry(attempts=attempts, circuit_breaker=False)
     return _http._retrying_view(client, default), default
+
+
+def core_client(client: Any) -> Any:
+    """The core's client behind an open ``Client``: the core's sink writers send through its
+    governed transport stack (auth, limits, retries) without a Python call per request."""
+    return _http._core_client(client)
 
 
 def as_stage_retry(retry: Any) -> Optional[Retry]:

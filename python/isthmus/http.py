@@ -899,6 +899,12 @@ def _exchange(client: Any, requests: list[Request], concurrency: int) -> list[An
     return cast(list[Any], client._exchange_many(requests, concurrency))
 
 
+def _core_client(client: Any) -> Any:
+    """Internal: the core's HttpClient an open ``Client`` sends through."""
+    client._check_open()
+    return client._core
+
+
 def _raw_answer(response: Response) -> Any:
     """Internal: the core's answer behind ``response`` (attempts, bytes, the body in place)."""
     return response._raw

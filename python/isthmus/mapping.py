@@ -18,7 +18,9 @@ Casts: ``str``, ``int`` ("42" and 42.0 are ints; 42.5 and "4x" are not), ``float
 to UTC ``YYYY-MM-DDTHH:MM:SS.sssZ``). A missing or null source gives ``default`` (None unless
 set), or dead-letters the record when the field is ``required``; a value that does not cast
 dead-letters it too, the error naming the field, the source path and the value. No Python
-code runs per record, so a FieldMap costs a fraction of a Python ``map`` function.
+code runs per record, so a FieldMap costs a fraction of a Python ``map`` function. With a
+``JsonlSink``, ``SqliteSink`` or ``HttpSink`` and a ``Stream``, the core maps each page as it
+parses it and hands the JSON text to the sink's writer: no record becomes a Python object.
 """
 
 from __future__ import annotations

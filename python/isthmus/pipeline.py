@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Un
 from isthmus import errors
 from isthmus._transport import NETWORK_COUNTS, Counters
 from isthmus.mapping import FieldMap
-from isthmus.sinks import Rejection, Sink
+from isthmus.sinks import HttpSink, JsonlSink, Rejection, Sink, SqliteSink
 from isthmus.source import Acks, Batch, missing_methods, record_keys
 from isthmus.store import StateStore
 
@@ -41,6 +41,11 @@ log = logging.getLogger("isthmus")
 
 # Records asked of the source per batch: about a page, and the unit a batch map gets.
 _MAX_BATCH = 10_000
+
+# Sinks whose writer is in the core: with a FieldMap (or no map) and a source that can map in
+# the core, records go from the page parser to the sink writer without becoming Python objects.
+# Exact types: a subclass may override write() and expect Python records.
+_FUSED_SINKS = (JsonlSink, SqliteSink, HttpSink)
 
 
 # -- progress --------------------------------------------------------------------------------
@@ -404,6 +409,28 @@ class Pipeline:
                          "response_excerpt": rej.response_excerpt, "attempts": rej.attempts})
         return len(result)
 
+    # -- the fused path ----------------------------------------------------------------------
+    def _fuse(self, src: Any) -> bool:
+        """Whether this run's records go from the source's parser to the sink in the core."""
+        fuse = getattr(src, "_fuse", None)
+        if not callable(fuse):
+            return False
+        fusable = type(self.sink) in _FUSED_SINKS and (self.map is None or isinstance(self.map, FieldMap))
+        mapper = self.map._core if isinstance(self.map, FieldMap) else None
+        return bool(fuse(mapper, enabled=fusable))
+
+    def _write_mapped(self, mapped: Any, dead: List[Dict[str, Any]]) -> int:
+        """A batch the core mapped: its failures become dead letters (as ``_apply_map`` files
+        them), the rest goes to the sink's core writer. Returns how many the sink accepted."""
+        for _, why, text, key in mapped.failures:
+            record = json.loads(text)
+            dead.append({"record_key": key if key is not None else self._keys([record])[0], "stage": "map",
+                         "record": record, "error": why, "traceback": None})
+        for i, text in mapped.keyless:
+            mapped.set_key(i, self._keys([json.loads(text)])[0])
+        result = self.sink._write_batch(mapped)  # type: ignore[attr-defined]
+        return len(mapped) - self._file_rejections(result, "write", None, None, dead)
+
     # -- running -----------------------------------------------------------------------------
     def run(self, progress: bool = False) -> Run:
         """Reads the stream from the last checkpoint to its end, mapping and writing every record;
@@ -424,6 +451,7 @@ class Pipeline:
         state = self.store.claim(self.name, identity, adopt=self._named)
         # Where the checkpoint stands, kept for when the run stops without moving it.
         committed = StateStore.token(state)
+        self._fuse(src)
         self._open_source(src, label, committed)
         try:
             newer = _Newer(self.store.open_dead_letter_keys(self.name))
@@ -530,10 +558,22 @@ class Pipeline:
                     break
                 unacked.append(batch)
                 records, rkeys = batch.records, batch.keys
-                run.counts["read"] += len(records) + batch.skipped
+                read = len(records) + batch.skipped
                 run.counts["skipped"] += batch.skipped
                 dead: List[Dict[str, Any]] = []
-                if records:
+                written = dropped = 0
+                if batch._mapped is not None:
+                    # Mapped in the core: the records reach the sink's writer as JSON text.
+                    fused = batch._mapped
+                    read = fused.read
+                    began = time.perf_counter()
+                    sink_ok = False
+                    written = self._write_mapped(fused, dead)
+                    sink_ok = True
+                    stage["sink"] += time.perf_counter() - began
+                    # Keys become Python objects only while a dead letter is open to supersede.
+                    newer.delivered(fused.keys() if newer.open or dead else (), dead)
+                elif records:
                     began = time.perf_counter()
                     mapped, mkeys, dropped = self._apply_map(records, rkeys, run, dead)
                     mapped_at = time.perf_counter()
@@ -543,13 +583,15 @@ class Pipeline:
                     newer.delivered(mkeys, dead)
                     stage["map"] += mapped_at - began
                     stage["sink"] += time.perf_counter() - mapped_at
+                if records or batch._mapped is not None:
                     run.counts["written"] += written
                     run.counts["dropped"] += dropped
                     run.counts["dead_lettered"] += len(dead)
                     pending_dead.extend(dead)
                     if watching:
                         watch(dead)
-                since_commit += len(records) + batch.skipped
+                run.counts["read"] += read
+                since_commit += read
                 if since_commit >= self.checkpoint_every or time.monotonic() - last_commit > self.checkpoint_seconds:
                     commit()
                 bar.update(int(run.counts["read"]), getattr(src, "total", None), waited=waited)

@@ -11,15 +11,13 @@ right before each checkpoint; the contract is in docs/pipeline.md.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import sqlite3
+import json
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from isthmus import _core, errors
-from isthmus._transport import Counters, answered, as_stage_retry, excerpt, governed, send, status_error
-from isthmus.http import redact_url
+from isthmus._transport import Counters, as_stage_retry, core_client, excerpt, governed, status_error
+from isthmus.http import Response, redact_url
 
 __all__ = ["Sink", "Rejection", "HttpSink", "JsonlSink", "SqliteSink", "CallableSink"]
 
@@ -116,8 +114,11 @@ class HttpSink(Sink):
     for a batch is narrowed down record by record, and a record that still gets a 4xx is
     rejected with its status and the (redacted) response excerpt.
 
-    ``retry``: a ``Retry`` (or a number of attempts); by default the client's, else
-    ``Retry(attempts=attempts)``. ``headers`` are added to every POST (never shown in reprs).
+    ``idempotency_key``: True (``ist-`` + a hash of the keys), False/None (no header), or a
+    function ``(records, keys) -> str`` (the records as decoded JSON). ``retry``: a ``Retry``
+    (or a number of attempts); by default the client's, else ``Retry(attempts=attempts)``.
+    ``headers`` are added to every POST (never shown in reprs). The batching, the requests and
+    the status rules run in the core (``isthmus._core.HttpBatcher``) with the GIL released.
     """
 
     def __init__(self, client: Any, path: str, *, batch_size: int = 100,
@@ -137,8 +138,8 @@ class HttpSink(Sink):
         self.headers = dict(headers or {})
         self.retry = as_stage_retry(retry)
         self._http: Any = None
-        self._records: List[Any] = []
-        self._keys: List[str] = []
+        self._batcher: Any = None
+        self._post: Any = None  # the Request every batch is built like, for errors and excerpts
 
     def __repr__(self) -> str:
         base = getattr(self.client, "base_url", None) or ""
@@ -150,74 +151,58 @@ class HttpSink(Sink):
         super().open(counters)
         if self._http is None:
             self._http, _ = governed(self.client, self.retry, self.attempts)
-        # Records kept from a run that stopped were never checkpointed: its rerun reads them again.
-        self._records, self._keys = [], []
+        # Records kept from a run that stopped were never checkpointed: its rerun reads them
+        # again, so a fresh batcher starts empty.
+        self._post = self.client.build_request("POST", self.path, json=[], headers=self.headers)
+        key_function = None
+        if callable(self.idempotency_key):
+            fn = self.idempotency_key
+
+            def key_function(texts: List[str], keys: List[str]) -> str:
+                return str(fn([json.loads(t) for t in texts], keys))
+        self._batcher = _core.HttpBatcher(
+            core_client(self._http), self._post.url, self._post.headers.multi_items(), self.batch_size,
+            self.concurrency, self.wrap or "", self.idempotency_key is True, self._post.timeout or 0.0,
+            key_function)
 
     @property
     def buffered(self) -> int:
-        return len(self._records)
-
-    def _key(self, records: List[Any], keys: List[str]) -> Optional[str]:
-        if self.idempotency_key in (False, None):
-            return None
-        if callable(self.idempotency_key):
-            return str(self.idempotency_key(records, keys))
-        return "ist-" + hashlib.sha256("\x1f".join(keys).encode()).hexdigest()[:40]
-
-    def _request(self, records: List[Any], keys: List[str]) -> Any:
-        headers = dict(self.headers)
-        key = self._key(records, keys)
-        if key:
-            headers["Idempotency-Key"] = key
-        body = {self.wrap: records} if self.wrap else records
-        return self.client.build_request("POST", self.path, json=body, headers=headers)
+        return int(self._batcher.buffered) if self._batcher is not None else 0
 
     def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
         """Keeps the records; once ``concurrency`` full batches are kept, sends every full one."""
-        self._records.extend(records)
-        self._keys.extend(keys)
-        if len(self._records) < self.batch_size * self.concurrency:
-            return []
-        return self._send_kept(len(self._records) - len(self._records) % self.batch_size)
+        batch, left_out = _core.json_batch(records, keys)
+        rejected = [Rejection(reason, index=i) for i, reason in left_out]
+        return rejected + self._write_batch(batch)
+
+    def _write_batch(self, batch: Any) -> List[Rejection]:
+        """A batch of records as JSON (``_core.MappedBatch``) into the batcher."""
+        return self._settle(self._batcher.write(batch))
 
     def flush(self) -> List[Rejection]:
         """Sends every kept record; returns the ones rejected for good."""
-        return self._send_kept(len(self._records)) if self._records else []
+        return self._settle(self._batcher.flush()) if self._batcher is not None else []
 
     def close(self) -> None:
-        self._records, self._keys = [], []
+        if self._batcher is not None:
+            self._batcher.clear()
 
-    def _send_kept(self, n: int) -> List[Rejection]:
-        records, keys = self._records[:n], self._keys[:n]
-        rejected: List[Rejection] = []
-        spans = [(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
-        self._send(records, keys, spans, rejected, narrowing=False)
-        # Only now: records of a send that raised stay kept, and a later flush sends them again.
-        del self._records[:n], self._keys[:n]
-        return rejected
-
-    def _send(self, records: List[Any], keys: List[str], spans: List[Tuple[int, int]],
-              rejected: List[Rejection], narrowing: bool) -> None:
-        reqs = [self._request(records[a:b], keys[a:b]) for a, b in spans]
-        # On an error the checkpoint stays before these records; a rerun sends them again.
-        answers = answered(send(self._http, reqs, self.counters, self.concurrency))
-        retry_singly: List[Tuple[int, int]] = []
-        for (a, b), resp in zip(spans, answers):
-            status = resp.status_code
-            if 200 <= status < 300:
-                continue
-            if status in _REFUSED_STATUS or status in _TRANSIENT_STATUS:
-                raise self._stop(resp)
-            if b - a > 1 and not narrowing:
-                retry_singly.extend((i, i + 1) for i in range(a, b))
-            else:
-                shown = _core.redact_url(self.path)  # an API key may travel in the query
-                for i in range(a, b):
-                    rejected.append(Rejection(f"{status} {resp.reason_phrase} from POST {shown}", key=keys[i],
-                                              record=records[i], http_status=status,
-                                              response_excerpt=excerpt(resp), attempts=1))
-        if retry_singly:
-            self._send(records, keys, retry_singly, rejected, narrowing=True)
+    def _settle(self, outcome: Tuple[List[Any], Any, Dict[str, Any]]) -> List[Rejection]:
+        rejected, stop, counts = outcome
+        self.counters.add(counts)
+        if stop is not None:
+            # On an error the checkpoint stays before these records; a rerun sends them again.
+            if not stop.ok:
+                raise stop.exception("POST", redact_url(self._post.url))
+            raise self._stop(Response(stop, self._post))
+        shown = _core.redact_url(self.path)  # an API key may travel in the query
+        out: List[Rejection] = []
+        for key, text, raw in rejected:
+            resp = Response(raw, self._post)
+            out.append(Rejection(f"{resp.status_code} {resp.reason_phrase} from POST {shown}", key=key,
+                                 record=json.loads(text), http_status=resp.status_code,
+                                 response_excerpt=excerpt(resp), attempts=1))
+        return out
 
     @staticmethod
     def _stop(resp: Any) -> errors.PipelineError:
@@ -233,83 +218,81 @@ class HttpSink(Sink):
 
 
 class JsonlSink(Sink):
-    """Appends one JSON document per line. ``flush`` fsyncs, so a checkpoint never outruns the file."""
+    """Appends one JSON document per line. ``flush`` fsyncs, so a checkpoint never outruns the file.
+
+    The lines are written by the core (``isthmus._core.JsonlWriter``) with the GIL released."""
 
     def __init__(self, path: str, *, fsync: bool = True):
         self.path, self.fsync = str(path), fsync
-        self._f: Any = None
+        self._w: Any = None
 
     def open(self, counters: Counters) -> None:
         super().open(counters)
-        self._f = open(self.path, "ab")
+        self._w = _core.JsonlWriter(self.path, self.fsync)
+        self._w.open()
 
     def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
         # The core writes every record in one pass and leaves out (and names) what it cannot.
-        text, left_out = _core.json_lines(records)
-        if text:
-            self._f.write(text)
-            self.counters.bytes_out += len(text)
+        batch, left_out = _core.json_batch(records, keys)
+        self._write_batch(batch)
         return [Rejection(reason, index=i) for i, reason in left_out]
+
+    def _write_batch(self, batch: Any) -> List[Rejection]:
+        """A batch of records as JSON (``_core.MappedBatch``) appended as it is."""
+        self.counters.bytes_out += self._w.write(batch)
+        return []
 
     def __repr__(self) -> str:
         return f"JsonlSink({self.path!r}, fsync={self.fsync})"
 
     def flush(self) -> None:
         """Writes the lines through to the file (and fsyncs it, unless ``fsync=False``)."""
-        if self._f is not None:
-            self._f.flush()
-            if self.fsync:
-                os.fsync(self._f.fileno())
+        if self._w is not None:
+            self._w.flush()
 
     def close(self) -> None:
-        if self._f is not None:
-            self.flush()
-            self._f.close()
-            self._f = None
+        if self._w is not None:
+            self._w.close()
+            self._w = None
 
 
 class SqliteSink(Sink):
-    """Upserts records into ``table`` (key column plus the record as JSON); a resend replaces."""
+    """Upserts records into ``table`` (key column plus the record as JSON); a resend replaces.
+
+    A record is filed under its ``key`` field (str() of it), else under its key in the stream.
+    Each write is one transaction, run by the core (``isthmus._core.SqliteWriter``)."""
 
     def __init__(self, path: str, table: str, *, key: str = "id"):
         if not table.replace("_", "").isalnum():
             raise errors.ConfigError(f"table: {table!r} is not valid; expected letters, digits and _")
         self.path, self.table, self.key = str(path), table, key
-        self._db: Any = None
+        self._w: Any = None
 
     def open(self, counters: Counters) -> None:
         super().open(counters)
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f'CREATE TABLE IF NOT EXISTS "{self.table}" (key TEXT PRIMARY KEY, record TEXT NOT NULL)')
+        self._w = _core.SqliteWriter(self.path, self.table, self.key)
+        self._w.open()
 
     def __repr__(self) -> str:
         return f"SqliteSink({self.path!r}, {self.table!r}, key={self.key!r})"
 
     def write(self, records: List[Any], keys: List[str]) -> List[Rejection]:
-        rows: List[Tuple[str, str]] = []
-        rejected: List[Rejection] = []
-        for i, (r, k) in enumerate(zip(records, keys)):
-            key = r.get(self.key, k) if isinstance(r, dict) else k
-            try:
-                rows.append((str(key), _core.json_dumps(r).decode()))
-            except TypeError as exc:
-                rejected.append(Rejection(str(exc), index=i))
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany(
-                f'INSERT INTO "{self.table}" (key, record) VALUES (?, ?) '
-                "ON CONFLICT (key) DO UPDATE SET record = excluded.record", rows)
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return rejected
+        # Keys read here from the Python records, so a value JSON cannot hold (a datetime) is
+        # filed under its str() as before.
+        final = [str(r.get(self.key, k)) if isinstance(r, dict) else k for r, k in zip(records, keys)]
+        batch, left_out = _core.json_batch(records, final)
+        self._w.write(batch, True)
+        return [Rejection(reason, index=i) for i, reason in left_out]
+
+    def _write_batch(self, batch: Any) -> List[Rejection]:
+        """A batch of records as JSON (``_core.MappedBatch``): the core reads each key field."""
+        self._w.write(batch, False)
+        return []
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        if self._w is not None:
+            self._w.close()
+            self._w = None
 
 
 class CallableSink(Sink):

@@ -57,7 +57,7 @@ class Batch:
     A batch may be empty (no records yet, a partition finished): its token still counts.
     """
 
-    __slots__ = ("records", "keys", "token", "skipped", "_number")
+    __slots__ = ("records", "keys", "token", "skipped", "_number", "_mapped")
 
     def __init__(self, records: List[Any], keys: List[str], token: Optional[Dict[str, Any]] = None, *,
                  skipped: int = 0):
@@ -75,6 +75,9 @@ class Batch:
         self.records, self.keys, self.token, self.skipped = records, keys, token, skipped
         # Set by the pipeline when it reads the batch: a batch is read, and acked, once.
         self._number: Optional[int] = None
+        # A Stream reading for a fused run (see Stream._fuse) hands over its page's records
+        # as the core mapped them (an isthmus._core.MappedBatch) instead of `records`.
+        self._mapped: Any = None
 
     def __len__(self) -> int:
         return len(self.records)

@@ -23,7 +23,17 @@ from isthmus import _core, _transport, errors
 from isthmus._transport import Counters, answered, as_stage_retry, governed, send, status_error
 from isthmus.http import _merge_url, redact_url
 from isthmus.incremental import Incremental, _IncrementalTracker
-from isthmus.paginators import OffsetPaginator, Page, Paginator, Step, _call_repr
+from isthmus.paginators import (
+    CursorPaginator,
+    LinkHeaderPaginator,
+    NextUrlPaginator,
+    OffsetPaginator,
+    Page,
+    PageNumberPaginator,
+    Paginator,
+    Step,
+    _call_repr,
+)
 from isthmus.source import Batch, record_keys
 
 __all__ = ["Stream"]
@@ -41,6 +51,25 @@ def _shown_params(params: Dict[str, Any]) -> Dict[str, Any]:
 
 class _MalformedPage(errors.PipelineError):
     """A 2xx page whose JSON does not parse: fetched again before it stops the run."""
+
+
+class _Mapped:
+    """A page's records as the core mapped them (an ``isthmus._core.MappedBatch``): the
+    paginators see how many records the page held, and nothing crosses into Python per record."""
+
+    __slots__ = ("batch",)
+
+    def __init__(self, batch: Any):
+        self.batch = batch
+
+    def __len__(self) -> int:
+        return int(self.batch.read)
+
+
+# Paginators whose ``next`` reads only a page's fields, response and record count: a fused run
+# may hand them a _Mapped page. A subclass may read the records themselves, so it is not one.
+_FUSABLE_PAGINATORS = (type(None), CursorPaginator, NextUrlPaginator, LinkHeaderPaginator, OffsetPaginator,
+                       PageNumberPaginator)
 
 
 # -- the stream ------------------------------------------------------------------------------
@@ -257,6 +286,18 @@ class Stream:
         self.counters = Counters()
         self.total: Optional[int] = None
         self._run: Optional[_Reading] = None
+        # Set by _fuse for the next run: the FieldMap's core (None: records as they are) that
+        # maps each page in the core; a 1-tuple so that "no mapping" differs from "not fused".
+        self._fused: Optional[Tuple[Any]] = None
+
+    def _fuse(self, mapper: Any, enabled: bool = True) -> bool:
+        """For the next run: map each page in the core with ``mapper`` (a FieldMap's core, or
+        None to copy) and hand the pipeline mapped batches instead of records, when this stream
+        can (the core parser, no incremental cursor, a built-in paginator). Returns whether it will."""
+        can = enabled and self.parser == "core" and self.incremental is None \
+            and type(self.paginator) in _FUSABLE_PAGINATORS
+        self._fused = (mapper,) if can else None
+        return can
 
     def __repr__(self) -> str:
         base = getattr(self.client, "base_url", None) or ""
@@ -350,6 +391,11 @@ class Stream:
             r.totals[chunk.partition] = chunk.total
             self.total = sum(r.totals.values()) if len(r.totals) == r.todo else None
         records = chunk.records
+        if isinstance(records, _Mapped):
+            r.advance(self.partition_keys[chunk.partition], chunk)
+            batch = Batch([], [], r.token)
+            batch._mapped = records.batch
+            return batch
         rkeys = self.keys(records)
         skipped = 0
         if r.tracker is not None:
@@ -513,13 +559,18 @@ class Stream:
 
     def _parse(self, step: Step, resp: Any, wanted: List[str]) -> Page:
         raw = _transport.unread_body(resp) if self.parser == "core" else None
-        if raw is not None:
+        records: Any = None
+        status = "invalid:"
+        if raw is not None and self._fused is not None:
+            # Parsed and mapped in the core, straight to JSON text: no Python object per record.
+            status, batch, values = _core.map_page(raw, self.records_path, wanted, self.key, self._fused[0])
+            if status == "ok":
+                records = _Mapped(batch)
+        elif raw is not None:
             status, records, values = _core.parse_page(raw, self.records_path, wanted)
-            if status.startswith("invalid:"):
-                # Python's parser names the line and column, and reads the rare page the core
-                # refuses but JSON allows (an integer wider than 64 bits).
-                status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
-        else:
+        if status.startswith("invalid:"):
+            # Python's parser names the line and column, and reads the rare page the core
+            # refuses but JSON allows (an integer wider than 64 bits).
             status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
         where = f"GET {_core.redact_url(resp.request.url)}"  # a key may travel in the query
         if status.startswith("invalid:"):

@@ -96,3 +96,67 @@ def test_yaml_pipelines_declare_fields(tmp_path):
     assert run.counts["written"] == 150
     first = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
     assert set(first) == {"id", "mail", "v"} and first["v"] == "1"
+
+
+# Values that differ most easily between two JSON writers: float forms, escapes, non-ASCII,
+# integers wider than 64 bits' signed range, nested targets, casts of every kind.
+TRICKY = [
+    {"id": 1, "email": "a@x", "first_name": "Zoë \"Z\"\t\u0001", "address": {"city": "Tromsø", "number": 7},
+     "tags": ["a", "b"], "updated_at": "2024-01-10T03:00:00+01:00", "version": "42", "fax": None},
+    {"id": "x2", "email": "b@x", "first_name": None, "address": {"city": None, "number": 1e16},
+     "tags": [], "updated_at": 0, "version": 3.0, "fax": 1e-5},
+    {"id": 18446744073709551615, "email": "c@x", "first_name": "😀", "address": {"number": -0.0},
+     "tags": [{"k": [1.5, True, None]}], "updated_at": 1.5, "version": 7, "fax": 1000000000000000.0},
+    {"id": 4, "email": None, "first_name": "no email"},               # required and null
+    {"id": 5, "email": "e@x", "version": "4x"},                        # does not cast
+    {"id": 6, "email": "f@x", "version": {"a": 1}},                    # a dict does not cast
+    7,                                                                  # not an object
+    {"email": "g@x", "version": 1},                                     # no key: derived from the record
+]
+
+
+def test_a_field_map_over_a_page_writes_what_the_python_path_writes():
+    fm = isthmus.FieldMap(FIELDS)
+    body = json.dumps({"data": TRICKY}).encode()
+    status, records, _ = isthmus._core.parse_page(body, "data", [])
+    assert status == "ok"
+    mapped, failed = fm.apply(records)
+    want_text, _ = isthmus._core.json_lines(mapped)
+    ok_keys = [k for i, k in enumerate(isthmus._core.record_keys(records, ["id"])) if i not in {i for i, _ in failed}]
+
+    status, batch, fields = isthmus._core.map_page(body, "data", ["meta.x"], "id", fm._core)
+    assert status == "ok" and fields == [None]
+    assert batch.lines() == want_text
+    assert len(batch) == len(mapped) and batch.read == len(TRICKY)
+    assert [(i, why) for i, why, _, _ in batch.failures] == failed
+    assert [json.loads(text) for _, _, text, _ in batch.failures] == [records[i] for i, _ in failed]
+    assert batch.keys() == ok_keys
+    # Keys only on demand: a record without one is handed back with its source to derive it.
+    assert [i for i, _ in batch.keyless] == [len(mapped) - 1]
+    assert json.loads(batch.keyless[0][1]) == TRICKY[-1]
+
+
+def test_without_a_mapping_records_are_copied_as_the_python_writer_would_write_them():
+    body = json.dumps({"data": TRICKY}).encode()
+    _, records, _ = isthmus._core.parse_page(body, "data", [])
+    want, _ = isthmus._core.json_lines(records)
+    status, batch, _ = isthmus._core.map_page(body, "data", [], "id", None)
+    assert status == "ok" and batch.lines() == want and batch.failures == []
+    assert isthmus._core.map_page(body, "items", [], "id", None)[0] == "missing"
+    assert isthmus._core.map_page(b"{", "data", [], "id", None)[0].startswith("invalid:")
+
+
+def test_a_fused_run_of_50k_records_makes_no_python_object_per_record(tmp_path):
+    # FieldMap + JsonlSink: every page is mapped in the core and written by the core. The
+    # counter is the core's own count of records it turned into Python objects.
+    with isthmus.Sandbox(records=50_000, pagination="offset", max_page_size=500) as src, \
+            isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts",
+                                paginator=isthmus.OffsetPaginator(limit=500, total="meta.total"))
+        before = isthmus._core.python_records_built()
+        run = isthmus.Pipeline(stream, map=isthmus.FieldMap({"id": "id", "email": "email"}),
+                               sink=isthmus.JsonlSink(tmp_path / "out.jsonl"), state=str(tmp_path / "s.db")).run()
+        built = isthmus._core.python_records_built() - before
+    assert run.counts["written"] == 50_000 and built == 0
+    lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+    assert len(lines) == 50_000 and json.loads(lines[0]).keys() == {"id", "email"}

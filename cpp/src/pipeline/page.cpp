@@ -2,17 +2,13 @@
 
 #include <charconv>
 
-#include <simdjson.h>
+#include "page_impl.hpp"
 
 namespace isthmus::pipeline {
 
 // simdjson: a page of 500 records parses about ten times faster than with a tree of maps,
 // and its tape keeps keys and strings as views into one buffer, so walking it allocates
-// nothing. Each Page owns its parser (the document lives in it).
-struct Page::Impl {
-  simdjson::dom::parser parser;
-  simdjson::dom::element root;
-};
+// nothing.
 
 Page::Page(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Page::~Page() = default;
@@ -70,12 +66,9 @@ std::unique_ptr<Page> Page::parse(std::string_view body, std::string& error) {
   return std::unique_ptr<Page>(new Page(std::move(impl)));
 }
 
-namespace {
-
 using simdjson::dom::element;
 using simdjson::dom::element_type;
 
-// Follows "a.b.c" through objects (and numeric steps through arrays); false if absent.
 bool walk_path(element at, std::string_view path, element& found) {
   while (!path.empty()) {
     const auto dot = path.find('.');
@@ -100,6 +93,8 @@ bool walk_path(element at, std::string_view path, element& found) {
   found = at;
   return true;
 }
+
+namespace {
 
 void visit(element j, JsonVisitor& v) {
   switch (j.type()) {

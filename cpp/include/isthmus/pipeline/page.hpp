@@ -56,6 +56,7 @@ class Page {
 
  private:
   struct Impl;
+  friend struct PageAccess;  // the field map walks the document itself (cpp/src/pipeline)
   explicit Page(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
