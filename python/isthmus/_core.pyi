@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -344,6 +344,10 @@ def encode_url(url: str) -> str:
     """
     The URL as sent on the wire: non-ASCII and unsafe bytes of the path, query and fragment percent-encoded as UTF-8, existing %XX escapes kept.
     """
+def error_codes() -> list[tuple[str, int, str]]:
+    """
+    Every code of the core's error category as (name, value, message), in value order.
+    """
 def find_link(values: collections.abc.Sequence[str], rel: str) -> str | None:
     """
     The target of the first link whose rel includes `rel`, across the values of Link header fields in order (RFC 8288); None when there is none.
@@ -384,11 +388,19 @@ def python_records_built() -> int:
     """
     Records the core has made into Python objects so far (parsed pages, FieldMap results); for tests.
     """
+def raise_error_code(value: typing.SupportsInt | typing.SupportsIndex, message: str) -> None:
+    """
+    Raises the Python exception the core's code `value` becomes (for the test of the table).
+    """
 def random_token(nbytes: typing.SupportsInt | typing.SupportsIndex) -> str:
     ...
 def record_keys(records: list, path: collections.abc.Sequence[str]) -> list:
     """
     Each record's identity at a path of keys, as text; None where it has none.
+    """
+def record_values(records: list, path: collections.abc.Sequence[str]) -> list:
+    """
+    The value at a path of keys (digits index a list) in each record; None where absent.
     """
 def redact_url(arg0: str) -> str:
     """
