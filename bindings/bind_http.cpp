@@ -106,7 +106,9 @@ struct HttpClient {
   ~HttpClient() {
     if (!client || !Py_IsInitialized() || !PyGILState_Check()) return;
     py::gil_scoped_release release;
+    // All three: `authorized` holds the raw client too, and may be its last owner.
     transport.reset();
+    authorized.reset();
     client.reset();
   }
 
