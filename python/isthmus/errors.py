@@ -18,7 +18,7 @@ import builtins
 import functools
 import json
 import time
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from isthmus import _core
 
@@ -288,12 +288,13 @@ class PipelineError(IsthmusError, RuntimeError):
     """
 
 
-@functools.lru_cache(maxsize=None)
-def _pipeline_class(cause: type) -> type:
+@functools.cache
+def _pipeline_class(cause: type) -> type[PipelineError]:
     # The cause's class first: its builtin base (OSError for PermissionError, TimeoutError)
     # has the larger instance layout, so it must come before RuntimeError in the MRO.
-    return type(f"Pipeline{cause.__name__}", (cause, PipelineError),
+    made = type(f"Pipeline{cause.__name__}", (cause, PipelineError),
                 {"__module__": __name__, "__doc__": f"A PipelineError caused by a {cause.__name__}."})
+    return cast("type[PipelineError]", made)
 
 
 def pipeline_error(message: str, cause: BaseException) -> PipelineError:
@@ -301,13 +302,14 @@ def pipeline_error(message: str, cause: BaseException) -> PipelineError:
     cause's class, so ``except AuthError`` catches what a direct call would have raised. It
     carries the cause's attributes (``status_code``, ``response``, ``url`` ...) and the cause as
     ``__cause__``."""
+    cls: type[PipelineError]
     if isinstance(cause, PipelineError):
-        cls: type = type(cause)
+        cls = type(cause)
     elif issubclass(PipelineError, type(cause)):
         cls = PipelineError  # already one (a RuntimeError, an Exception)
     else:
         try:
-            cls = _pipeline_class(type(cause))
+            cls = _pipeline_class(cast(type, type(cause)))
         except TypeError:  # a class that cannot be combined with PipelineError's bases
             cls = PipelineError
     exc = cls.__new__(cls, message)
