@@ -144,7 +144,11 @@ def test_crash_resume(tmp_path):
             if p.returncode == 0:
                 break
             if refused:
-                # The store held a spent refresh token: authorize again (a new grant), resume.
+                # The store held a spent refresh token: authorize again (a new grant), resume. A
+                # random kill inside a token write can leave one too; then the kill this run was
+                # planned to take never happened, so it goes back to the front of the plan.
+                if mode != "run":
+                    todo.insert(0, mode)
                 grant, reauthorize = authorization_code_refresh_token(src), True
                 continue
             assert p.returncode == -signal.SIGKILL, err.decode()[-2000:]
@@ -172,6 +176,8 @@ def test_crash_resume(tmp_path):
     # torn before its commit record (or a random kill landing in the same window) loses the
     # rotated grant. A saved or fully written (unsynced) one always carries on.
     for killed, nxt in zip(restarts, restarts[1:]):
+        if killed["rc"] != -signal.SIGKILL:
+            continue
         if killed["mode"].startswith("token:"):
             # The server had rotated the K-th token when the process died in its write.
             assert killed["refreshes"] >= int(killed["mode"].split(":")[1]), killed
