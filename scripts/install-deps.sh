@@ -9,6 +9,7 @@ packages=(g++ make cmake ninja-build pkg-config git
           libboost-dev libcurl4-openssl-dev libssl-dev zlib1g-dev libbrotli-dev
           nlohmann-json3-dev libsimdjson-dev libsqlite3-dev libgtest-dev libgmock-dev python3-venv
           openssl nginx-light
+          librabbitmq-dev libhiredis-dev rabbitmq-server redis-server  # scale-out: queue and coordination
           clang libclang-rt-14-dev)  # the fuzz targets: clang 14 and its libFuzzer runtime
 if [ "${1:-}" = bench ]; then
   packages+=(wrk libbenchmark-dev linux-perf)  # perf: bench/pipeline --profile
