@@ -196,6 +196,9 @@ void bind_auth(py::module_& m) {
       }, py::arg("id"))
       .def("erase", &auth::TokenStore::erase, py::arg("id"));
 
+  py::class_<auth::RefreshLock, std::shared_ptr<auth::RefreshLock>>(
+      m, "RefreshLock", "Serializes token requests across processes; Coordination.refresh_lock() makes one.");
+
   py::class_<auth::OAuth2, Credential, std::shared_ptr<auth::OAuth2>>(m, "OAuth2")
       .def(py::init([](const std::string& grant, std::string token_url, std::string client_id,
                        std::string client_secret, const std::string& auth_method,
@@ -205,7 +208,7 @@ void bind_auth(py::module_& m) {
                        std::vector<std::pair<std::string, std::string>> extra_params,
                        double refresh_before, double default_lifetime, double timeout,
                        std::shared_ptr<auth::TokenStore> store, std::string store_id,
-                       py::object on_token) {
+                       py::object on_token, std::shared_ptr<auth::RefreshLock> refresh_lock) {
              auth::OAuth2Options o;
              o.grant = parse_grant(grant);
              o.token_url = std::move(token_url);
@@ -226,6 +229,10 @@ void bind_auth(py::module_& m) {
              o.store = std::move(store);
              o.store_id = std::move(store_id);
              if (!on_token.is_none()) o.on_token = PyHook(std::move(on_token));
+             o.refresh_lock = std::move(refresh_lock);
+             // create() reads the store, which may be a Redis round trip away. Nothing in `o`
+             // needs the GIL (the hook takes it itself).
+             py::gil_scoped_release release;
              return auth::OAuth2::create(std::move(o));
            }),
            py::arg("grant"), py::arg("token_url"), py::arg("client_id"), py::arg("client_secret"),
@@ -233,7 +240,8 @@ void bind_auth(py::module_& m) {
            py::arg("refresh_token"), py::arg("code"), py::arg("code_verifier"),
            py::arg("redirect_uri"), py::arg("jwt"), py::arg("extra_params"),
            py::arg("refresh_before"), py::arg("default_lifetime"), py::arg("timeout"),
-           py::arg("store"), py::arg("store_id"), py::arg("on_token"))
+           py::arg("store"), py::arg("store_id"), py::arg("on_token"),
+           py::arg("refresh_lock") = py::none())
       .def("ensure_token",
            [](auth::OAuth2& self) {
              // Blocks (GIL released) until a token is cached or the fetch failed.

@@ -2,8 +2,11 @@
 // validated by isthmus/limits.py; the core validates again and names the field on error.
 #include <pybind11/stl.h>
 
+#include <future>
+
 #include "bindings.hpp"
 #include "isthmus/error.hpp"
+#include "isthmus/coord/coordination.hpp"
 #include "isthmus/limits/governed.hpp"
 #include "isthmus/runtime/engine.hpp"
 
@@ -109,6 +112,29 @@ retry::Policy policy_from(const py::dict& d) {
   return p;
 }
 
+// The shared rules' part of a direct reserve(), waited for here: Python's caller sends by
+// other means and needs the whole wait at once.
+Reservation reserve_shared(Limiter& limiter, const Key& k, double cost, Reservation local) {
+  std::promise<SharedGrant> promise;
+  auto future = promise.get_future();
+  const auto& o = limiter.options();
+  o.shared->reserve(limiter.shared_rules(k), cost, o.max_wait,
+                    std::chrono::steady_clock::now() + seconds(o.max_wait),
+                    [&promise](SharedGrant g) { promise.set_value(std::move(g)); });
+  SharedGrant g = future.get();
+  if (!g.granted) {
+    if (local.ticket) limiter.release(local.ticket);
+    Reservation r;
+    r.error = g.error ? g.error : make_error_code(errc::internal);
+    r.reason = g.reason;
+    r.resets_at = g.resets_at;
+    r.wait = seconds(g.wait);
+    return r;
+  }
+  local.wait = std::max(local.wait, std::chrono::duration_cast<Duration>(seconds(g.wait)));
+  return local;
+}
+
 }  // namespace
 
 std::shared_ptr<http::Transport> govern(std::shared_ptr<http::Transport> inner, const py::object& governor,
@@ -144,15 +170,19 @@ void bind_limits(py::module_& m) {
   py::class_<Governor, std::shared_ptr<Governor>>(m, "Limiter",
       "A limiter shared by the clients given it; isthmus.Limiter wraps it.")
       .def(py::init([](const py::list& rules, const std::vector<std::pair<std::string, double>>& costs,
-                       double max_wait, double max_server_wait) {
+                       double max_wait, double max_server_wait, std::shared_ptr<coord::Coordination> shared,
+                       std::string name) {
              LimiterOptions o;
              for (auto r : rules) o.rules.push_back(rule_from(r.cast<py::dict>()));
              o.costs = costs;
              o.max_wait = max_wait;
              o.max_server_wait = max_server_wait;
+             o.shared = std::move(shared);
+             if (!name.empty()) o.shared_name = std::move(name);
              return std::make_shared<Governor>(Engine::shared(), std::make_shared<Limiter>(std::move(o)));
            }),
-           py::arg("rules"), py::arg("costs"), py::arg("max_wait"), py::arg("max_server_wait"))
+           py::arg("rules"), py::arg("costs"), py::arg("max_wait"), py::arg("max_server_wait"),
+           py::arg("coordination") = py::none(), py::arg("name") = "")
       .def("reserve",
            [](Governor& g, const py::object& key, double cost, const std::string& priority) {
              const Priority p = priority_from(priority);
@@ -161,6 +191,9 @@ void bind_limits(py::module_& m) {
              {
                py::gil_scoped_release release;
                r = g.limiter().reserve(k, cost, p);
+               if (r.granted && g.limiter().options().shared) r = reserve_shared(g.limiter(), k, cost, r);
+               // Redis out of reach for all of max_wait: the ConnectError that names it.
+               if (r.error == make_error_code(errc::connect_failed)) throw Error(r.error, r.reason);
              }
              return py::make_tuple(to_seconds(r.wait), r.granted, r.blocked, r.ticket,
                                    r.error ? py::object(py::int_(r.error.value())) : py::object(py::none()),
@@ -173,6 +206,11 @@ void bind_limits(py::module_& m) {
              // The hot path for benchmarks and simple callers: the default key, wait in seconds.
              static const Key k;
              auto r = g.limiter().reserve(k, cost);
+             if (r.granted && g.limiter().options().shared) {
+               py::gil_scoped_release release;
+               r = reserve_shared(g.limiter(), k, cost, r);
+               if (r.error) throw Error(r.error, r.reason);
+             }
              if (r.ticket) g.limiter().release(r.ticket);
              return to_seconds(r.wait);
            },

@@ -8,6 +8,7 @@ PYBIND11_MODULE(_core, m) {
   // Classes are registered before the signatures that name them, so docstrings and stubs
   // show Python names (auth's Credential is a parameter of HttpClient).
   bind_auth(m);
+  bind_coord(m);  // before limits: a Limiter may take a Coordination
   bind_http(m);
   bind_sandbox(m);
   bind_pipeline(m);

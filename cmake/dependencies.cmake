@@ -23,6 +23,12 @@ isthmus_find(nlohmann-json3-dev nlohmann_json 3.10)
 isthmus_find(libsimdjson-dev simdjson)
 # Boost 1.74 ships a CMake config; Asio and Beast are header-only.
 isthmus_find(libboost-dev Boost 1.74 CONFIG)
+# Coordination (shared limits, leases) on Redis. Debian's hiredis config sets variables, not a
+# target, and loads even when the library itself is gone: check what it found.
+isthmus_find(libhiredis-dev Hiredis 0.14 CONFIG)  # its version file needs a version asked for
+if(Hiredis_FOUND AND (NOT HIREDIS_INCLUDE_DIRS OR NOT HIREDIS_LIBRARIES))
+  list(APPEND ISTHMUS_MISSING_PACKAGES libhiredis-dev)
+endif()
 if(ISTHMUS_PYTHON)
   isthmus_find(python3-dev Python 3.9 COMPONENTS Interpreter Development.Module)
 endif()
@@ -38,6 +44,12 @@ if(ISTHMUS_MISSING_PACKAGES)
     "  sudo bash scripts/install-deps.sh\n"
     "or only these:\n"
     "  sudo apt-get install ${_isthmus_missing}")
+endif()
+
+if(NOT TARGET isthmus::hiredis)
+  add_library(isthmus::hiredis INTERFACE IMPORTED)
+  set_target_properties(isthmus::hiredis PROPERTIES
+    INTERFACE_INCLUDE_DIRECTORIES "${HIREDIS_INCLUDE_DIRS}" INTERFACE_LINK_LIBRARIES "${HIREDIS_LIBRARIES}")
 endif()
 
 # CMake 4 renamed the SQLite target; Debian's CMake 3.25 has only the old name.

@@ -10,6 +10,7 @@ import atexit as _atexit
 
 from isthmus import _core
 from isthmus import auth as _auth
+from isthmus import coordination as _coordination
 from isthmus import errors as _errors
 from isthmus import http as _http
 from isthmus import incremental as _incremental
@@ -22,6 +23,7 @@ from isthmus import sinks as _sinks
 from isthmus import source as _source
 from isthmus import stream as _stream
 from isthmus.auth import *  # noqa: F401,F403
+from isthmus.coordination import *  # noqa: F401,F403
 from isthmus.errors import *  # noqa: F401,F403
 from isthmus.http import *  # noqa: F401,F403
 from isthmus.incremental import *  # noqa: F401,F403
@@ -51,6 +53,7 @@ __all__ = [
     *_queue.__all__,
     *_auth.__all__,
     *_limits.__all__,
+    *_coordination.__all__,
     *_errors.__all__,
 ]
 

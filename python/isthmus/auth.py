@@ -21,6 +21,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlsplit
 
 from isthmus import _core, errors
+from isthmus.coordination import Coordination
+from isthmus.coordination import _core_of as _coordination_core
 
 __all__ = [
     "Auth",
@@ -159,9 +161,11 @@ class TokenStore:
     ``key_file``. Make a key with ``TokenStore.generate_key()``.
     """
 
-    def __init__(self, core: _core.TokenStore, description: str):
+    def __init__(self, core: _core.TokenStore, description: str,
+                 coordination: Optional[Coordination] = None):
         self._core = core
         self._description = description
+        self._coordination = coordination  # set for a store in Redis
 
     @classmethod
     def memory(cls) -> TokenStore:
@@ -174,6 +178,19 @@ class TokenStore:
         core = _core.TokenStore.sqlite(path, key_env, str(key_file) if key_file else "")
         shown = f"key_file={str(key_file)!r}" if key_file else f"key_env={key_env!r}"
         return cls(core, f"TokenStore.sqlite({path!r}, {shown})")
+
+    @classmethod
+    def redis(cls, coordination: Coordination, *, key_env: str = "ISTHMUS_TOKEN_KEY",
+              key_file: Optional[str] = None) -> TokenStore:
+        """Records in the Redis of ``coordination``, sealed as in ``sqlite`` (same key rules),
+        shared by every process using it. An OAuth2 credential given ``coordination=`` uses
+        this store by default and refreshes once for all of them."""
+        core = _coordination_core(coordination)
+        if core is None:
+            raise errors.ConfigError("coordination: expected an isthmus.Coordination, got None")
+        store = core.token_store(key_env, str(key_file) if key_file else "")
+        shown = f"key_file={str(key_file)!r}" if key_file else f"key_env={key_env!r}"
+        return cls(store, f"TokenStore.redis({coordination!r}, {shown})", coordination)
 
     @staticmethod
     def generate_key() -> str:
@@ -206,9 +223,21 @@ class _OAuth2(Auth):
                    extra_params: Optional[Mapping[str, str]] = None, refresh_before: float = 60.0,
                    default_lifetime: float = 3600.0, timeout: float = 30.0,
                    store: Optional[TokenStore] = None, store_id: Optional[str] = None,
-                   on_token: Optional[Callable[[dict[str, Any]], None]] = None) -> Any:
+                   on_token: Optional[Callable[[dict[str, Any]], None]] = None,
+                   coordination: Optional[Coordination] = None) -> Any:
         if store is not None and not isinstance(store, TokenStore):
             raise errors.ConfigError(f"store: expected an isthmus.TokenStore, got {type(store).__name__}")
+        refresh_lock = None
+        if coordination is not None:
+            # The processes sharing the Redis share the record and take turns refreshing it.
+            core = _coordination_core(coordination)
+            if store is None:
+                store = TokenStore.redis(coordination)
+            elif store._coordination is not coordination:
+                raise errors.ConfigError(
+                    f"store: {store!r} is not in the Redis of coordination=; leave store out "
+                    "(or pass TokenStore.redis(coordination, ...)) so that every process shares one record")
+            refresh_lock = core.refresh_lock() if core is not None else None
         if isinstance(scopes, str):
             scopes = scopes.split()
         name = type(self).__name__
@@ -231,7 +260,7 @@ class _OAuth2(Auth):
             timeout=float(timeout),
             # pybind11 takes None for a class-typed argument: no store means the memory default.
             store=store._core if store is not None else None,  # type: ignore[arg-type]
-            store_id=store_id or "", on_token=hook)
+            store_id=store_id or "", on_token=hook, refresh_lock=refresh_lock)
 
     def _credential(self) -> Any:
         if self._core is None:
@@ -269,6 +298,8 @@ class OAuth2ClientCredentials(_OAuth2):
     ``auth_method`` is ``"client_secret_basic"`` (HTTP Basic, the default) or
     ``"client_secret_post"`` (id and secret in the form body). ``scopes`` and ``audience`` are
     sent when given. Tokens are refreshed ``refresh_before`` seconds before they expire.
+    ``coordination``: processes sharing one ``Coordination`` share the token and make one
+    token request per expiry between them (see ``OAuth2RefreshToken``).
     """
 
     _fields = (("token_url", False), ("client_id", False), ("client_secret", True),
@@ -279,7 +310,8 @@ class OAuth2ClientCredentials(_OAuth2):
                  auth_method: str = "client_secret_basic", refresh_before: float = 60.0,
                  store: Optional[TokenStore] = None, store_id: Optional[str] = None,
                  extra_params: Optional[Mapping[str, str]] = None, timeout: float = 30.0,
-                 on_token: Optional[Callable[[dict[str, Any]], None]] = None):
+                 on_token: Optional[Callable[[dict[str, Any]], None]] = None,
+                 coordination: Optional[Coordination] = None):
         if auth_method not in _AUTH_METHODS:
             raise errors.ConfigError(f"auth_method: {auth_method!r} is not one of {', '.join(_AUTH_METHODS)}")
         self.token_url = _text("token_url", token_url)
@@ -292,7 +324,7 @@ class OAuth2ClientCredentials(_OAuth2):
             "client_credentials", token_url=self.token_url, client_id=self.client_id,
             client_secret=self.client_secret, auth_method=auth_method, scopes=self.scopes,
             audience=audience, refresh_before=refresh_before, store=store, store_id=store_id,
-            extra_params=extra_params, timeout=timeout, on_token=on_token)
+            extra_params=extra_params, timeout=timeout, on_token=on_token, coordination=coordination)
 
 
 class OAuth2RefreshToken(_OAuth2):
@@ -302,6 +334,11 @@ class OAuth2RefreshToken(_OAuth2):
     access token is used, so a crash at any point never loses the only valid refresh token. A
     refresh token found in the store (from an earlier run) takes precedence over the one passed
     here. Use ``TokenStore.sqlite(...)`` to survive restarts.
+
+    ``coordination``: several processes share the credential through Redis. The record lives
+    there (``TokenStore.redis``, sealed under ``ISTHMUS_TOKEN_KEY``); on expiry a process takes
+    a lock with a lease, re-reads the record (another may have refreshed already), refreshes
+    only if still needed, saves the rotated refresh token, then lets the others go on.
     """
 
     _fields = (("token_url", False), ("client_id", False), ("client_secret", True),
@@ -311,7 +348,8 @@ class OAuth2RefreshToken(_OAuth2):
                  refresh_token: Optional[str] = None, *, store: Optional[TokenStore] = None,
                  auth_method: Optional[str] = None, store_id: Optional[str] = None,
                  refresh_before: float = 60.0, timeout: float = 30.0,
-                 on_token: Optional[Callable[[dict[str, Any]], None]] = None):
+                 on_token: Optional[Callable[[dict[str, Any]], None]] = None,
+                 coordination: Optional[Coordination] = None):
         self.token_url = _text("token_url", token_url)
         self.client_id = _text("client_id", client_id)
         self.client_secret = _text("client_secret", client_secret, required=False) or None
@@ -323,7 +361,7 @@ class OAuth2RefreshToken(_OAuth2):
             "refresh_token", token_url=self.token_url, client_id=self.client_id,
             client_secret=self.client_secret or "", auth_method=auth_method,
             refresh_token=self.refresh_token or "", refresh_before=refresh_before, store=store,
-            store_id=store_id, timeout=timeout, on_token=on_token)
+            store_id=store_id, timeout=timeout, on_token=on_token, coordination=coordination)
 
 
 class OAuth2AuthorizationCode(_OAuth2):

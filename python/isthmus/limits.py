@@ -12,6 +12,10 @@ the same object to each.
 
 The limiter lives in the C++ core and never sleeps: it answers how long a call must wait,
 and the core arms a timer. Calls wait in a queue per key, ``priority="high"`` first.
+
+Processes share an allowance through Redis: ``Limiter(limits, coordination=coord)`` counts its
+rates and quotas there, so every process with the same limits (and ``name``) draws from one
+allowance (see docs/scaleout.md).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Optional, Union, cast
 
 from isthmus import _core, errors
+from isthmus.coordination import Coordination
+from isthmus.coordination import _core_of as _coordination_core
 
 __all__ = ["RateLimit", "Quota", "Concurrency", "Adaptive", "Limits", "Limiter", "Retry"]
 
@@ -242,10 +248,17 @@ class Limiter:
     (the longest matching path prefix wins; unmatched calls cost 1). ``max_wait``: a call that
     would wait longer fails at once (``QuotaExhausted`` or ``Throttled``). ``max_server_wait``:
     a ``Retry-After`` or reset beyond this is treated as this (counted in the snapshot).
+
+    ``coordination``: count the ``RateLimit`` and ``Quota`` rules in Redis, shared with every
+    process whose Limiter has the same rules and ``name``; ``Concurrency`` and ``Adaptive``
+    stay per process. While Redis cannot be reached no call goes out uncounted: calls wait
+    (the connection is re-made with back-off) and go on by themselves once it is back, or fail
+    with ``ConnectError`` after ``max_wait``.
     """
 
     def __init__(self, limits: Any = (), *, costs: Optional[Mapping[str, float]] = None,
-                 max_wait: float = 600.0, max_server_wait: float = 900.0):
+                 max_wait: float = 600.0, max_server_wait: float = 900.0,
+                 coordination: Optional[Coordination] = None, name: str = "limits"):
         self.limits = Limits(_rules_of(limits) if not isinstance(limits, Limits) else limits.rules)
         cost_items: list[tuple[str, float]] = []
         for pattern, cost in (costs or {}).items():
@@ -255,9 +268,14 @@ class Limiter:
         self.costs = dict(cost_items)
         self.max_wait = _number("max_wait", max_wait)
         self.max_server_wait = _number("max_server_wait", max_server_wait)
+        if not isinstance(name, str) or not name.strip():
+            raise _bad("name", name, "a non-empty str naming the shared allowance")
+        self.name = name
+        self.coordination = coordination
+        shared = _coordination_core(coordination)
         try:
             self._core = _core.Limiter([r._spec() for r in self.limits], cost_items, self.max_wait,
-                                       self.max_server_wait)
+                                       self.max_server_wait, shared, name)
         except ValueError as exc:  # the core names the field too; keep one error class
             raise errors.ConfigError(str(exc)) from None
 
@@ -291,7 +309,8 @@ class Limiter:
         return self._core.snapshot()
 
     def __repr__(self) -> str:
-        return f"<Limiter {self.limits!r}>"
+        shared = f" shared as {self.name!r} in {self.coordination.url}" if self.coordination else ""
+        return f"<Limiter {self.limits!r}{shared}>"
 
     def _repr_html_(self) -> str:
         cols = ["granted", "waited", "wait_seconds", "status_429", "status_5xx", "retries", "in_flight",

@@ -45,6 +45,13 @@ def test_missing_libraries_are_named_in_one_message(tmp_path: Path):
         assert package not in err, err
 
 
+def test_a_missing_hiredis_is_named_with_its_package(tmp_path: Path):
+    proc = _configure(tmp_path, "-DCMAKE_DISABLE_FIND_PACKAGE_Hiredis=ON")
+    assert proc.returncode != 0
+    assert proc.stderr.count("CMake Error") == 1, proc.stderr
+    assert "libhiredis-dev" in proc.stderr and "sudo bash scripts/install-deps.sh" in proc.stderr, proc.stderr
+
+
 def test_nothing_is_reported_when_every_library_is_there(tmp_path: Path):
     proc = _configure(tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -61,6 +61,7 @@ struct OAuth2::State : std::enable_shared_from_this<State> {
   bool code_used = false;
   double retry_background_after = 0;  // after a failed early refresh, don't hammer the endpoint
   std::vector<Waiter> waiters;
+  RefreshLock::Release release_lock;  // set while this process holds the shared refresh lock
   std::string last_failure;
   std::uint64_t token_requests = 0;
 
@@ -128,6 +129,30 @@ struct OAuth2::State : std::enable_shared_from_this<State> {
   }
 
   void fetch(std::shared_ptr<http::Transport> via) {
+    if (!o.refresh_lock) return fetch_unlocked(std::move(via));
+    // Long enough for a token request to time out, so a live holder never loses it mid-request.
+    const double lease = o.timeout + 10;
+    auto self = shared_from_this();
+    o.refresh_lock->acquire(o.store_id, lease, [self, via](std::error_code ec, RefreshLock::Release release) {
+      if (ec) return self->fail(ec, "cannot take the shared token refresh lock: " + ec.message());
+      {
+        std::lock_guard lock(self->m);
+        self->release_lock = std::move(release);
+      }
+      self->fetch_unlocked(via);
+    });
+  }
+
+  void give_back_lock() {
+    RefreshLock::Release release;
+    {
+      std::lock_guard lock(m);
+      release.swap(release_lock);
+    }
+    if (release) release();
+  }
+
+  void fetch_unlocked(std::shared_ptr<http::Transport> via) {
     if (adopt_from_store()) return deliver({}, "");
     http::Request r;
     r.method = "POST";
@@ -278,6 +303,7 @@ struct OAuth2::State : std::enable_shared_from_this<State> {
   }
 
   void fail(std::error_code ec, std::string message) {
+    give_back_lock();
     std::vector<Waiter> ws;
     {
       std::lock_guard lock(m);
@@ -290,6 +316,7 @@ struct OAuth2::State : std::enable_shared_from_this<State> {
   }
 
   void deliver(std::error_code, const std::string&) {
+    give_back_lock();  // the new record is saved by now: the next holder re-reads it
     std::vector<Waiter> ws;
     std::string h;
     {

@@ -75,22 +75,11 @@ class SqliteStore final : public TokenStore {
     auto st = db_.prepare("SELECT sealed FROM isthmus_tokens WHERE id = ?1", "cannot be read");
     st.bind(1, id);
     if (!st.step()) return std::nullopt;
-    const std::string sealed = st.text(0);
-    std::string plain = aes256gcm_open(key_, sealed, id);
-    try {
-      auto r = from_json(plain);
-      OPENSSL_cleanse(plain.data(), plain.size());
-      return r;
-    } catch (const nlohmann::json::exception&) {
-      OPENSSL_cleanse(plain.data(), plain.size());
-      throw Error(errc::token_store_error, "token store " + db_.path() + ": a record is not valid JSON");
-    }
+    return open_record(key_, id, st.text(0), "token store " + db_.path());
   }
 
   void save(const std::string& id, const TokenRecord& r) override {
-    std::string plain = to_json(r);
-    const std::string sealed = aes256gcm_seal(key_, plain, id);
-    OPENSSL_cleanse(plain.data(), plain.size());
+    const std::string sealed = seal_record(key_, id, r);
     std::lock_guard lock(m_);
     db_.prepare("INSERT INTO isthmus_tokens (id, sealed, updated_at) VALUES (?1, ?2, ?3) "
                 "ON CONFLICT(id) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at",
@@ -130,6 +119,26 @@ std::string trim(const std::string& s) {
 }
 
 }  // namespace
+
+std::string seal_record(const std::string& key32, const std::string& id, const TokenRecord& record) {
+  std::string plain = to_json(record);
+  std::string sealed = aes256gcm_seal(key32, plain, id);
+  OPENSSL_cleanse(plain.data(), plain.size());
+  return sealed;
+}
+
+TokenRecord open_record(const std::string& key32, const std::string& id, const std::string& sealed,
+                        const std::string& where) {
+  std::string plain = aes256gcm_open(key32, sealed, id);
+  try {
+    auto r = from_json(plain);
+    OPENSSL_cleanse(plain.data(), plain.size());
+    return r;
+  } catch (const nlohmann::json::exception&) {
+    OPENSSL_cleanse(plain.data(), plain.size());
+    throw Error(errc::token_store_error, where + ": a record is not valid JSON");
+  }
+}
 
 std::shared_ptr<TokenStore> make_memory_token_store() { return std::make_shared<MemoryStore>(); }
 

@@ -93,6 +93,21 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
     {
       std::lock_guard lock(mutex_);
       auto w = where_.find(id);
+      if (w == where_.end()) {
+        auto p = pending_.find(id);
+        if (p == pending_.end()) return;
+        if (p->second.timer) p->second.timer->cancel();
+        fire = [self = shared_from_this(), g = std::move(p->second.granted), ticket = p->second.r.ticket] {
+          self->release(ticket);
+          g(make_error_code(errc::cancelled), Reservation{});
+        };
+        pending_.erase(p);
+      }
+    }
+    if (fire) return fire();
+    {
+      std::lock_guard lock(mutex_);
+      auto w = where_.find(id);
       if (w == where_.end()) return;
       auto& q = *queues_.at(w->second.first);
       auto it = q.waiting.find({w->second.second, id});
@@ -123,7 +138,70 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
 
   std::size_t waiting() const {
     std::lock_guard lock(mutex_);
-    return where_.size();
+    return where_.size() + pending_.size();
+  }
+
+  // A call the local rules let go, waiting for the shared counter (and then for the wait it
+  // hands out). Nothing is sent before the counter has counted it: a counter that cannot be
+  // reached holds the call until its deadline.
+  struct Pending {
+    Granted granted;
+    Reservation r;
+    std::shared_ptr<asio::steady_timer> timer;
+  };
+
+  void reserve_shared(std::uint64_t id, const Key& key, double cost, std::optional<TimePoint> deadline) {
+    const auto& o = limiter_->options();
+    // The counter runs on real time; a deadline on the limiter's (maybe manual) clock is moved over.
+    auto real_deadline = std::chrono::steady_clock::now() + seconds(o.max_wait);
+    if (deadline) real_deadline = std::min(real_deadline, std::chrono::steady_clock::now() + (*deadline - clock_now()));
+    o.shared->reserve(limiter_->shared_rules(key), cost, o.max_wait, real_deadline,
+                      [weak = weak_from_this(), id](SharedGrant g) {
+                        if (auto self = weak.lock()) self->on_shared(id, std::move(g));
+                      });
+  }
+
+  void on_shared(std::uint64_t id, SharedGrant g) {
+    std::unique_lock lock(mutex_);
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return;  // cancelled meanwhile
+    // Completions go through the engine's I/O threads, as the Granted contract says, never from
+    // the counter's own thread.
+    if (g.granted) {
+      auto timer = std::make_shared<asio::steady_timer>(engine_->impl().io());
+      it->second.timer = timer;
+      timer->expires_after(seconds(std::max(0.0, g.wait)));
+      timer->async_wait([weak = weak_from_this(), id](const boost::system::error_code& ec) {
+        if (ec) return;  // cancelled: cancel() completed the call
+        if (auto self = weak.lock()) self->finish_pending(id, {});
+      });
+      return;
+    }
+    lock.unlock();
+    asio::post(engine_->impl().io(), [weak = weak_from_this(), id, g = std::move(g)] {
+      if (auto self = weak.lock()) self->finish_pending(id, g.error ? g.error : make_error_code(errc::internal), &g);
+    });
+  }
+
+  void finish_pending(std::uint64_t id, std::error_code ec, const SharedGrant* refused = nullptr) {
+    Pending p;
+    {
+      std::lock_guard lock(mutex_);
+      auto it = pending_.find(id);
+      if (it == pending_.end()) return;
+      p = std::move(it->second);
+      pending_.erase(it);
+    }
+    Reservation r = p.r;
+    if (ec) {
+      release(r.ticket);
+      r.ticket = 0;
+      r.granted = false;
+      r.reason = refused->reason;
+      r.resets_at = refused->resets_at;
+      r.wait = seconds(refused->wait);
+    }
+    p.granted(ec, r);
   }
 
   // Lets every call at the head of the queue go that may go now; arms the queue's timer for
@@ -149,7 +227,15 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
         const auto waited = clock_now() - w.enqueued;
         if (waited > Duration::zero()) limiter_->note_wait(w.key, to_seconds(waited));
       }
-      fire.push_back([g = std::move(w.granted), ec, r] { g(ec, r); });
+      if (!ec && limiter_->options().shared) {
+        // The local rules agree; the shared ones are asked next, and the call stays cancellable.
+        pending_[w.id] = Pending{std::move(w.granted), r, nullptr};
+        fire.push_back([self = shared_from_this(), id = w.id, key = w.key, cost = w.cost, deadline = w.deadline] {
+          self->reserve_shared(id, key, cost, deadline);
+        });
+      } else {
+        fire.push_back([g = std::move(w.granted), ec, r] { g(ec, r); });
+      }
       where_.erase(w.id);
       q.waiting.erase(it);
     }
@@ -181,6 +267,8 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
   void shutdown() {
     std::lock_guard lock(mutex_);
     for (auto& [name, q] : queues_) q->timer.cancel();
+    for (auto& [id, p] : pending_)
+      if (p.timer) p.timer->cancel();
   }
 
   std::shared_ptr<Engine> engine_;
@@ -188,6 +276,7 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
   mutable std::mutex mutex_;
   std::unordered_map<std::string, std::unique_ptr<Queue>> queues_;
   std::unordered_map<std::uint64_t, std::pair<std::string, int>> where_;
+  std::unordered_map<std::uint64_t, Pending> pending_;
   std::uint64_t next_id_ = 1;
 };
 
@@ -200,6 +289,7 @@ Governor::~Governor() {
   {
     std::lock_guard lock(impl_->mutex_);
     for (auto& [id, _] : impl_->where_) ids.push_back(id);
+    for (auto& [id, _] : impl_->pending_) ids.push_back(id);
   }
   for (auto id : ids) impl_->cancel(id);
   impl_->shutdown();
@@ -398,7 +488,7 @@ class GovernedTransport::Impl : public std::enable_shared_from_this<GovernedTran
       } else if (ec == make_error_code(errc::retry_deadline)) {
         msg = "the retry deadline would pass while waiting for " + (r.reason.empty() ? std::string("the limiter") : r.reason);
       } else {
-        msg = ec.message();
+        msg = r.reason.empty() ? ec.message() : r.reason;
       }
       std::lock_guard lock(op->m);
       return finish_locked(op, ec, msg, std::move(resp));

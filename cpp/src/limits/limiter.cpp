@@ -160,6 +160,42 @@ Limiter::Limiter(LimiterOptions options) : options_(std::move(options)) {
 
 Limiter::~Limiter() = default;
 
+bool Limiter::counted_elsewhere(const RuleSpec& spec) const {
+  return options_.shared && (std::holds_alternative<RateSpec>(spec) || std::holds_alternative<QuotaSpec>(spec));
+}
+
+std::vector<SharedRule> Limiter::shared_rules(const Key& key) const {
+  std::vector<SharedRule> out;
+  if (!options_.shared) return out;
+  for (std::size_t i = 0; i < options_.rules.size(); ++i) {
+    const Rule& r = options_.rules[i];
+    SharedRule s;
+    if (auto* rs = std::get_if<RateSpec>(&r.spec)) {
+      // The same margin as a local rate: arrivals at the server bunch up more than sends.
+      const double interval = rs->per / rs->rate;
+      const double tolerance = (rs->burst - 1) * interval;
+      s.a = interval;
+      s.b = rs->burst * interval -
+            std::min(std::max(options_.margin, options_.margin_fraction * tolerance), tolerance / 2);
+    } else if (auto* q = std::get_if<QuotaSpec>(&r.spec)) {
+      s.quota = true;
+      s.a = q->n;
+      s.b = q->window;
+    } else {
+      continue;
+    }
+    s.describe = describe(r);
+    // The rule's own terms are in the name, so processes that disagree on a limit do not
+    // silently share one bucket; the scoped key keeps tenants and credentials apart.
+    std::string scoped_key = scoped(key, r.scope);
+    for (auto& c : scoped_key)
+      if (c == kSep) c = '/';
+    s.bucket = options_.shared_name + ":" + s.describe + ":" + scoped_key;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
 Limiter::Bucket& Limiter::bucket(std::size_t rule, const Key& key) {
   auto& slot = buckets_[rule][scoped(key, options_.rules[rule].scope)];
   if (!slot) {
@@ -269,6 +305,12 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
     for (std::size_t i = 0; i < n; ++i) {
       const auto& spec = options_.rules[i].spec;
       TimePoint e = t;
+      if (auto* q = std::get_if<QuotaSpec>(&spec); q && cost > q->n) {
+        impossible = true;
+        binding = i;
+        continue;
+      }
+      if (counted_elsewhere(spec)) continue;
       if (auto* rs = std::get_if<RateSpec>(&spec)) {
         const double interval = rs->per / rs->rate;  // seconds per unit
         const double tolerance = (rs->burst - std::min(cost, rs->burst)) * interval;
@@ -282,11 +324,6 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
         const double slack = tolerance - std::min(std::max(options_.margin, options_.margin_fraction * tolerance), tolerance / 2);
         e = std::max(t, b[i]->tat - seconds(slack));
       } else if (auto* q = std::get_if<QuotaSpec>(&spec)) {
-        if (cost > q->n) {
-          impossible = true;
-          binding = i;
-          continue;
-        }
         const double unix_t = unix_now + to_seconds(t - now);
         auto idx = static_cast<std::int64_t>(std::floor(unix_t / q->window));
         double used = b[i]->window_index == idx ? b[i]->used : 0;
@@ -336,6 +373,7 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   for (std::size_t i = 0; i < n; ++i) {
     const auto& spec = options_.rules[i].spec;
     Bucket& bk = *b[i];
+    if (counted_elsewhere(spec)) continue;
     if (auto* rs = std::get_if<RateSpec>(&spec)) {
       const Duration share = seconds(cost * rs->per / rs->rate);
       if (options_.probe_timeout > 0 && bk.tat <= t) {

@@ -48,6 +48,9 @@ struct OAuth2Options {
   double timeout = 30;             // seconds for a token request
   std::shared_ptr<TokenStore> store;  // null: in memory, not shared
   std::string store_id;               // empty: derived from token_url and client_id
+  // Processes sharing `store` take this lock around each token request, so one expiry costs
+  // one request however many processes notice it (and a rotated refresh token is spent once).
+  std::shared_ptr<RefreshLock> refresh_lock;
   std::function<double()> clock;      // unix seconds; tests replace it
   // Called after a new token is saved and before any request uses it (on an I/O thread).
   std::function<void(const TokenEvent&)> on_token;

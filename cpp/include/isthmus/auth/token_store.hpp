@@ -3,9 +3,11 @@
 // only valid (rotated) refresh token.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
 
 namespace isthmus::auth {
 
@@ -27,7 +29,27 @@ class TokenStore {
   virtual void erase(const std::string& id) = 0;
 };
 
+// Serializes token requests across the processes that share a store: a credential given one
+// takes it before asking the token endpoint, re-reads the store (another process may have
+// refreshed meanwhile), and gives it back once the new record is saved.
+class RefreshLock {
+ public:
+  virtual ~RefreshLock() = default;
+  using Release = std::function<void()>;
+  // Completes once (on any thread) holding the lock for `id`, or with an error. The lock lapses
+  // by itself `lease` seconds after it was taken, so a holder that died blocks nobody for long.
+  virtual void acquire(const std::string& id, double lease,
+                       std::function<void(std::error_code, Release release)> done) = 0;
+};
+
 std::shared_ptr<TokenStore> make_memory_token_store();
+
+// The stored form of a record, for every store that keeps records outside the process: its
+// JSON sealed with AES-256-GCM under `key32`, the id as associated data. open_record() throws
+// errc::token_store_tampered (wrong key, altered) or token_store_error (`where` names the store).
+std::string seal_record(const std::string& key32, const std::string& id, const TokenRecord& record);
+TokenRecord open_record(const std::string& key32, const std::string& id, const std::string& sealed,
+                        const std::string& where);
 
 // SQLite (WAL, synchronous=FULL) with each record sealed by AES-256-GCM under `key32`, the id
 // as associated data so a record cannot be moved to another credential. Several processes may

@@ -19,6 +19,7 @@
 
 #include "isthmus/limits/clock.hpp"
 #include "isthmus/limits/server_signals.hpp"
+#include "isthmus/limits/shared.hpp"
 
 namespace isthmus::limits {
 
@@ -93,6 +94,10 @@ struct LimiterOptions {
   // our clock never runs ahead of the server's (see Limiter::Bucket). 0 = off.
   double probe_timeout = 0.25;
   std::shared_ptr<Clock> clock;   // null = SteadyClock
+  // Set: the rate and quota rules are counted here, shared with every process that uses the
+  // same `shared_name` and rules, instead of in this process (see limits/shared.hpp).
+  std::shared_ptr<SharedCounter> shared;
+  std::string shared_name = "limits";
 };
 
 // Throws isthmus::Error(errc::invalid_argument) naming the field.
@@ -162,6 +167,9 @@ class Limiter {
   // A queued call waited this long before try_acquire() let it go (for the metrics).
   void note_wait(const Key& key, double seconds);
 
+  // The shared buckets a call for `key` takes from (empty without options().shared).
+  std::vector<SharedRule> shared_rules(const Key& key) const;
+
   // The cost and endpoint name the cost table gives a request.
   std::pair<std::string, double> endpoint_cost(std::string_view method, std::string_view path) const;
 
@@ -175,6 +183,8 @@ class Limiter {
   struct KeyState;
   struct Ticket;
   Reservation acquire(const Key& key, double cost, bool commit_if_waiting, Priority priority);
+  using RuleSpec = decltype(Rule::spec);
+  bool counted_elsewhere(const RuleSpec& spec) const;
   Bucket& bucket(std::size_t rule, const Key& key);
   KeyState& key_state(const Key& key);
 
