@@ -80,9 +80,10 @@ class _Server:
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is already running"
-        out = open(self.dir / "stdout.log", "ab")
-        self.proc = subprocess.Popen(self._command(), env=self._env(), cwd=self.dir, stdout=out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # The child keeps its own copy of the descriptor; ours is closed at once.
+        with open(self.dir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(self._command(), env=self._env(), cwd=self.dir, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.start_timeout
         while not self._ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
