@@ -1,6 +1,7 @@
 // The seam between the Limiter and a shared counter, with a test double for the counter.
 #include <gtest/gtest.h>
 
+#include "isthmus/error.hpp"
 #include "isthmus/limits/limiter.hpp"
 
 namespace isthmus::limits {
