@@ -6,8 +6,8 @@ The source uses OAuth2 refresh tokens that the server rotates (each is single us
 the encrypted token store TOKENS. MODE says where this process SIGKILLs itself:
 
 - ``run``: nowhere (the parent may SIGKILL it at any time);
-- ``checkpoint:K``: inside the K-th checkpoint transaction, after the checkpoint row is
-  written and before COMMIT;
+- ``checkpoint:K``: inside the K-th checkpoint transaction (the core's), after the checkpoint
+  row is written, as its COMMIT writes the first bytes to the write-ahead log;
 - ``token:K:torn``: inside the token store's write of the K-th token this process receives
   (a rotated refresh token), after the first bytes of the transaction reached the store's
   write-ahead log and before its commit record is complete;
@@ -39,29 +39,28 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-class _KillingConnection:
-    """Forwards to a sqlite3 connection; SIGKILLs the process inside the K-th checkpoint write."""
+class _KillingCommits:
+    """Forwards to the core's state store; arms ``switch`` in the K-th checkpoint commit, so the
+    process dies inside that transaction as SQLite writes it to the log."""
 
-    def __init__(self, db, kill_at: int):
-        self._db, self._kill_at, self._seen = db, kill_at, 0
+    def __init__(self, store, switch: WalKillSwitch, kill_at: int):
+        self._store, self._switch, self._kill_at, self._seen = store, switch, kill_at, 0
 
-    def execute(self, sql, *args):
-        cur = self._db.execute(sql, *args)
-        if sql.startswith("INSERT INTO checkpoints"):
-            self._seen += 1
-            if self._seen == self._kill_at:
-                _die()  # the transaction is open: BEGIN .. no COMMIT
-        return cur
+    def commit(self, *args):
+        self._seen += 1
+        if self._seen == self._kill_at:
+            self._switch.kill_on_next_write = True
+        return self._store.commit(*args)
 
     def __getattr__(self, name):
-        return getattr(self._db, name)
+        return getattr(self._store, name)
 
 
 # -- a kill switch inside SQLite's file writes ---------------------------------------------------
-# The token store is C++ code writing through the system libsqlite3, the same library Python's
-# sqlite3 module loads. A VFS registered here as the default wraps the unix VFS: files are
-# opened by it, and the write-ahead log of the token store gets xWrite/xSync wrappers that can
-# SIGKILL the process at an exact point of a transaction.
+# The token store and the state store are C++ code writing through the system libsqlite3, the
+# same library Python's sqlite3 module loads. A VFS registered here as the default wraps the unix
+# VFS: files are opened by it, and the write-ahead log of one store gets xWrite/xSync wrappers
+# that can SIGKILL the process at an exact point of a transaction.
 
 _OPEN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int,
                          ctypes.c_void_p)
@@ -91,6 +90,8 @@ class WalKillSwitch:
         self.kill_at: Optional[int] = None  # armed later: the transaction number to kill in
         self.transactions = 0
         self.in_transaction = False
+        # Set while a transaction is open: the process dies once the log write after it is done.
+        self.kill_on_next_write = False
         lib = ctypes.CDLL("libsqlite3.so.0")
         lib.sqlite3_vfs_find.restype = ctypes.c_void_p
         lib.sqlite3_vfs_find.argtypes = [ctypes.c_char_p]
@@ -127,6 +128,8 @@ class WalKillSwitch:
             self.in_transaction = True
             self.transactions += 1
         rc = self._real(file)[1](file, data, n, offset)
+        if self.kill_on_next_write:
+            _die()  # the first bytes of the commit are in the log, its commit record is not
         if self.phase == "torn" and self.transactions == self.kill_at:
             _die()  # some of the transaction is in the log, its commit record is not complete
         return rc
@@ -145,9 +148,11 @@ def main() -> None:
     kind, _, rest = mode.partition(":")
     k, _, phase = rest.partition(":")
     switch = WalKillSwitch(tokens_path, phase) if kind == "token" and phase in ("torn", "unsynced") else None
+    if kind == "checkpoint":
+        state_switch = WalKillSwitch(state_path, "")  # before the store opens its file through it
     state = StateStore(state_path)
     if kind == "checkpoint":
-        state._db = _KillingConnection(state._db, int(k))
+        state._core = _KillingCommits(state._core, state_switch, int(k))  # type: ignore[assignment]
     tokens = isthmus.TokenStore.sqlite(tokens_path)
     if reauthorize:
         tokens.forget(STORE_ID)

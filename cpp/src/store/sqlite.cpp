@@ -247,10 +247,12 @@ void Database::fail(int rc, std::string_view doing) const {
   throw Error(options_.code, msg);
 }
 
-void Database::damaged(std::string_view why) const {
+void Database::damaged(std::string_view why) const { throw Error(options_.code, damaged_message(why)); }
+
+std::string Database::damaged_message(std::string_view why) const {
   std::string msg = options_.what + " " + path_ + ": " + std::string(why) + ".";
   if (!options_.restore_hint.empty()) msg += " " + options_.restore_hint;
-  throw Error(options_.code, msg);
+  return msg;
 }
 
 Statement::Statement(const Database& db, sqlite3_stmt* stmt, std::string_view doing)

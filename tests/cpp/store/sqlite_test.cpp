@@ -8,22 +8,13 @@
 #include <thread>
 
 #include "isthmus/error.hpp"
+#include "support/temp_dir.hpp"
 
 namespace isthmus::store {
 namespace {
 
 namespace fs = std::filesystem;
-
-struct TempDir {
-  fs::path dir;
-  TempDir() {
-    std::random_device rd;
-    dir = fs::temp_directory_path() / ("isthmus-sqlite-" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(dir);
-  }
-  ~TempDir() { fs::remove_all(dir); }
-  std::string file(const std::string& name) const { return (dir / name).string(); }
-};
+using isthmus::testing::TempDir;
 
 constexpr const char* kSchema = "CREATE TABLE t (k TEXT PRIMARY KEY, v REAL NOT NULL);";
 

@@ -78,6 +78,8 @@ class Database {
   [[noreturn]] void fail(int rc, std::string_view doing) const;
   // An error about the file's content (a wrong column type, bad JSON): "<what> <path>: <why>".
   [[noreturn]] void damaged(std::string_view why) const;
+  // That error's message, for a caller that reports the damage itself (a decoder above the core).
+  std::string damaged_message(std::string_view why) const;
 
   sqlite3* handle() const noexcept { return db_; }
 
