@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'StateStore', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Coordination', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Lease', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'RefreshLock', 'Response', 'SandboxServer', 'SqliteWriter', 'StateStore', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -44,8 +44,12 @@ class TokenStore:
         ...
     def erase(self, id: str) -> None:
         ...
+class RefreshLock:
+    """
+    Serializes token requests across processes; Coordination.refresh_lock() makes one.
+    """
 class OAuth2(Credential):
-    def __init__(self, grant: str, token_url: str, client_id: str, client_secret: str, auth_method: str, scopes: collections.abc.Sequence[str], audience: str, refresh_token: str, code: str, code_verifier: str, redirect_uri: str, jwt: JwtAssertion, extra_params: collections.abc.Sequence[tuple[str, str]], refresh_before: typing.SupportsFloat | typing.SupportsIndex, default_lifetime: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex, store: TokenStore, store_id: str, on_token: typing.Any) -> None:
+    def __init__(self, grant: str, token_url: str, client_id: str, client_secret: str, auth_method: str, scopes: collections.abc.Sequence[str], audience: str, refresh_token: str, code: str, code_verifier: str, redirect_uri: str, jwt: JwtAssertion, extra_params: collections.abc.Sequence[tuple[str, str]], refresh_before: typing.SupportsFloat | typing.SupportsIndex, default_lifetime: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex, store: TokenStore, store_id: str, on_token: typing.Any, refresh_lock: RefreshLock | None = None) -> None:
         ...
     def ensure_token(self) -> None:
         ...
@@ -60,6 +64,45 @@ class OAuth2(Credential):
         ...
     @property
     def token_requests(self) -> int:
+        ...
+class Lease:
+    """
+    A lock with a lease in Redis; isthmus.Claim wraps it.
+    """
+    def release(self, timeout: typing.SupportsFloat | typing.SupportsIndex) -> bool:
+        ...
+    def renew(self, timeout: typing.SupportsFloat | typing.SupportsIndex) -> bool:
+        ...
+    @property
+    def held(self) -> bool:
+        ...
+    @property
+    def lease(self) -> float:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+class Coordination:
+    """
+    A Redis connection; isthmus.Coordination wraps it.
+    """
+    def __init__(self, url: str, namespace: str, connect_timeout: typing.SupportsFloat | typing.SupportsIndex, command_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    def claim(self, name: str, lease: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex) -> Lease:
+        ...
+    def key(self, name: str) -> str:
+        ...
+    def refresh_lock(self) -> RefreshLock:
+        ...
+    def stats(self) -> dict:
+        ...
+    def token_store(self, key_env: str, key_file: str) -> TokenStore:
+        ...
+    @property
+    def namespace(self) -> str:
+        ...
+    @property
+    def redacted_url(self) -> str:
         ...
 class Response:
     """
@@ -216,7 +259,7 @@ class Limiter:
     """
     A limiter shared by the clients given it; isthmus.Limiter wraps it.
     """
-    def __init__(self, rules: list, costs: collections.abc.Sequence[tuple[str, typing.SupportsFloat | typing.SupportsIndex]], max_wait: typing.SupportsFloat | typing.SupportsIndex, max_server_wait: typing.SupportsFloat | typing.SupportsIndex) -> None:
+    def __init__(self, rules: list, costs: collections.abc.Sequence[tuple[str, typing.SupportsFloat | typing.SupportsIndex]], max_wait: typing.SupportsFloat | typing.SupportsIndex, max_server_wait: typing.SupportsFloat | typing.SupportsIndex, coordination: Coordination | None = None, name: str = '') -> None:
         ...
     def observe(self, key: typing.Any, status: typing.SupportsInt | typing.SupportsIndex, latency: typing.SupportsFloat | typing.SupportsIndex = 0.0, retry_after: typing.Any = None, timeout: bool = False) -> None:
         ...
