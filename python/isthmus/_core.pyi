@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['AmqpQueue', 'ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -298,7 +298,7 @@ class LocalQueue:
         """
     def close(self) -> None:
         """
-        Closes the file; later calls raise StateError.
+        Releases the backend; later calls raise StateError.
         """
     def dead_letters(self, limit: typing.SupportsInt | typing.SupportsIndex = 0) -> list:
         """
@@ -314,7 +314,7 @@ class LocalQueue:
         """
     def put(self, items: list) -> int:
         """
-        Puts all of items (str or bytes) in one transaction; returns how many.
+        Puts all of items (str or bytes), durably; returns how many.
         """
     def stats(self) -> dict:
         """
@@ -326,6 +326,59 @@ class LocalQueue:
     @property
     def path(self) -> str:
         ...
+class AmqpQueue:
+    """
+    A queue on a RabbitMQ broker (use isthmus.AmqpQueue).
+    """
+    @staticmethod
+    def delay_steps() -> list[float]:
+        """
+        The delay queues' TTLs in seconds, smallest first.
+        """
+    def __init__(self, url: str, name: str, max_deliveries: typing.SupportsInt | typing.SupportsIndex = 5, prefetch: typing.SupportsInt | typing.SupportsIndex = 100, connect_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000) -> None:
+        ...
+    def ack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> int:
+        """
+        Removes the messages still held by the lease; returns how many.
+        """
+    def close(self) -> None:
+        """
+        Releases the backend; later calls raise StateError.
+        """
+    def dead_letters(self, limit: typing.SupportsInt | typing.SupportsIndex = 0) -> list:
+        """
+        [(id, body, deliveries, enqueued_at, dead_at, reason), ...], oldest first (limit 0: all).
+        """
+    def lease(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple[str, float, list]:
+        """
+        (token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.
+        """
+    def nack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], delay_ms: typing.SupportsInt | typing.SupportsIndex) -> int:
+        """
+        Returns the messages to ready after the delay (or to the dead letters); returns how many.
+        """
+    def put(self, items: list) -> int:
+        """
+        Puts all of items (str or bytes), durably; returns how many.
+        """
+    def stats(self) -> dict:
+        """
+        {ready, leased, delayed, dead}
+        """
+    @property
+    def max_deliveries(self) -> int:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def prefetch(self) -> int:
+        ...
+    @property
+    def url(self) -> str:
+        """
+        The broker's URL with its password masked.
+        """
 def backup_state_file(path: str, dest: str, restore_hint: str = '') -> None:
     """
     A consistent copy of the whole file at `dest` (SQLite's backup API), put in place whole; `dest` must not exist. StateError naming the file on failure.
