@@ -319,8 +319,25 @@ struct AmqpQueue::Impl {
       auto rec = std::move(it->second);
       it = leases.erase(it);
       held -= rec.held.size();
-      return_messages(rec.held, milliseconds(0), "the last lease expired");
+      try {
+        return_messages(rec.held, milliseconds(0), "the last lease expired");
+      } catch (const Failed& f) {
+        if (f.connection_lost) throw;  // the broker returns them itself
+        hold_for_retry(std::move(rec.held));
+        throw;
+      }
     }
+  }
+
+  // Messages the client failed to return while the connection lives: held by a lease no caller
+  // knows, which expires after the back-off and is returned again.
+  void hold_for_retry(std::vector<Held> messages) {
+    if (messages.empty()) return;
+    LeaseRecord rec;
+    rec.expires = Clock::now() + backoff;
+    held += messages.size();
+    rec.held = std::move(messages);
+    leases.emplace(auth::hex(auth::random_bytes(16)), std::move(rec));
   }
 
   // ---- connection ---------------------------------------------------------------------------
@@ -687,10 +704,18 @@ struct AmqpQueue::Impl {
       lease.messages.push_back(Message{d.id, d.body, d.text, deliveries});
       rec.held.push_back(Held{std::move(d), deliveries});
     }
-    if (!too_many.empty()) return_messages(too_many, milliseconds(0), "the connection holding its last lease was lost");
+    // Recorded first: should burying the others fail, these still expire and come back.
     if (!rec.held.empty()) {
       held += rec.held.size();
       leases.emplace(lease.token, std::move(rec));
+    }
+    if (!too_many.empty()) {
+      try {
+        return_messages(too_many, milliseconds(0), "the connection holding its last lease was lost");
+      } catch (const Failed& f) {
+        if (!f.connection_lost) hold_for_retry(std::move(too_many));
+        throw;
+      }
     }
     return lease;
   }
