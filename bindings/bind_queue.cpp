@@ -157,7 +157,16 @@ void bind_queue(py::module_& m) {
              o.prefetch = prefetch;
              o.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
              py::gil_scoped_release release;
-             return std::make_shared<AmqpQueue>(url, name, o);
+             // Dropping the queue joins its I/O thread, which may be inside a reconnect attempt
+             // for up to connect_timeout: without the GIL, when the holder has it.
+             return std::shared_ptr<AmqpQueue>(new AmqpQueue(url, name, o), [](AmqpQueue* q) {
+               if (Py_IsInitialized() && PyGILState_Check()) {
+                 py::gil_scoped_release unlocked;
+                 delete q;
+               } else {
+                 delete q;
+               }
+             });
            }),
            py::arg("url"), py::arg("name"), py::arg("max_deliveries") = 5, py::arg("prefetch") = 100,
            py::arg("connect_timeout_ms") = 10000)

@@ -604,3 +604,25 @@ def test_open_queue_picks_the_backend(broker, request, tmp_path):
         isthmus.open_queue(broker.url)
     with pytest.raises(isthmus.ConfigError, match="^name"):
         isthmus.open_queue(tmp_path / "q.db", name="x")
+
+
+def test_while_the_broker_is_down_calls_fail_typed_and_work_resumes_by_itself(broker, request):
+    with _amqp(broker, request, connect_timeout=2) as q:
+        q.put("kept")
+        broker.stop()
+        # The connection is gone and every attempt is refused: a typed error naming the URL, after
+        # waiting for the next reconnect attempt (never a silent success, never a tight retry).
+        for call in (lambda: q.put("refused"), lambda: q.lease(1), q.stats):
+            with pytest.raises(ConnectionError, match=r"amqp://guest:\*\*\*@127\.0\.0\.1"):
+                call()
+        broker.start()
+
+        def back():
+            try:
+                return q.stats()["ready"] == 1
+            except ConnectionError:  # until the back-off's next attempt finds the broker up
+                return False
+
+        wait_until(back, timeout=30, interval=0.1)
+        assert q.put("after") == 1
+        assert sorted(m.body for m in q.lease(5, visibility=60)) == ["after", "kept"]
