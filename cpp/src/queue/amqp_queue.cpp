@@ -454,7 +454,8 @@ struct AmqpQueue::Impl {
 
   // Quorum queues are the durable, replicated type. RabbitMQ 3.10 gives them no delivery limit
   // unless one is set; 4.0 sets 20 by default (and 4.3 counts only failed deliveries, where 3.x
-  // counted every return). An explicit x-delivery-limit makes both dead-letter at the same count;
+  // counted every return, a closed connection's too). An explicit x-delivery-limit makes every
+  // version dead-letter at the same count;
   // the client also counts deliveries itself (the x-isthmus-deliveries header plus the broker's
   // x-delivery-count) and dead-letters at max_deliveries, so the broker's limit is a backstop
   // for messages that keep coming back without a client living to count them.
