@@ -626,3 +626,21 @@ def test_while_the_broker_is_down_calls_fail_typed_and_work_resumes_by_itself(br
         wait_until(back, timeout=30, interval=0.1)
         assert q.put("after") == 1
         assert sorted(m.body for m in q.lease(5, visibility=60)) == ["after", "kept"]
+
+
+def test_a_message_the_broker_dead_letters_itself_reaches_the_dead_letters(broker, request):
+    """Another client rejects a message: the broker moves it through N.dlx into N.dead."""
+    with _amqp(broker, request) as q:
+        q.put("rejected elsewhere")
+        connection, channel = _observe(broker)
+        try:
+            method, _, body = channel.basic_get(q.name, auto_ack=False)
+            assert body == b"rejected elsewhere"
+            channel.basic_reject(method.delivery_tag, requeue=False)
+        finally:
+            connection.close()
+        wait_until(lambda: q.stats()["dead"] == 1, timeout=30, interval=0.05)
+        (dead,) = q.dead_letters()
+        assert dead.body == "rejected elsewhere"
+        assert dead.reason == "dead-lettered by the broker: rejected"
+        assert dead.dead_at > 0
