@@ -102,8 +102,6 @@ def _count(name: str, value: Any) -> int:
 
 Acked = Union[Lease, QueueMessage, Iterable[QueueMessage]]
 _Self = TypeVar("_Self", bound="_Queue")
-
-
 _CoreQueue = Union[_core.LocalQueue, _core.AmqpQueue]
 
 
@@ -187,7 +185,6 @@ class _Queue:
     def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
                  tb: Optional[TracebackType]) -> None:
         self.close()
-
 
 
 class LocalQueue(_Queue):
