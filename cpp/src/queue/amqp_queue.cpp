@@ -262,15 +262,14 @@ struct AmqpQueue::Impl {
           break;
         }
       }
-      if (job) {
-        bool closed;
-        {
-          std::lock_guard lock(m);
-          closed = stopping;
-        }
-        job(closed);
+      bool closed;
+      {
+        std::lock_guard lock(m);
+        closed = stopping;
       }
-      housekeeping();
+      if (job) job(closed);
+      // Closing: no reconnect attempt may hold up close().
+      if (!closed) housekeeping();
     }
     drop(true);
   }
