@@ -1,5 +1,6 @@
-// isthmus._core: the durable local queue. Arguments are converted with the GIL held; SQLite
-// works with it released (a put waits for an fsync, a lease for another process's write lock);
+// isthmus._core: the queues, LocalQueue (SQLite) and AmqpQueue (RabbitMQ), with the same
+// methods. Arguments are converted with the GIL held; the backend works with it released (a put
+// waits for an fsync or the broker's confirms, a lease for a write lock or a round trip);
 // results become Python objects once the GIL is back.
 #include <pybind11/stl.h>
 
@@ -9,6 +10,7 @@
 
 #include "bindings.hpp"
 #include "isthmus/error.hpp"
+#include "isthmus/queue/amqp_queue.hpp"
 #include "isthmus/queue/local_queue.hpp"
 
 namespace py = pybind11;
@@ -17,6 +19,7 @@ namespace isthmus::bindings {
 namespace {
 
 using queue::Item;
+using queue::AmqpQueue;
 using queue::LocalQueue;
 
 std::vector<Item> items_from(const py::list& items) {
@@ -46,31 +49,20 @@ py::object body_of(const std::string& body, bool text) {
   return py::reinterpret_steal<py::object>(s);
 }
 
-}  // namespace
-
-void bind_queue(py::module_& m) {
-  py::class_<LocalQueue, std::shared_ptr<LocalQueue>>(
-      m, "LocalQueue", "A durable queue in one SQLite file (use isthmus.LocalQueue).")
-      .def(py::init([](const std::string& path, int max_deliveries) {
-             queue::LocalQueueOptions o;
-             o.max_deliveries = max_deliveries;
-             py::gil_scoped_release release;
-             return std::make_shared<LocalQueue>(path, o);
-           }),
-           py::arg("path"), py::arg("max_deliveries") = 5)
-      .def_property_readonly("path", &LocalQueue::path)
-      .def_property_readonly("max_deliveries", &LocalQueue::max_deliveries)
-      .def(
-          "put",
-          [](LocalQueue& q, const py::list& items) {
-            auto converted = items_from(items);
-            py::gil_scoped_release release;
-            return queue::put(q, std::move(converted));
-          },
-          py::arg("items"), "Puts all of items (str or bytes) in one transaction; returns how many.")
+// The methods of the queue interface, the same on every backend.
+template <class Q, class Class>
+void def_queue_methods(Class& cls) {
+  cls.def(
+         "put",
+         [](Q& q, const py::list& items) {
+           auto converted = items_from(items);
+           py::gil_scoped_release release;
+           return queue::put(q, std::move(converted));
+         },
+         py::arg("items"), "Puts all of items (str or bytes), durably; returns how many.")
       .def(
           "lease",
-          [](LocalQueue& q, std::size_t n, std::int64_t visibility_ms) {
+          [](Q& q, std::size_t n, std::int64_t visibility_ms) {
             queue::Lease lease;
             {
               py::gil_scoped_release release;
@@ -85,14 +77,14 @@ void bind_queue(py::module_& m) {
           "(token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.")
       .def(
           "ack",
-          [](LocalQueue& q, std::string token, std::vector<std::uint64_t> ids) {
+          [](Q& q, std::string token, std::vector<std::uint64_t> ids) {
             py::gil_scoped_release release;
             return queue::ack(q, std::move(token), std::move(ids));
           },
           py::arg("token"), py::arg("ids"), "Removes the messages still held by the lease; returns how many.")
       .def(
           "nack",
-          [](LocalQueue& q, std::string token, std::vector<std::uint64_t> ids, std::int64_t delay_ms) {
+          [](Q& q, std::string token, std::vector<std::uint64_t> ids, std::int64_t delay_ms) {
             py::gil_scoped_release release;
             return queue::nack(q, std::move(token), std::move(ids), std::chrono::milliseconds(delay_ms));
           },
@@ -100,7 +92,7 @@ void bind_queue(py::module_& m) {
           "Returns the messages to ready after the delay (or to the dead letters); returns how many.")
       .def(
           "dead_letters",
-          [](LocalQueue& q, std::size_t limit) {
+          [](Q& q, std::size_t limit) {
             std::vector<queue::DeadLetter> dead;
             {
               py::gil_scoped_release release;
@@ -116,7 +108,7 @@ void bind_queue(py::module_& m) {
           "[(id, body, deliveries, enqueued_at, dead_at, reason), ...], oldest first (limit 0: all).")
       .def(
           "stats",
-          [](LocalQueue& q) {
+          [](Q& q) {
             queue::Stats s;
             {
               py::gil_scoped_release release;
@@ -132,11 +124,65 @@ void bind_queue(py::module_& m) {
           "{ready, leased, delayed, dead}")
       .def(
           "close",
-          [](LocalQueue& q) {
+          [](Q& q) {
             py::gil_scoped_release release;
             q.close();
           },
-          "Closes the file; later calls raise StateError.");
+          "Releases the backend; later calls raise StateError.");
+}
+
+}  // namespace
+
+void bind_queue(py::module_& m) {
+  py::class_<LocalQueue, std::shared_ptr<LocalQueue>> local(
+      m, "LocalQueue", "A durable queue in one SQLite file (use isthmus.LocalQueue).");
+  local
+      .def(py::init([](const std::string& path, int max_deliveries) {
+             queue::LocalQueueOptions o;
+             o.max_deliveries = max_deliveries;
+             py::gil_scoped_release release;
+             return std::make_shared<LocalQueue>(path, o);
+           }),
+           py::arg("path"), py::arg("max_deliveries") = 5)
+      .def_property_readonly("path", &LocalQueue::path)
+      .def_property_readonly("max_deliveries", &LocalQueue::max_deliveries);
+  def_queue_methods<LocalQueue>(local);
+
+  py::class_<AmqpQueue, std::shared_ptr<AmqpQueue>> amqp(
+      m, "AmqpQueue", "A queue on a RabbitMQ broker (use isthmus.AmqpQueue).");
+  amqp.def(py::init([](const std::string& url, const std::string& name, int max_deliveries, int prefetch,
+                       std::int64_t connect_timeout_ms) {
+             queue::AmqpQueueOptions o;
+             o.max_deliveries = max_deliveries;
+             o.prefetch = prefetch;
+             o.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
+             py::gil_scoped_release release;
+             // Dropping the queue joins its I/O thread, which may be inside a reconnect attempt
+             // for up to connect_timeout: without the GIL, when the holder has it.
+             return std::shared_ptr<AmqpQueue>(new AmqpQueue(url, name, o), [](AmqpQueue* q) {
+               if (Py_IsInitialized() && PyGILState_Check()) {
+                 py::gil_scoped_release unlocked;
+                 delete q;
+               } else {
+                 delete q;
+               }
+             });
+           }),
+           py::arg("url"), py::arg("name"), py::arg("max_deliveries") = 5, py::arg("prefetch") = 100,
+           py::arg("connect_timeout_ms") = 10000)
+      .def_property_readonly("name", &AmqpQueue::name)
+      .def_property_readonly("url", &AmqpQueue::redacted_url, "The broker's URL with its password masked.")
+      .def_property_readonly("max_deliveries", &AmqpQueue::max_deliveries)
+      .def_property_readonly("prefetch", &AmqpQueue::prefetch)
+      .def_static(
+          "delay_steps",
+          [] {
+            std::vector<double> out;
+            for (auto s : AmqpQueue::delay_steps()) out.push_back(static_cast<double>(s.count()) / 1000.0);
+            return out;
+          },
+          "The delay queues' TTLs in seconds, smallest first.");
+  def_queue_methods<AmqpQueue>(amqp);
 }
 
 }  // namespace isthmus::bindings

@@ -44,6 +44,7 @@ const char* class_name(const std::error_code& ec) {
     case errc::rate_limited: return "Throttled";
     case errc::circuit_open: return "CircuitOpen";
     case errc::retry_deadline: return "RetryDeadlineExceeded";
+    case errc::access_refused: return "AccessRefused";
     case errc::state_error: return "StateError";
     case errc::ok:  // not an error: reaching here is a bug
     case errc::internal: return "InternalError";

@@ -21,6 +21,8 @@ isthmus_find(libsqlite3-dev SQLite3)
 isthmus_find(nlohmann-json3-dev nlohmann_json 3.10)
 # The pipeline's page parser.
 isthmus_find(libsimdjson-dev simdjson)
+# The RabbitMQ backend of the queue (AmqpQueue); Debian's 0.11 ships a CMake config.
+isthmus_find(librabbitmq-dev rabbitmq-c CONFIG)
 # Boost 1.74 ships a CMake config; Asio and Beast are header-only.
 isthmus_find(libboost-dev Boost 1.74 CONFIG)
 # Coordination (shared limits, leases) on Redis. Debian's hiredis config sets variables, not a

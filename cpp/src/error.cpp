@@ -34,6 +34,7 @@ class Category final : public std::error_category {
       case errc::rate_limited: return "rate limited";
       case errc::circuit_open: return "circuit open";
       case errc::retry_deadline: return "retry deadline passed";
+      case errc::access_refused: return "access refused";
       case errc::state_error: return "state file error";
       case errc::internal: return "internal error";
     }
@@ -81,6 +82,7 @@ std::string_view name(errc e) noexcept {
     ISTHMUS_ERRC_NAME(rate_limited)
     ISTHMUS_ERRC_NAME(circuit_open)
     ISTHMUS_ERRC_NAME(retry_deadline)
+    ISTHMUS_ERRC_NAME(access_refused)
     ISTHMUS_ERRC_NAME(state_error)
     ISTHMUS_ERRC_NAME(internal)
 #undef ISTHMUS_ERRC_NAME

@@ -51,6 +51,7 @@ __all__ = [
     "StateError",
     "ReconciliationError",
     "TokenError",
+    "AccessRefused",
     "TokenStoreError",
     "CryptoError",
     "InternalError",
@@ -187,6 +188,11 @@ class TokenError(RequestError, PermissionError):
     """No access token could be obtained: the token endpoint refused the credentials, answered
     something unusable, or could not be reached. The message says which (with the OAuth2
     ``error`` code when the server gave one) and never contains a secret."""
+
+
+class AccessRefused(RequestError, PermissionError):
+    """A server other than an HTTP API (a message broker) refused the credentials, the virtual
+    host or a permission. ``url`` names it with the password masked."""
 
 
 class TokenStoreError(IsthmusError):

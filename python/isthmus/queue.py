@@ -1,4 +1,6 @@
-"""A durable local queue: ``LocalQueue``, one SQLite file (WAL) managed by the C++ core.
+"""Durable queues with one interface and two backends in the C++ core: ``LocalQueue``, one
+SQLite file (WAL), the embedded default; ``AmqpQueue``, a quorum queue on a RabbitMQ broker.
+``open_queue`` picks one from a path or an ``amqp://`` URL.
 
 ::
 
@@ -13,7 +15,8 @@ A message leased ``max_deliveries`` times without an ack goes to the dead letter
 (``dead_letters()``) instead of coming back again. Several threads and processes may share one
 file: a message is never held by two live leases at once. Delivery is at-least-once: a lease
 that expires (a worker crashed or was too slow) hands its messages to the next lessee, and an
-ack under the expired lease then removes nothing.
+ack under the expired lease then removes nothing. ``AmqpQueue`` keeps the same contract on a
+broker; docs/queue.md says where a broker's behaviour shows through (a lost connection).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import numbers
 import os
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 from isthmus import _core, errors
 
-__all__ = ["LocalQueue", "Lease", "QueueMessage", "QueueDeadLetter"]
+__all__ = ["LocalQueue", "AmqpQueue", "open_queue", "Lease", "QueueMessage", "QueueDeadLetter"]
 
 Body = Union[str, bytes]
 
@@ -98,30 +101,28 @@ def _count(name: str, value: Any) -> int:
 
 
 Acked = Union[Lease, QueueMessage, Iterable[QueueMessage]]
+_Self = TypeVar("_Self", bound="_Queue")
+_CoreQueue = Union[_core.LocalQueue, _core.AmqpQueue]
 
 
-class LocalQueue:
-    """A durable queue in the SQLite file at ``path`` (created whole when missing).
+class _Queue:
+    """The methods of the queue interface, the same on every backend."""
 
-    A damaged file, or one that is not a queue, raises ``StateError`` naming it; bad arguments
-    raise ``ConfigError`` naming the argument.
-    """
+    _q: Optional[_CoreQueue] = None
+    max_deliveries: int
 
-    def __init__(self, path: Union[str, os.PathLike[str]], max_deliveries: int = 5):
-        if not isinstance(path, (str, os.PathLike)):
-            raise errors.ConfigError(f"path: {path!r} is not valid; expected a file path")
-        self.path = os.fspath(path)
-        self.max_deliveries = _count("max_deliveries", max_deliveries)
-        self._q: Optional[_core.LocalQueue] = _core.LocalQueue(self.path, self.max_deliveries)
+    def _closed_message(self) -> str:
+        raise NotImplementedError
 
-    def _open(self) -> _core.LocalQueue:
+    def _open(self) -> _CoreQueue:
         if self._q is None:
-            raise errors.StateError(f"queue file {self.path} is closed")
+            raise errors.StateError(self._closed_message())
         return self._q
 
     def put(self, items: Union[Body, Iterable[Body]]) -> int:
-        """Puts one item or many (str or bytes), all in one transaction: when it returns they are
-        on disk. Returns how many were put."""
+        """Puts one item or many (str or bytes): when it returns they are durable (LocalQueue: on
+        disk, all in one transaction; AmqpQueue: confirmed by the broker, each). Returns how many
+        were put."""
         batch: List[Body] = [items] if isinstance(items, (str, bytes)) else list(items)
         for i, item in enumerate(batch):
             if not isinstance(item, (str, bytes)):
@@ -172,18 +173,86 @@ class LocalQueue:
         return dict(self._open().stats())
 
     def close(self) -> None:
-        """Closes the file; later calls raise ``StateError``. Closing twice is harmless."""
+        """Closes the file or the connection; later calls raise ``StateError``. Closing twice is
+        harmless."""
         if self._q is not None:
             self._q.close()
             self._q = None
 
-    def __enter__(self) -> LocalQueue:
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
                  tb: Optional[TracebackType]) -> None:
         self.close()
 
+
+class LocalQueue(_Queue):
+    """A durable queue in the SQLite file at ``path`` (created whole when missing).
+
+    A damaged file, or one that is not a queue, raises ``StateError`` naming it; bad arguments
+    raise ``ConfigError`` naming the argument.
+    """
+
+    def __init__(self, path: Union[str, os.PathLike[str]], max_deliveries: int = 5):
+        if not isinstance(path, (str, os.PathLike)):
+            raise errors.ConfigError(f"path: {path!r} is not valid; expected a file path")
+        self.path = os.fspath(path)
+        self.max_deliveries = _count("max_deliveries", max_deliveries)
+        self._q = _core.LocalQueue(self.path, self.max_deliveries)
+
+    def _closed_message(self) -> str:
+        return f"queue file {self.path} is closed"
+
     def __repr__(self) -> str:
         state = "closed" if self._q is None else "open"
         return f"<LocalQueue {self.path!r} max_deliveries={self.max_deliveries} ({state})>"
+
+
+class AmqpQueue(_Queue):
+    """A durable queue named ``name`` on the RabbitMQ broker at ``url`` (``amqp://`` or
+    ``amqps://user:password@host[:port]/[vhost]``), with LocalQueue's methods.
+
+    The constructor connects and declares the quorum queue ``name`` (``x-delivery-limit`` =
+    ``max_deliveries``), its dead letters ``name.dead`` and its delay queues; ``prefetch`` caps
+    the messages this client holds in live leases at once. A wrong URL raises ``InvalidURL``, an
+    unreachable broker ``ConnectError`` or ``TimeoutError`` (within ``connect_timeout``
+    seconds), refused credentials ``AccessRefused``, a queue declared before with other
+    arguments ``ConfigError``: each names the URL with the password masked.
+    """
+
+    def __init__(self, url: str, name: str, *, max_deliveries: int = 5, prefetch: int = 100,
+                 connect_timeout: float = 10.0):
+        if not isinstance(url, str):
+            raise errors.ConfigError(f"url: a {type(url).__name__} is not valid; expected an amqp:// URL")
+        if not isinstance(name, str):
+            raise errors.ConfigError(f"name: {name!r} is not valid; expected the queue's name")
+        self.max_deliveries = _count("max_deliveries", max_deliveries)
+        self.prefetch = _count("prefetch", prefetch)
+        timeout_ms = _seconds("connect_timeout", connect_timeout, allow_zero=False)
+        self.name = name
+        self.url = _core.redact_url(url)  # the password masked: the raw URL stays in the core
+        self._q = _core.AmqpQueue(url, name, self.max_deliveries, self.prefetch, timeout_ms)
+
+    def _closed_message(self) -> str:
+        return f"{self.url}: queue {self.name} is closed"
+
+    def __repr__(self) -> str:
+        state = "closed" if self._q is None else "open"
+        return (f"<AmqpQueue {self.name!r} on {self.url} max_deliveries={self.max_deliveries} "
+                f"prefetch={self.prefetch} ({state})>")
+
+
+def open_queue(url_or_path: Union[str, os.PathLike[str]], name: Optional[str] = None,
+               **kw: Any) -> Union[LocalQueue, AmqpQueue]:
+    """An ``AmqpQueue`` for an ``amqp://`` or ``amqps://`` URL (``name`` is then required), a
+    ``LocalQueue`` for a file path (one file is one queue: no ``name``). ``kw`` goes to the
+    constructor."""
+    if isinstance(url_or_path, str) and url_or_path.startswith(("amqp://", "amqps://")):
+        if name is None:
+            raise errors.ConfigError("name: required for a broker URL; expected the queue's name")
+        return AmqpQueue(url_or_path, name, **kw)
+    if name is not None:
+        raise errors.ConfigError(f"name: {name!r} is not valid for a queue file (one file is one "
+                                 "queue); pass only the path, or an amqp:// URL")
+    return LocalQueue(url_or_path, **kw)

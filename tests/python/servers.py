@@ -3,6 +3,7 @@ their data in a temp dir, stopped (and restarted) by PID, never by name.
 
     with RabbitMQ(tmp_path) as broker:       # broker.url == "amqp://guest:guest@127.0.0.1:PORT/"
         broker.restart()                     # SIGTERM by PID, start again on the same ports and data
+        broker.kill(); broker.start()        # SIGKILL to the Erlang VM itself, then boot again
     with Redis(tmp_path) as redis:           # redis.url == "redis://127.0.0.1:PORT/0"
         redis.stop(); redis.start()
 
@@ -206,6 +207,34 @@ class RabbitMQ(_Server):
                 time.sleep(0.02)
         super().start()
 
+    def kill(self) -> None:
+        """SIGKILL to the broker itself. The Debian script runs the Erlang VM as its own child
+        and only forwards catchable signals, so killing the script alone would leave the broker
+        running: the VM's PID comes from the pid file the broker writes at boot."""
+        beam = None
+        try:
+            beam = int((self.dir / "rabbitmq.pid").read_text().strip())
+        except (OSError, ValueError):
+            pass
+        if beam is not None and self.proc is not None and self.proc.poll() is None:
+            try:
+                os.kill(beam, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 30
+            while _alive(beam) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        super().kill()
+
     def close(self) -> None:
         self.stop()
         _stop(self.epmd)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process that is not our child still runs (a zombie awaiting its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

@@ -42,6 +42,7 @@ CODE_TABLE = {
     "rate_limited": (errors.Throttled, None),
     "circuit_open": (errors.CircuitOpen, ConnectionError),
     "retry_deadline": (errors.RetryDeadlineExceeded, builtins.TimeoutError),
+    "access_refused": (errors.AccessRefused, PermissionError),
     "state_error": (errors.StateError, None),
     "internal": (errors.InternalError, RuntimeError),
 }

@@ -36,6 +36,7 @@ enum class errc {
   rate_limited,        // a limit would make the call wait longer than allowed, or 429s outlasted retries
   circuit_open,        // the host's circuit breaker is open: the call was not sent
   retry_deadline,      // the retry deadline passed before an attempt succeeded
+  access_refused,      // a server (a message broker) refused the credentials, the vhost or a permission
   // store, queue
   state_error,         // a state or queue file cannot be opened, read or written, or is damaged
   internal,            // a bug: reported, never swallowed (stays last: see kErrcCount)
