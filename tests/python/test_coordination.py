@@ -255,14 +255,14 @@ def test_a_closed_port_is_a_connect_error_naming_the_url(closed_port):
     assert f"redis://:***@127.0.0.1:{closed_port}/0" in str(e.value) and "hunter2" not in str(e.value)
 
 
-def test_a_wrong_password_is_a_connect_error_without_the_password(tmp_path):
+def test_a_wrong_password_is_access_refused_without_the_password(tmp_path):
     with Redis(tmp_path, password="right-one") as server:
         good = isthmus.Coordination(server.url)
         assert "right-one" not in repr(good) and "***" in repr(good)
         bad = f"redis://:wrong-one@127.0.0.1:{server.port}/0"
-        with pytest.raises(isthmus.ConnectError) as e:
+        with pytest.raises(isthmus.AccessRefused) as e:
             isthmus.Coordination(bad, connect_timeout=2)
         assert "wrong-one" not in str(e.value) and f"redis://:***@127.0.0.1:{server.port}/0" in str(e.value)
         assert "credentials" in str(e.value)
-        with pytest.raises(isthmus.ConnectError, match="NOAUTH"):
+        with pytest.raises(isthmus.AccessRefused, match="NOAUTH"):
             isthmus.Coordination(f"redis://127.0.0.1:{server.port}/0", connect_timeout=2)

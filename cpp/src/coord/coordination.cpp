@@ -141,15 +141,20 @@ class Coordination::Impl {
     }
     redisSetTimeout(c.get(), to_timeval(o.connect_timeout));
     redisEnableKeepAlive(c.get());
-    auto check = [&](std::vector<std::string> argv, const char* what) -> std::error_code {
+    // A refusal of the credentials is access_refused, as the broker's is: the same class
+    // (AccessRefused) whichever server of the scale-out said no.
+    auto check = [&](std::vector<std::string> argv, const char* what,
+                     errc refused = errc::connect_failed) -> std::error_code {
       Reply r = run_argv(c.get(), argv);
       if (!r) {
         last_error = c->errstr;
         return make_error_code(timed_out(c.get()) ? errc::timeout : errc::connect_failed);
       }
       if (r->type == REDIS_REPLY_ERROR) {
-        last_error = std::string(what) + ": " + printable(std::string_view(r->str, r->len));
-        return make_error_code(errc::connect_failed);
+        const std::string_view reason(r->str, r->len);
+        last_error = std::string(what) + ": " + printable(reason);
+        const bool unauthenticated = reason.rfind("NOAUTH", 0) == 0 || reason.rfind("WRONGPASS", 0) == 0;
+        return make_error_code(unauthenticated ? errc::access_refused : refused);
       }
       return {};
     };
@@ -157,7 +162,7 @@ class Coordination::Impl {
       std::vector<std::string> auth{"AUTH"};
       if (!url.username.empty()) auth.push_back(url.username);
       auth.push_back(url.password);
-      if (auto ec = check(std::move(auth), "the server refused the credentials")) return ec;
+      if (auto ec = check(std::move(auth), "the server refused the credentials", errc::access_refused)) return ec;
     }
     if (url.db != 0)
       if (auto ec = check({"SELECT", std::to_string(url.db)}, "cannot select the database")) return ec;
