@@ -287,6 +287,10 @@ class CompletionQueue {
 
 }  // namespace
 
+std::shared_ptr<http::Transport> transport_of(const py::object& client) {
+  return client.cast<HttpClient&>().transport;
+}
+
 void bind_http(py::module_& m) {
   m.def("redact_url", [](const std::string& url) { return http::redact_url(url); },
         "The URL with a password and secret-looking query values replaced by ***.");

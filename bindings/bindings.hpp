@@ -7,6 +7,10 @@
 
 #include "isthmus/http/client.hpp"
 
+namespace isthmus::pipeline {
+class PageReader;
+}
+
 namespace isthmus::bindings {
 
 void register_exceptions(pybind11::module_& m);
@@ -23,5 +27,13 @@ void bind_json(pybind11::module_& m);
 std::shared_ptr<http::Transport> govern(std::shared_ptr<http::Transport> inner,
                                         const pybind11::object& governor,
                                         const pybind11::object& retry, const pybind11::object& key);
+
+// bind_http.cpp: the transport an isthmus._core.HttpClient sends through (its auth, limits and
+// retries), for readers in the core that send on the client's behalf.
+std::shared_ptr<http::Transport> transport_of(const pybind11::object& client);
+
+// bind_pipeline.cpp: the C++ reader behind an isthmus._core.PageReader, for a consumer in the
+// core that takes its pages without building Python objects.
+pipeline::PageReader& page_reader_of(const pybind11::object& reader);
 
 }  // namespace isthmus::bindings
