@@ -398,14 +398,17 @@ py::list record_keys(const py::list& records, const std::vector<std::string>& pa
 // -- the page reader -----------------------------------------------------------------------
 
 // A spec value as JSON text (the reader's steps are JSON, so checkpoints keep their shape).
+// The functions are kept for the process's life on purpose: a static py::object would be
+// released after the interpreter has finalized.
 std::string to_json(const py::handle& value) {
-  static py::object dumps = py::module_::import("json").attr("dumps");
-  return dumps(value, py::arg("default") = py::module_::import("builtins").attr("str")).cast<std::string>();
+  static auto* dumps = new py::object(py::module_::import("json").attr("dumps"));
+  static auto* str = new py::object(py::module_::import("builtins").attr("str"));
+  return (*dumps)(value, py::arg("default") = *str).cast<std::string>();
 }
 
 py::object from_json(const std::string& text) {
-  static py::object loads = py::module_::import("json").attr("loads");
-  return loads(py::str(text));
+  static auto* loads = new py::object(py::module_::import("json").attr("loads"));
+  return (*loads)(py::str(text));
 }
 
 template <class T>
@@ -515,17 +518,19 @@ class PyPageReader {
     if (r == Next::end) return py::none();
     if (r == Next::failed) raise_read_error(reader_->error());
     py::object records = py::none();
-    if (body && c.page) {
+    if (c.done) {
+      records = py::list();
+    } else if (body || !c.page) {
+      // The raw page, for a caller that parses it (parser="python", or a page with a number
+      // the core cannot hold).
       records = py::bytes(c.response.body.data(), c.response.body.size());
-    } else if (c.page) {
+    } else {
       PyBuilder builder;
       {
         GcPause pause;
         c.page->visit_records(records_path_, builder);
       }
       records = builder.take();
-    } else {
-      records = py::list();
     }
     py::object after = c.after.empty() ? py::none() : from_json(c.after);
     py::object units = c.units ? py::object(py::make_tuple(c.units->first, c.units->second)) : py::none();
@@ -583,6 +588,18 @@ class PyPageReader {
                             (attempts > 1 ? " after " + std::to_string(attempts) + " attempts" : "") + ": " +
                             excerpt;
       exc = errors.attr("pipeline_error")(message, cause);
+    } else if (e.kind == Kind::malformed) {
+      // Python's parser says where (line and column) the page stops being JSON.
+      std::string detail;
+      try {
+        py::module_::import("json").attr("loads")(py::bytes(e.response.body));
+      } catch (py::error_already_set& bad) {
+        if (!bad.matches(PyExc_ValueError)) throw;
+        detail = py::str(bad.value()).cast<std::string>();
+      }
+      std::string message = e.message;
+      if (!detail.empty()) message = message.substr(0, message.find(" times: ") + 8) + detail;
+      exc = errors.attr("PipelineError")(message);
     } else {
       exc = errors.attr("PipelineError")(e.message);
     }
@@ -622,7 +639,8 @@ void bind_pipeline(py::module_& m) {
       .def(py::init<const py::object&, const py::dict&>(), py::arg("client"), py::arg("spec"))
       .def("next", &PyPageReader::next, py::arg("timeout") = py::none(), py::arg("body") = false,
            "The next page as (partition, records, after, units, total, done), None at the end; "
-           "raises the error that stopped the read.")
+           "raises the error that stopped the read. records is a list, or the page's bytes with "
+           "body=True or when the core cannot hold a number in it.")
       .def("counts", &PyPageReader::counts, "requests, status_429, retries, bytes_in, wait_seconds so far.")
       .def("close", &PyPageReader::close, "Cancels what is in flight; next() then returns None.");
 }

@@ -168,7 +168,9 @@ std::string Page::shape() const {
   const element root = impl_->root;
   if (root.is_object()) {
     std::vector<std::string_view> keys;
-    for (auto field : root.get_object().value_unsafe()) keys.push_back(field.key);
+    // A copy of the object first: iterating the temporary result would outlive it.
+    const auto object = root.get_object().value_unsafe();
+    for (auto field : object) keys.push_back(field.key);
     std::sort(keys.begin(), keys.end());
     keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
     std::string out = "top-level keys: ";

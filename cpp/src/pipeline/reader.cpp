@@ -54,6 +54,61 @@ std::string encode_params(const json& params) {
 
 bool success(int status) { return status >= 200 && status < 300; }
 
+// A scalar field of a page, as text (the paginator's cursor, next URL or total).
+using Fields = std::function<std::optional<std::string>(const std::string&)>;
+
+// The tree parser's view of a dotted path, for the rare page only it can read: the path as a
+// JSON pointer, so nlohmann does the walking.
+nlohmann::json::json_pointer pointer(const std::string& path) {
+  std::string out;
+  std::size_t at = 0;
+  while (!path.empty() && at <= path.size()) {
+    const std::size_t dot = std::min(path.find('.', at), path.size());
+    out += '/';
+    for (char c : path.substr(at, dot - at)) out += c == '~' ? "~0" : c == '/' ? "~1" : std::string(1, c);
+    at = dot + 1;
+  }
+  return nlohmann::json::json_pointer(out);
+}
+
+// A step that cannot index what it meets (a name into an array) means the path is absent.
+Page::Records tree_records(const nlohmann::json& doc, const std::string& path, std::size_t& count) {
+  try {
+    const auto ptr = pointer(path);
+    if (!doc.contains(ptr)) return Page::Records::missing;
+    const auto& at = doc.at(ptr);
+    if (!at.is_array()) return Page::Records::not_an_array;
+    count = at.size();
+    return Page::Records::ok;
+  } catch (const nlohmann::json::exception&) {
+    return Page::Records::missing;
+  }
+}
+
+std::optional<std::string> tree_text(const nlohmann::json& doc, const std::string& path) {
+  try {
+    const auto ptr = pointer(path);
+    if (!doc.contains(ptr)) return std::nullopt;
+    const auto& at = doc.at(ptr);
+    if (at.is_string()) return at.get<std::string>();
+    if (at.is_boolean()) return std::string(at.get<bool>() ? "true" : "false");
+    if (at.is_number()) return at.dump();
+  } catch (const nlohmann::json::exception&) {
+  }
+  return std::nullopt;
+}
+
+std::string tree_shape(const nlohmann::json& doc) {
+  if (!doc.is_object()) return std::string("the body is a JSON ") + (doc.is_array() ? "list" : "value");
+  std::string out = "top-level keys: ";
+  std::size_t n = 0;
+  for (const auto& [k, v] : doc.items()) {
+    if (n == 20) break;
+    out += (n++ ? ", " : "") + k;
+  }
+  return out;
+}
+
 std::uint64_t whole(const std::string& text) {
   // As Python's int(float(text)): "120", "120.0" and "1.2e2" all count 120 records.
   try {
@@ -126,9 +181,9 @@ class PageReader::Impl : public std::enable_shared_from_this<Impl> {
   void dispatch(std::vector<Send>& sends);
   void on_answer(const Send& s, std::uint64_t token, std::error_code ec, http::Response r);
   void fail(ReadError e);
-  void accept_sequential(std::size_t pi, const json& step, Chunk chunk, const Page& page,
+  void accept_sequential(std::size_t pi, const json& step, Chunk chunk, const Fields& text,
                          std::vector<Send>& sends);
-  void accept_range(std::size_t pi, std::uint64_t unit, Chunk chunk, const Page& page,
+  void accept_range(std::size_t pi, std::uint64_t unit, Chunk chunk, const Fields& text,
                     std::vector<Send>& sends);
 
   std::shared_ptr<http::Transport> transport_;
@@ -439,17 +494,33 @@ void PageReader::Impl::on_answer(const Send& s, std::uint64_t token, std::error_
   // Parsed here, on the I/O thread that got the answer, outside the reader's lock.
   std::string parse_error;
   std::shared_ptr<const Page> page(Page::parse(r.body, parse_error));
-  if (!page) {
-    if (s.attempt < o_.attempts) {
-      // A body damaged on the way (a proxy cutting it) is fetched again, like a 5xx.
-      std::vector<Send> again{{s.part, s.step, s.unit, s.attempt + 1}};
-      {
-        std::lock_guard lock(m_);
-        ++counts_.retries;
-        ++parts_[s.part].in_flight;
-      }
-      return dispatch(again);
+  Fields fields;
+  std::size_t count = 0;
+  Page::Records found = Page::Records::missing;
+  std::string shape;
+  nlohmann::json doc;  // only for a page the core's parser refuses but JSON allows
+  if (page) {
+    found = page->find_records(o_.records_path, count);
+    fields = [&page](const std::string& path) { return page->text(path); };
+    if (found != Page::Records::ok) shape = page->shape();
+  } else if (nlohmann::json::accept(r.body)) {
+    // Valid JSON the core cannot hold (an integer wider than 64 bits): the page goes to the
+    // consumer unparsed, its raw body to be read by a parser that can; the fields the
+    // paginator needs come from a slower tree parse.
+    doc = nlohmann::json::parse(r.body);
+    found = tree_records(doc, o_.records_path, count);
+    fields = [&doc](const std::string& path) { return tree_text(doc, path); };
+    if (found != Page::Records::ok) shape = tree_shape(doc);
+  } else if (s.attempt < o_.attempts) {
+    // A body damaged on the way (a proxy cutting it) is fetched again, like a 5xx.
+    std::vector<Send> again{{s.part, s.step, s.unit, s.attempt + 1}};
+    {
+      std::lock_guard lock(m_);
+      ++counts_.retries;
+      ++parts_[s.part].in_flight;
     }
+    return dispatch(again);
+  } else {
     ReadError e;
     e.kind = ReadError::Kind::malformed;
     e.url = where;
@@ -458,13 +529,11 @@ void PageReader::Impl::on_answer(const Send& s, std::uint64_t token, std::error_
     e.response = std::move(r);
     return fail(std::move(e));
   }
-  std::size_t count = 0;
-  const auto found = page->find_records(o_.records_path, count);
   if (found != Page::Records::ok) {
     ReadError e;
     e.kind = ReadError::Kind::records;
     e.url = where;
-    e.top_level = page->shape();
+    e.top_level = shape;
     e.message = o_.label + ": the records path '" + o_.records_path + "' " +
                 (found == Page::Records::missing ? "is missing" : "is not an array") + " in the page from GET " +
                 where + " (" + e.top_level + "); set records= to the path of the records array";
@@ -482,9 +551,9 @@ void PageReader::Impl::on_answer(const Send& s, std::uint64_t token, std::error_
     std::lock_guard lock(m_);
     if (failed_ || closed_ || parts_[s.part].fetch_done) return;
     if (o_.paginator.ranges()) {
-      accept_range(s.part, s.unit, std::move(chunk), *page, sends);
+      accept_range(s.part, s.unit, std::move(chunk), fields, sends);
     } else {
-      accept_sequential(s.part, s.step, std::move(chunk), *page, sends);
+      accept_sequential(s.part, s.step, std::move(chunk), fields, sends);
     }
     if (flush(s.part)) pump(s.part, sends);
     start_waiting(sends);
@@ -496,7 +565,7 @@ void PageReader::Impl::on_answer(const Send& s, std::uint64_t token, std::error_
 }
 
 // Called with m_ held: the page of a sequential paginator and the step after it.
-void PageReader::Impl::accept_sequential(std::size_t pi, const json& step, Chunk chunk, const Page& page,
+void PageReader::Impl::accept_sequential(std::size_t pi, const json& step, Chunk chunk, const Fields& text,
                                          std::vector<Send>& sends) {
   Part& p = parts_[pi];
   const auto& pg = o_.paginator;
@@ -504,8 +573,8 @@ void PageReader::Impl::accept_sequential(std::size_t pi, const json& step, Chunk
   json next;
   switch (pg.kind) {
     case PaginatorSpec::Kind::cursor: {
-      auto value = page.text(pg.cursor_path);
-      const bool more = pg.has_more_path.empty() || page.text(pg.has_more_path) != "false";
+      auto value = text(pg.cursor_path);
+      const bool more = pg.has_more_path.empty() || text(pg.has_more_path) != "false";
       if (value && !value->empty() && more) {
         next = json{{"url", step["url"]}, {"params", step["params"]}};
         next["params"][pg.param] = *value;
@@ -513,7 +582,7 @@ void PageReader::Impl::accept_sequential(std::size_t pi, const json& step, Chunk
       break;
     }
     case PaginatorSpec::Kind::next_url:
-      if (auto url = page.text(pg.next_path); url && !url->empty()) next = json{{"url", *url}, {"params", json::object()}};
+      if (auto url = text(pg.next_path); url && !url->empty()) next = json{{"url", *url}, {"params", json::object()}};
       break;
     case PaginatorSpec::Kind::link_header:
       if (auto url = http::find_link(chunk.response.headers, pg.rel)) next = json{{"url", *url}, {"params", json::object()}};
@@ -532,7 +601,7 @@ void PageReader::Impl::accept_sequential(std::size_t pi, const json& step, Chunk
 }
 
 // Called with m_ held: a page of an offset or page-number paginator, handed over in order.
-void PageReader::Impl::accept_range(std::size_t pi, std::uint64_t unit, Chunk chunk, const Page& page,
+void PageReader::Impl::accept_range(std::size_t pi, std::uint64_t unit, Chunk chunk, const Fields& text,
                                     std::vector<Send>& sends) {
   Part& p = parts_[pi];
   const auto& pg = o_.paginator;
@@ -540,7 +609,7 @@ void PageReader::Impl::accept_range(std::size_t pi, std::uint64_t unit, Chunk ch
   if (p.first) {
     p.first = false;
     if (!pg.total_path.empty()) {
-      if (auto t = page.text(pg.total_path)) {
+      if (auto t = text(pg.total_path)) {
         p.end = offset ? whole(*t) : static_cast<std::uint64_t>(pg.start) + whole(*t);
       }
     }

@@ -70,10 +70,12 @@ struct ReaderOptions {
 
 // One parsed page (or the end mark of a partition). A C++ consumer reads `page` directly
 // (records by visit_records(records_path, ...), fields by text()); `response` keeps the
-// status, headers and raw body of the answer.
+// status, headers and raw body of the answer. A page that is valid JSON the core's parser
+// cannot hold (an integer wider than 64 bits) comes with `page` null and `done` false: its
+// records are in `response.body`, for a parser that can read them.
 struct Chunk {
   std::size_t partition = 0;
-  std::shared_ptr<const Page> page;  // null on a done mark
+  std::shared_ptr<const Page> page;  // null on a done mark and on an unparsed page
   std::size_t count = 0;             // records in the page
   http::Response response;
   std::string after;                 // sequential: the next step as JSON, "" = none
