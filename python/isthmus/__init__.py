@@ -12,18 +12,26 @@ from isthmus import _core
 from isthmus import auth as _auth
 from isthmus import errors as _errors
 from isthmus import http as _http
+from isthmus import incremental as _incremental
 from isthmus import limits as _limits
 from isthmus import mapping as _mapping
+from isthmus import paginators as _paginators
 from isthmus import pipeline as _pipeline
 from isthmus import sinks as _sinks
+from isthmus import source as _source
+from isthmus import stream as _stream
 from isthmus.auth import *  # noqa: F401,F403
 from isthmus.errors import *  # noqa: F401,F403
 from isthmus.http import *  # noqa: F401,F403
+from isthmus.incremental import *  # noqa: F401,F403
 from isthmus.limits import *  # noqa: F401,F403
 from isthmus.mapping import *  # noqa: F401,F403
+from isthmus.paginators import *  # noqa: F401,F403
 from isthmus.pipeline import *  # noqa: F401,F403
 from isthmus.sandbox import Sandbox
 from isthmus.sinks import *  # noqa: F401,F403
+from isthmus.source import *  # noqa: F401,F403
+from isthmus.stream import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
@@ -31,6 +39,10 @@ __all__ = [
     "__version__",
     "Sandbox",
     *_http.__all__,
+    *_source.__all__,
+    *_stream.__all__,
+    *_paginators.__all__,
+    *_incremental.__all__,
     *_pipeline.__all__,
     *_mapping.__all__,
     *_sinks.__all__,

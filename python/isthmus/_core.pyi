@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -206,6 +206,14 @@ class Limiter:
         ...
 def constant_time_equal(arg0: bytes, arg1: bytes) -> bool:
     ...
+def encode_query(params: collections.abc.Sequence[tuple[str, str]]) -> str:
+    """
+    name=value pairs joined by '&', percent-encoded as the signers expect (a space is %20, escapes in upper-case hex).
+    """
+def encode_url(url: str) -> str:
+    """
+    The URL as sent on the wire: non-ASCII and unsafe bytes of the path, query and fragment percent-encoded as UTF-8, existing %XX escapes kept.
+    """
 def find_link(values: collections.abc.Sequence[str], rel: str) -> str | None:
     """
     The target of the first link whose rel includes `rel`, across the values of Link header fields in order (RFC 8288); None when there is none.

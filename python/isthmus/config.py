@@ -53,21 +53,20 @@ from isthmus.auth import (
     TokenStore,
 )
 from isthmus.http import Client
+from isthmus.incremental import Incremental, TimeSlices
 from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
 from isthmus.mapping import FieldMap
-from isthmus.pipeline import (
+from isthmus.paginators import (
     CursorPaginator,
-    Incremental,
     LinkHeaderPaginator,
     NextUrlPaginator,
     OffsetPaginator,
     PageNumberPaginator,
-    Pipeline,
-    Stream,
-    TimeSlices,
 )
+from isthmus.pipeline import Pipeline
 from isthmus.sinks import CallableSink, HttpSink, JsonlSink, SqliteSink
 from isthmus.store import StateStore
+from isthmus.stream import Stream
 
 if TYPE_CHECKING:
     import jsonschema

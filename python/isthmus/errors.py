@@ -279,8 +279,13 @@ def pipeline_error(message: str, cause: BaseException) -> PipelineError:
     ``__cause__``."""
     if isinstance(cause, PipelineError):
         cls: type = type(cause)
+    elif issubclass(PipelineError, type(cause)):
+        cls = PipelineError  # already one (a RuntimeError, an Exception)
     else:
-        cls = _pipeline_class(type(cause))
+        try:
+            cls = _pipeline_class(type(cause))
+        except TypeError:  # a class that cannot be combined with PipelineError's bases
+            cls = PipelineError
     exc = cls.__new__(cls, message)
     BaseException.__init__(exc, message)
     exc.__dict__.update(getattr(cause, "__dict__", {}))

@@ -877,3 +877,34 @@ class AsyncClient(_ClientBase):
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()
+
+
+# -- the transport seam's view ---------------------------------------------------------------
+# Internal: what ``isthmus._transport`` (the one seam streams and sinks send through) needs of a
+# client and a response, so that nothing outside this module reaches into their private parts.
+# Not public API; other modules call ``isthmus._transport``, never these.
+
+def _retrying_view(client: Any, retry: "_limits.Retry") -> Any:
+    """Internal: ``client`` retrying by ``retry`` (see ``_ClientBase._with_retry``)."""
+    return client._with_retry(retry)
+
+
+def _exchange(client: Any, requests: list[Request], concurrency: int) -> list[Any]:
+    """Internal: the core's raw answers to ``requests`` sent by an open ``Client``, in order."""
+    client._check_open()
+    return client._exchange_many(requests, concurrency)
+
+
+def _raw_answer(response: Response) -> Any:
+    """Internal: the core's answer behind ``response`` (attempts, bytes, the body in place)."""
+    return response._raw
+
+
+def _body_unread(response: Response) -> bool:
+    """Internal: True while the body is still in the core (``content`` was never read)."""
+    return response._content is None
+
+
+def _redacted_excerpt(response: Response, limit: int) -> str:
+    """Internal: the start of the body as text, secret-looking JSON values masked."""
+    return response._redacted_excerpt(limit)

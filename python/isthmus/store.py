@@ -107,58 +107,6 @@ def _json_kind(value: Any) -> str:
             type(None): "null"}.get(type(value), "a number")
 
 
-def _position_problem(position: Any) -> Optional[str]:
-    """What is wrong with a pipeline checkpoint's position, or None. Positions are
-    ``{"partitions": {key: {"done": true} | {"inner": step}}}``, or from before partitions ran in
-    parallel ``{"partition": n, "inner": step}``; a step is ``{"unit": n}`` or ``{"url", "params"}``."""
-    def step_problem(step: Any, where: str) -> Optional[str]:
-        if step is None:
-            return None
-        if not isinstance(step, dict):
-            return f"{where} is {_json_kind(step)}, expected an object"
-        if "unit" in step and (isinstance(step["unit"], bool) or not isinstance(step["unit"], int)):
-            return f"{where}.unit is {_json_kind(step['unit'])}, expected an integer"
-        if step.get("url") is not None and not isinstance(step["url"], str):
-            return f"{where}.url is {_json_kind(step['url'])}, expected a string or null"
-        if "params" in step and not isinstance(step["params"], dict):
-            return f"{where}.params is {_json_kind(step['params'])}, expected an object"
-        return None
-
-    if position is None:
-        return None
-    if not isinstance(position, dict):
-        return f"is {_json_kind(position)}, expected an object"
-    if "partitions" in position:
-        parts = position["partitions"]
-        if not isinstance(parts, dict):
-            return f"partitions is {_json_kind(parts)}, expected an object"
-        for key, part in parts.items():
-            where = f"partitions[{key}]"
-            if not isinstance(part, dict):
-                return f"{where} is {_json_kind(part)}, expected an object"
-            if "done" in part and not isinstance(part["done"], bool):
-                return f"{where}.done is {_json_kind(part['done'])}, expected a boolean"
-            problem = step_problem(part.get("inner"), where + ".inner")
-            if problem:
-                return problem
-        return None
-    at = position.get("partition", 0)
-    if isinstance(at, bool) or not isinstance(at, int) or at < 0:
-        return f"partition is {_json_kind(at)} {at!r}, expected an integer >= 0"
-    return step_problem(position.get("inner"), "inner")
-
-
-def _incremental_problem(state: Any) -> Optional[str]:
-    if state is None:
-        return None
-    if not isinstance(state, dict):
-        return f"is {_json_kind(state)}, expected an object"
-    boundary = state.get("boundary", [])
-    if not isinstance(boundary, list) or not all(isinstance(p, list) and len(p) == 2 for p in boundary):
-        return "boundary is not an array of [key, value] pairs"
-    return None
-
-
 class StateStore:
     """One pipeline state file. Safe to read from another process (a notebook) while a run writes.
 
@@ -435,13 +383,24 @@ class StateStore:
                     log.warning("state %s: pipeline %r: checkpoint of %s now filed under %s (named explicitly)",
                                 self.path, pipeline, row[0], identity)
                 db.execute("UPDATE checkpoints SET identity = ? WHERE pipeline = ?", (identity, pipeline))
-        state = self.load(pipeline)
-        where = f"the checkpoint of pipeline {pipeline!r}"
-        for field, problem in (("position", _position_problem(state["position"])),
-                               ("incremental", _incremental_problem(state["incremental"]))):
-            if problem:
-                raise self._damaged(f"{where} ({field}) {problem}")
-        return state
+        return self.load(pipeline)
+
+    @staticmethod
+    def token(state: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The source's token a run resumes from, out of a checkpoint as ``load`` returns it.
+
+        The token is the ``position``. A file from before sources had tokens kept a stream's
+        incremental cursor in a column of its own: while that column is set it is folded into
+        the token here (under ``incremental``); the next commit, given ``incremental=None``,
+        clears it."""
+        token = state["position"]
+        if state["incremental"] is not None:
+            token = {**(token or {}), "incremental": state["incremental"]}
+        return token  # type: ignore[no-any-return]
+
+    def damaged_checkpoint(self, pipeline: str, problem: str) -> errors.StateError:
+        """The error for a checkpoint its source refuses (``problem`` says why), naming the file."""
+        return self._damaged(f"the checkpoint of pipeline {pipeline!r} {problem}")
 
     def identity(self, pipeline: str) -> Optional[str]:
         """The source the checkpoint of ``pipeline`` was saved by (None before its first run)."""

@@ -13,7 +13,7 @@ import types
 import pytest
 
 import isthmus
-from isthmus.pipeline import Page
+from isthmus.paginators import Page
 from isthmus.store import StateStore
 
 N = 1000

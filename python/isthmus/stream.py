@@ -1,0 +1,624 @@
+"""``Stream``: a paginated endpoint read as one stream of records, one ``isthmus.Source``.
+
+Pages are fetched on background threads (one per partition being read, the core doing the
+HTTP with the GIL released and retrying through the governor) into a small bounded queue;
+``read_batch`` hands them over on the caller's thread. A batch's token is where every
+partition resumes once that batch (and every one before it) is acknowledged, plus the
+incremental cursor's state, so a rerun after a crash resumes there and may resend a few
+records, never skip one.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import itertools
+import json
+import queue
+import threading
+import urllib.parse
+from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
+
+from isthmus import _core, _transport, errors
+from isthmus._transport import Counters, answered, as_stage_retry, governed, send, status_error
+from isthmus.http import _merge_url, redact_url
+from isthmus.incremental import Incremental, _IncrementalTracker
+from isthmus.paginators import OffsetPaginator, Page, Paginator, Step, _call_repr
+from isthmus.source import Batch, record_keys
+
+__all__ = ["Stream"]
+
+# Params that move through the data rather than select it; the paginator's own are added.
+_PAGING_PARAMS = frozenset({"cursor", "offset", "limit", "page", "per_page", "page_size", "pagesize",
+                            "starting_after", "ending_before", "page_token", "pagetoken", "next_page_token"})
+
+
+def _shown_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Params as a repr shows them: a value the core would redact in a URL's query is ``***``."""
+    return {k: "***" if _core.redact_url("http://h/?" + urllib.parse.urlencode({str(k): "v"})).endswith("=***") else v
+            for k, v in params.items()}
+
+
+class _MalformedPage(errors.PipelineError):
+    """A 2xx page whose JSON does not parse: fetched again before it stops the run."""
+
+
+# -- the stream ------------------------------------------------------------------------------
+
+class _Chunk:
+    """One page, parsed, with where its partition resumes once the sink has accepted it; or,
+    with ``done``, the mark that a partition has delivered its last page."""
+
+    __slots__ = ("records", "partition", "after", "units", "total", "done")
+
+    def __init__(self, records: List[Any], partition: int, after: Optional[Step], units: Optional[Tuple[int, int]],
+                 total: Optional[int], done: bool = False):
+        self.records, self.partition, self.after, self.units, self.total = records, partition, after, units, total
+        self.done = done
+
+
+# What the fetch threads hand the run: a chunk, the exception that stopped them, or None at the end.
+_Fetched = Union[_Chunk, BaseException, None]
+
+
+class _Reading:
+    """One run's reading of a stream: the fetch threads' queue, and where every partition
+    resumes after the batches handed over so far."""
+
+    __slots__ = ("positions", "inc_state", "tracker", "todo", "pages", "stop", "fetcher", "totals",
+                 "watermarks", "finished", "left", "left_keys", "left_before", "left_after", "token")
+
+    def __init__(self, positions: Dict[str, Dict[str, Any]], inc_state: Optional[Dict[str, Any]],
+                 tracker: Optional[_IncrementalTracker], todo: int, prefetch: int):
+        # Every partition's position: {"inner": where it resumes} or {"done": True}; a
+        # partition not in it starts from the beginning.
+        self.positions, self.inc_state, self.tracker, self.todo = positions, inc_state, tracker, todo
+        self.pages: queue.Queue[_Fetched] = queue.Queue(maxsize=prefetch)
+        self.stop = threading.Event()
+        self.fetcher: Optional[threading.Thread] = None
+        self.totals: Dict[int, int] = {}
+        self.watermarks: Dict[int, Any] = {}
+        self.finished = False
+        self.left: List[Any] = []  # the rest of a page longer than a batch
+        self.left_keys: List[str] = []
+        self.left_before: Optional[Dict[str, Any]] = None
+        self.left_after: Optional[Dict[str, Any]] = None
+        self.token = self._snapshot()
+
+    def advance(self, key: str, chunk: _Chunk) -> None:
+        """Moves the chunk's partition past it (or marks it done) and takes the new token."""
+        p = chunk.partition
+        if chunk.done or (chunk.units is None and chunk.after is None):
+            self.positions[key] = {"done": True}
+            self.watermarks.pop(p, None)
+        elif chunk.units is not None:
+            if p not in self.watermarks:
+                self.watermarks[p] = _core.Watermark(chunk.units[0])
+            self.positions[key] = {"inner": {"unit": self.watermarks[p].complete(*chunk.units)}}
+        else:
+            self.positions[key] = {"inner": chunk.after}
+        self.token = self._snapshot()
+
+    def _snapshot(self) -> Optional[Dict[str, Any]]:
+        # A copy per batch: the batch's token must not move with later pages. The incremental
+        # state stays the one this run started from until everything was read.
+        token: Optional[Dict[str, Any]] = {"partitions": dict(self.positions)} if self.positions else None
+        if self.inc_state is not None:
+            token = {**(token or {}), "incremental": self.inc_state}
+        return token
+
+
+def _partition_positions(position: Optional[Dict[str, Any]], keys: List[str]) -> Dict[str, Dict[str, Any]]:
+    """Each partition's saved position, by its key (the JSON of its params)."""
+    if not position:
+        return {}
+    if "partitions" in position:
+        return {k: dict(v) for k, v in position["partitions"].items()}
+    # Saved when partitions were read one after another: those before `partition` are done.
+    at = position.get("partition", 0)
+    out: Dict[str, Dict[str, Any]] = {k: {"done": True} for k in keys[:at]}
+    if at < len(keys) and position.get("inner") is not None:
+        out[keys[at]] = {"inner": position["inner"]}
+    return out
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            type(None): "null"}.get(type(value), "a number")
+
+
+def _token_problem(token: Any) -> Optional[str]:
+    """What is wrong with a stream's checkpoint token, or None. Tokens are
+    ``{"partitions": {key: {"done": true} | {"inner": step}}, "incremental": state}``, or from
+    before partitions ran in parallel ``{"partition": n, "inner": step}``; a step is
+    ``{"unit": n}`` or ``{"url", "params"}``; both parts are optional."""
+    def step_problem(step: Any, where: str) -> Optional[str]:
+        if step is None:
+            return None
+        if not isinstance(step, dict):
+            return f"{where} is {_json_kind(step)}, expected an object"
+        if "unit" in step and (isinstance(step["unit"], bool) or not isinstance(step["unit"], int)):
+            return f"{where}.unit is {_json_kind(step['unit'])}, expected an integer"
+        if step.get("url") is not None and not isinstance(step["url"], str):
+            return f"{where}.url is {_json_kind(step['url'])}, expected a string or null"
+        if "params" in step and not isinstance(step["params"], dict):
+            return f"{where}.params is {_json_kind(step['params'])}, expected an object"
+        return None
+
+    def incremental_problem(state: Any) -> Optional[str]:
+        if state is None:
+            return None
+        if not isinstance(state, dict):
+            return f"(incremental) is {_json_kind(state)}, expected an object"
+        boundary = state.get("boundary", [])
+        if not isinstance(boundary, list) or not all(isinstance(p, list) and len(p) == 2 for p in boundary):
+            return "(incremental) boundary is not an array of [key, value] pairs"
+        return None
+
+    if token is None:
+        return None
+    if not isinstance(token, dict):
+        return f"(position) is {_json_kind(token)}, expected an object"
+    problem = incremental_problem(token.get("incremental"))
+    if problem:
+        return problem
+    if "partitions" in token:
+        parts = token["partitions"]
+        if not isinstance(parts, dict):
+            return f"(position) partitions is {_json_kind(parts)}, expected an object"
+        for key, part in parts.items():
+            where = f"partitions[{key}]"
+            if not isinstance(part, dict):
+                return f"(position) {where} is {_json_kind(part)}, expected an object"
+            if "done" in part and not isinstance(part["done"], bool):
+                return f"(position) {where}.done is {_json_kind(part['done'])}, expected a boolean"
+            problem = step_problem(part.get("inner"), where + ".inner")
+            if problem:
+                return "(position) " + problem
+        return None
+    at = token.get("partition", 0)
+    if isinstance(at, bool) or not isinstance(at, int) or at < 0:
+        return f"(position) partition is {_json_kind(at)} {at!r}, expected an integer >= 0"
+    problem = step_problem(token.get("inner"), "inner")
+    return "(position) " + problem if problem else None
+
+
+class Stream:
+    """A paginated endpoint read as one stream of records::
+
+        Stream(client, "/v1/contacts", records="data", paginator=CursorPaginator(), params={"limit": 100})
+
+    - ``client``: the ``Client`` pages are fetched with (its auth, limits and retry apply).
+    - ``path``: the endpoint, relative to the client's base URL.
+    - ``records``: the dotted path of the records array in each page ("" for a bare array).
+    - ``paginator``: how to get the next page (``CursorPaginator``, ``OffsetPaginator``, ...);
+      None reads one page.
+    - ``params``: query params of every page.
+    - ``incremental``: an ``Incremental``, to read only what changed since the last run.
+    - ``partitions``: a list of extra params (or ``TimeSlices``), each read as its own
+      sub-stream, up to ``concurrency`` of them at once.
+    - ``key``: the dotted path of a record's identity (dead letters, idempotency keys, dedupe).
+    - ``retry``: the ``Retry`` pages are fetched with (default: the client's, else
+      ``Retry(attempts=attempts)``); ``attempts`` also bounds refetches of a malformed page.
+    - ``parser``: ``"core"`` (simdjson, the default) or ``"python"`` (``json.loads``).
+    - ``name``: the name checkpoints are filed under (default: from the path).
+    - ``prefetch``: pages fetched ahead of the mapping (a bounded queue).
+
+    A page answered with an error status raises a ``PipelineError`` that is also what
+    ``raise_for_status()`` raises (``AuthError`` for a 401 ...).
+    """
+
+    def __init__(self, client: Any, path: str, *, records: str = "data", paginator: Optional[Paginator] = None,
+                 params: Optional[Dict[str, Any]] = None, incremental: Optional[Incremental] = None,
+                 partitions: Optional[List[Dict[str, Any]]] = None, key: str = "id",
+                 attempts: int = 6, parser: str = "core", name: Optional[str] = None,
+                 concurrency: int = 4, retry: Any = None, prefetch: int = 8):
+        if paginator is not None and not isinstance(paginator, Paginator):
+            raise errors.ConfigError(f"paginator: {paginator!r} is not an isthmus.Paginator")
+        if parser not in ("core", "python"):
+            raise errors.ConfigError(f"parser: {parser!r} is not valid; expected 'core' or 'python'")
+        if partitions is not None and (not isinstance(partitions, list)
+                                       or not all(isinstance(p, dict) for p in partitions)):
+            raise errors.ConfigError(f"partitions: {partitions!r} is not valid; expected a list of dicts of params")
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise errors.ConfigError(f"attempts: {attempts!r} is not valid; expected an int >= 1")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise errors.ConfigError(f"concurrency: {concurrency!r} is not valid; expected an int >= 1")
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise errors.ConfigError(f"prefetch: {prefetch!r} is not valid; expected an int >= 1")
+        self.prefetch = prefetch
+        self.client, self.path, self.records_path = client, path, records
+        self.paginator = paginator
+        self.params = dict(params or {})
+        self.incremental = incremental
+        self.partitions = list(partitions or [{}])
+        # A partition's checkpoint is filed under its params, so a changed list never resumes
+        # one partition at another's position.
+        self.partition_keys = [json.dumps(p, sort_keys=True, default=str) for p in self.partitions]
+        for i, k in enumerate(self.partition_keys):
+            if self.partition_keys.index(k) != i:
+                raise errors.ConfigError(f"partitions[{i}]: {self.partitions[i]!r} repeats "
+                                         f"partitions[{self.partition_keys.index(k)}]; each must differ")
+        if incremental is not None:
+            for i, p in enumerate(self.partitions):
+                if incremental.param in p:
+                    raise errors.ConfigError(
+                        f"partitions[{i}]: sets {incremental.param!r}, which incremental= also sets; "
+                        "filter partitions by another param (e.g. TimeSlices(start_param=...))")
+        self.key = key
+        self._key_path = key.split(".")
+        self.attempts, self.parser = attempts, parser
+        self.concurrency = concurrency
+        self.retry = as_stage_retry(retry)
+        self._http: Any = None
+        self.name = name or path.strip("/").replace("/", "_")
+        # What a run reads (set by `open`): the network counts, and the record count once every
+        # partition's first page told it.
+        self.counters = Counters()
+        self.total: Optional[int] = None
+        self._run: Optional[_Reading] = None
+
+    def __repr__(self) -> str:
+        base = getattr(self.client, "base_url", None) or ""
+        shown: Dict[str, Any] = {"records": self.records_path, "paginator": self.paginator,
+                                 "params": _shown_params(self.params), "key": self.key}
+        if self.incremental is not None:
+            shown["incremental"] = self.incremental
+        if self.partitions != [{}]:
+            shown["partitions"] = len(self.partitions)  # a count: the list can be long
+        return _call_repr("Stream", shown, [redact_url(base + self.path)])
+
+    @property
+    def identity(self) -> str:
+        """Which data this stream reads, as a URL: the client's base URL, the path, and the params
+        that select records, sorted. Paging params (the paginator's, ``cursor``, ``offset``,
+        ``limit``, ``page``, ...) and the incremental cursor are left out, and the values of
+        secret-looking params (``api_key``, ``token``, ...) are masked as ``***``. A pipeline's
+        checkpoint is filed under it, so another source cannot resume from it."""
+        paging = set(_PAGING_PARAMS)
+        for attr in ("param", "size_param", "unit_param"):
+            name = getattr(self.paginator, attr, None)
+            if isinstance(name, str):
+                paging.add(name.lower())
+        if self.incremental is not None:
+            paging.add(self.incremental.param.lower())
+        given = getattr(self.client, "params", None) or {}
+        items = [*(given.items() if isinstance(given, dict) else given), *self.params.items()]
+        selecting = sorted((str(k), str(v)) for k, v in items if str(k).lower() not in paging)
+        url = _merge_url(getattr(self.client, "base_url", None), self.path)
+        # Encoded here, not as on the wire, so an identity saved today still matches after the
+        # client's query encoding changes.
+        query = urllib.parse.urlencode(selecting, quote_via=urllib.parse.quote)
+        if query:
+            url += ("&" if "?" in url else "?") + query
+        return redact_url(url)
+
+    def keys(self, records: List[Any]) -> List[str]:
+        """Each record's identity as text; a hash of its JSON when it has none."""
+        return record_keys(records, self._key_path)
+
+    # -- the Source protocol -------------------------------------------------------------------
+    def open(self, state: Optional[Dict[str, Any]]) -> None:
+        """Starts reading where ``state`` (a token of this stream's batches) says: each
+        partition's position and the incremental cursor; from the start when None. Raises
+        ``StateError`` for a token this stream cannot have written."""
+        problem = _token_problem(state)
+        if problem:
+            raise errors.StateError(problem)
+        self.close()
+        if self._http is None:
+            # The governor's Retry does the retrying.
+            self._http, _ = governed(self.client, self.retry, self.attempts)
+        inc_state = (state or {}).get("incremental")
+        tracker = _IncrementalTracker(self.incremental, inc_state) if self.incremental else None
+        inc_value = self.incremental.start_value(inc_state) if self.incremental else None
+        keys = self.partition_keys
+        positions = _partition_positions(state, keys)
+        todo = [(i, positions.get(k, {}).get("inner")) for i, k in enumerate(keys)
+                if not positions.get(k, {}).get("done")]
+        self.counters, self.total = Counters(), None
+        reading = _Reading(positions, inc_state, tracker, len(todo), self.prefetch)
+        reading.fetcher = threading.Thread(target=self._fetch,
+                                           args=(todo, inc_value, reading.pages, reading.stop, self.counters),
+                                           name=f"isthmus-fetch-{self.name}", daemon=True)
+        self._run = reading
+        reading.fetcher.start()
+
+    def read_batch(self, max_records: int, timeout: float) -> Optional[Batch]:
+        """The next page's records (split when longer than ``max_records``); an empty batch when
+        no page arrived within ``timeout`` seconds or a partition finished; None at the end."""
+        r = self._run
+        if r is None:
+            raise errors.PipelineError(f"Stream {self.path}: read_batch before open")
+        if r.left:
+            return self._piece(r, max_records)
+        if r.finished:
+            return None
+        try:
+            item = r.pages.get(timeout=timeout)
+        except queue.Empty:
+            return Batch([], [], r.token)
+        if item is None:
+            # Everything was read: the incremental cursor moves on with the last batch.
+            r.finished = True
+            final = None if r.tracker is None else {"incremental": r.tracker.state()}
+            return Batch([], [], final)
+        if isinstance(item, BaseException):
+            raise item
+        chunk: _Chunk = item
+        if chunk.total is not None:
+            r.totals[chunk.partition] = chunk.total
+            self.total = sum(r.totals.values()) if len(r.totals) == r.todo else None
+        records = chunk.records
+        rkeys = self.keys(records)
+        skipped = 0
+        if r.tracker is not None:
+            keep = [not r.tracker.skip(rec, k) for rec, k in zip(records, rkeys)]
+            if not all(keep):
+                skipped = keep.count(False)
+                records = [rec for rec, ok in zip(records, keep) if ok]
+                rkeys = [k for k, ok in zip(rkeys, keep) if ok]
+            r.tracker.observe(records, rkeys)
+        before = r.token
+        r.advance(self.partition_keys[chunk.partition], chunk)
+        if len(records) <= max_records:
+            return Batch(records, rkeys, r.token, skipped=skipped)
+        # Until its last piece is acknowledged, the page's partition resumes before it.
+        r.left, r.left_keys, r.left_before, r.left_after = records, rkeys, before, r.token
+        piece = self._piece(r, max_records)
+        piece.skipped = skipped
+        return piece
+
+    @staticmethod
+    def _piece(r: _Reading, n: int) -> Batch:
+        records, keys = r.left[:n], r.left_keys[:n]
+        del r.left[:n], r.left_keys[:n]
+        return Batch(records, keys, r.left_before if r.left else r.left_after)
+
+    def ack(self, batch: Batch) -> None:
+        """Nothing to let go of: the pipeline checkpoints the batch's token."""
+
+    def close(self) -> None:
+        """Stops the fetch threads of the run under way, if any."""
+        r, self._run = self._run, None
+        if r is not None:
+            r.stop.set()
+            if r.fetcher is not None and r.fetcher is not threading.current_thread():
+                r.fetcher.join(timeout=30)
+
+    # The fetch runs on background threads and puts _Chunks (or an exception) on `out`.
+    def _fetch(self, todo: List[Tuple[int, Any]], inc_value: Any, out: queue.Queue[_Fetched],
+               stop: threading.Event, counters: Counters) -> None:
+        """Reads the partitions in ``todo`` (index, where to resume) on up to ``concurrency``
+        threads. A partition's chunks arrive in order, then its done mark; after all of them
+        None, or the first exception instead."""
+        pending = list(reversed(todo))
+        lock = threading.Lock()
+        failed = threading.Event()
+
+        def work() -> None:
+            try:
+                while not (stop.is_set() or failed.is_set()):
+                    with lock:
+                        if not pending:
+                            return
+                        p, inner = pending.pop()
+                    self._fetch_partition(p, inner, inc_value, out, stop, counters)
+                    if not stop.is_set():
+                        self._put(out, _Chunk([], p, None, None, None, done=True), stop)
+            except BaseException as exc:  # handed to the caller's thread, raised there
+                failed.set()
+                self._put(out, exc, stop)
+
+        helpers = [threading.Thread(target=work, name=f"isthmus-fetch-{self.name}-{i + 1}", daemon=True)
+                   for i in range(min(self.concurrency, len(todo)) - 1)]
+        for t in helpers:
+            t.start()
+        work()
+        for t in helpers:
+            t.join()
+        if not failed.is_set():
+            self._put(out, None, stop)
+
+    def _fetch_partition(self, p: int, inner: Any, inc_value: Any, out: queue.Queue[_Fetched],
+                         stop: threading.Event, counters: Counters) -> None:
+        base: Step = {"url": None, "params": {**self.params, **self.partitions[p]}}
+        if self.incremental is not None and inc_value is not None:
+            base["params"][self.incremental.param] = inc_value
+        # Partitions page at the same time: each gets its own copy of the paginator.
+        paginator = copy.copy(self.paginator)
+        if paginator is not None and paginator.parallel:
+            self._fetch_ranges(paginator, p, base, inner, out, stop, counters)
+        else:
+            self._fetch_sequential(paginator, p, base, inner, out, stop, counters)
+
+    @staticmethod
+    def _put(out: queue.Queue[_Fetched], item: Any, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _request(self, step: Step) -> Any:
+        return self.client.build_request("GET", step["url"] or self.path, params=step["params"] or None)
+
+    def _get_pages(self, paginator: Optional[Paginator], steps: List[Step], counters: Counters,
+                   concurrency: int) -> List[Page]:
+        reqs = [self._request(s) for s in steps]
+        wanted = paginator.fields() if paginator else []
+        pages: List[Optional[Page]] = [None] * len(steps)
+        todo = list(range(len(steps)))
+        for attempt in range(1, self.attempts + 1):
+            answers = answered(send(self._http, [reqs[i] for i in todo], counters, concurrency))
+            damaged = []
+            for i, resp in zip(todo, answers):
+                self._check_status(resp)
+                try:
+                    pages[i] = self._parse(steps[i], resp, wanted)
+                except _MalformedPage:
+                    # A body damaged on the way (a gateway or proxy cutting it) is fetched again,
+                    # like a 5xx; only a page that stays malformed stops the run.
+                    if attempt == self.attempts:
+                        raise
+                    damaged.append(i)
+            if not damaged:
+                break
+            counters.add_retries(len(damaged))
+            todo = damaged
+        return pages  # type: ignore[return-value]
+
+    def _check_status(self, resp: Any) -> None:
+        """Raises for an answer that is not a 2xx (the governor has retried it): a PipelineError
+        that is also what ``raise_for_status`` raises (``AuthError`` for a 401 ...)."""
+        if not 200 <= resp.status_code < 300:
+            raise errors.pipeline_error(
+                f"Stream {self.path}: GET {redact_url(resp.request.url)} answered {resp.status_code} "
+                f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
+                + f": {_transport.excerpt(resp, 300)}", status_error(resp))
+
+    def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int],
+                        counters: Counters) -> Generator[Tuple[int, Page], None, None]:
+        """Pages of a range paginator, in order, with ``pag.window`` requests in flight all the
+        time: the next requests go out while this thread parses and hands over a page. Closing
+        the iterator cancels what is still in flight."""
+        wanted = pag.fields()
+        # Units sent and not yet handed over, oldest first: answers come back in this order.
+        sent: collections.deque[int] = collections.deque()
+
+        def requests() -> Iterator[Any]:
+            for u in units:
+                sent.append(u)
+                yield self._request(pag.step(base, u))
+
+        answers = self._http.iter_many(requests(), concurrency=pag.window, chunk_size=2 * pag.window,
+                                       return_exceptions=True)
+        try:
+            for resp in answers:
+                u = sent.popleft()
+                if isinstance(resp, Exception):
+                    raise resp
+                counters.count_response(resp)
+                self._check_status(resp)
+                try:
+                    page = self._parse(pag.step(base, u), resp, wanted)
+                except _MalformedPage:
+                    # Damaged on the way: fetched again on its own, up to `attempts` times in all.
+                    counters.add_retries(1)
+                    page = self._get_pages(pag, [pag.step(base, u)], counters, 1)[0]
+                yield u, page
+        finally:
+            answers.close()
+
+    def _parse(self, step: Step, resp: Any, wanted: List[str]) -> Page:
+        raw = _transport.unread_body(resp) if self.parser == "core" else None
+        if raw is not None:
+            status, records, values = _core.parse_page(raw, self.records_path, wanted)
+            if status.startswith("invalid:"):
+                # Python's parser names the line and column, and reads the rare page the core
+                # refuses but JSON allows (an integer wider than 64 bits).
+                status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
+        else:
+            status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
+        where = f"GET {_core.redact_url(resp.request.url)}"  # a key may travel in the query
+        if status.startswith("invalid:"):
+            raise _MalformedPage(f"Stream {self.path}: {where} returned malformed JSON "
+                                 f"{self.attempts} times: {status[8:]}")
+        if status != "ok":
+            shape = _describe_top(resp)
+            what = "is missing" if status == "missing" else "is not an array"
+            raise errors.PipelineError(
+                f"Stream {self.path}: the records path {self.records_path!r} {what} in the page from {where} "
+                f"({shape}); set records= to the path of the records array")
+        return Page(records, dict(zip(wanted, values)), resp, step)
+
+    def _fetch_sequential(self, paginator: Optional[Paginator], partition: int, base: Step, inner: Optional[Step],
+                          out: queue.Queue[_Fetched], stop: threading.Event, counters: Counters) -> None:
+        step: Optional[Step] = inner or base
+        seen: Set[str] = set()
+        n = 0
+        while step is not None and not stop.is_set():
+            fingerprint = json.dumps(step, sort_keys=True)
+            if fingerprint in seen:
+                raise errors.PipelineError(
+                    f"Stream {self.path}: the paginator loops: page {n + 1} would fetch {step!r} again "
+                    f"(already fetched in this run); the API returned the same cursor twice")
+            seen.add(fingerprint)
+            page = self._get_pages(paginator, [step], counters, 1)[0]
+            n += 1
+            nxt = paginator.next(page) if paginator is not None else None
+            if nxt is not None and not page.records:
+                nxt = None  # an empty page with a cursor: nothing more will come
+            self._put(out, _Chunk(page.records, partition, nxt, None, None), stop)
+            step = nxt
+
+    def _fetch_ranges(self, pag: Any, partition: int, base: Step, inner: Optional[Dict[str, Any]],
+                      out: queue.Queue[_Fetched], stop: threading.Event, counters: Counters) -> None:
+        unit = inner["unit"] if inner else pag.start
+        per = pag.units_per_page()
+        first = self._get_pages(pag, [pag.step(base, unit)], counters, 1)[0]
+        end = pag.end_unit(first.fields.get(pag.total)) if pag.total else None
+        n = len(first.records)
+        if isinstance(pag, OffsetPaginator) and 0 < n < per and (end is None or unit + n < end):
+            # The server clamped the page size (or this is the last page): step by what it
+            # really serves, so no offset is skipped; an empty page then ends the stream.
+            per = n
+        total_records = None
+        if end is not None:
+            total_records = (end - unit) if isinstance(pag, OffsetPaginator) else (end - unit) * max(n, 1)
+        self._put(out, _Chunk(first.records, partition, None, (unit, unit + per), total_records), stop)
+        if n == 0:
+            return
+        units = itertools.count(unit + per, per) if end is None else iter(range(unit + per, end, per))
+        pages = self._pages_in_order(pag, base, units, counters)
+        try:
+            for u, page in pages:
+                if stop.is_set():
+                    return
+                if end is None and not page.records:
+                    return  # without a total, the first empty page ends the stream
+                self._put(out, _Chunk(page.records, partition, None, (u, u + per), None), stop)
+        finally:
+            pages.close()
+
+
+def _parse_in_python(body: bytes, path: str, wanted: List[str]) -> Tuple[str, Any, List[Optional[str]]]:
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        return "invalid:" + str(exc), None, []
+
+    def walk(p: str) -> Any:
+        at = doc
+        for step in p.split(".") if p else []:
+            if isinstance(at, dict):
+                at = at.get(step)
+            elif isinstance(at, list) and step.isdigit() and int(step) < len(at):
+                at = at[int(step)]
+            else:
+                return None
+        return at
+
+    def text(v: Any) -> Optional[str]:
+        if v is None or isinstance(v, (dict, list)):
+            return None
+        return ("true" if v else "false") if isinstance(v, bool) else str(v)
+
+    values = [text(walk(f)) for f in wanted]
+    records = walk(path)
+    if records is None:
+        return "missing", None, values
+    if not isinstance(records, list):
+        return "not_an_array", None, values
+    return "ok", records, values
+
+
+def _describe_top(resp: Any) -> str:
+    try:
+        doc = json.loads(resp.content)
+    except ValueError:
+        return "the body is not JSON"
+    if isinstance(doc, dict):
+        return "top-level keys: " + ", ".join(sorted(doc)[:20])
+    return f"the body is a JSON {type(doc).__name__}"
