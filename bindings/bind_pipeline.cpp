@@ -488,7 +488,8 @@ class PyPageReader {
     reader_.reset();
   }
 
-  // (partition, records, after, units, total, done); None once every partition is read.
+  // (partition, records, after, units, total, done); None once every partition is read;
+  // False when `timeout` seconds passed without a page.
   // With body=True the records slot holds the page's raw bytes instead (parsed by the caller).
   py::object next(const py::object& timeout, bool body) {
     using Next = pipeline::PageReader::Next;
@@ -508,11 +509,8 @@ class PyPageReader {
       if (r != Next::timeout) break;
       if (PyErr_CheckSignals() != 0) throw py::error_already_set();
       if (!forever) {
-        left -= slice;
-        if (left.count() <= 0) {
-          PyErr_SetString(PyExc_TimeoutError, "no page arrived in time");
-          throw py::error_already_set();
-        }
+        left -= std::max(slice, std::chrono::milliseconds(1));
+        if (left.count() <= 0) return py::bool_(false);
       }
     }
     if (r == Next::end) return py::none();
@@ -638,7 +636,8 @@ void bind_pipeline(py::module_& m) {
                            "The core's fetch loop of a paginated stream; isthmus.Stream reads through it.")
       .def(py::init<const py::object&, const py::dict&>(), py::arg("client"), py::arg("spec"))
       .def("next", &PyPageReader::next, py::arg("timeout") = py::none(), py::arg("body") = false,
-           "The next page as (partition, records, after, units, total, done), None at the end; "
+           "The next page as (partition, records, after, units, total, done), None at the end, "
+           "False when timeout seconds passed first; "
            "raises the error that stopped the read. records is a list, or the page's bytes with "
            "body=True or when the core cannot hold a number in it.")
       .def("counts", &PyPageReader::counts, "requests, status_429, retries, bytes_in, wait_seconds so far.")

@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpClient', 'JwtAssertion', 'Limiter', 'OAuth2', 'PageReader', 'Response', 'SandboxServer', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'find_link', 'generate_token_key', 'hmac', 'json_dumps', 'json_lines', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'random_token', 'record_keys', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -181,6 +181,24 @@ class Watermark:
     @property
     def value(self) -> int:
         ...
+class PageReader:
+    """
+    The core's fetch loop of a paginated stream; isthmus.Stream reads through it.
+    """
+    def __init__(self, client: typing.Any, spec: dict) -> None:
+        ...
+    def close(self) -> None:
+        """
+        Cancels what is in flight; next() then returns None.
+        """
+    def counts(self) -> dict:
+        """
+        requests, status_429, retries, bytes_in, wait_seconds so far.
+        """
+    def next(self, timeout: typing.Any = None, body: bool = False) -> typing.Any:
+        """
+        The next page as (partition, records, after, units, total, done), None at the end, False when timeout seconds passed first; raises the error that stopped the read. records is a list, or the page's bytes with body=True or when the core cannot hold a number in it.
+        """
 class Limiter:
     """
     A limiter shared by the clients given it; isthmus.Limiter wraps it.

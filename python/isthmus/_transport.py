@@ -8,7 +8,7 @@ interface. Internal: not public API.
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from isthmus import errors
 from isthmus import http as _http
@@ -19,7 +19,7 @@ from isthmus.limits import Retry, as_retry
 class Counters:
     """What a run reports about the network: requests, 429s, retries, bytes, time held back.
 
-    Several fetch threads count at once, so counting goes through ``count`` (under a lock).
+    A sink and the core's reader count into it from different threads, so under a lock.
     """
 
     __slots__ = ("requests", "status_429", "retries", "bytes_in", "bytes_out", "wait_seconds", "_lock")
@@ -49,6 +49,14 @@ class Counters:
         with self._lock:
             self.retries += n
 
+    def absorb(self, counts: Dict[str, Any], before: Dict[str, Any]) -> Dict[str, Any]:
+        """Adds what a reader in the core counted since ``before`` (its previous ``counts``);
+        returns ``counts``, to pass as ``before`` next time."""
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value - before.get(name, 0))
+        return counts
+
 
 def governed(client: Any, retry: Optional[Retry], attempts: int) -> Tuple[Any, Retry]:
     """The client a stream or sink sends through, and the ``Retry`` it retries by.
@@ -63,6 +71,12 @@ def governed(client: Any, retry: Optional[Retry], attempts: int) -> Tuple[Any, R
         return client, client.retry
     default = Retry(attempts=attempts, circuit_breaker=False)
     return _http._retrying_view(client, default), default
+
+
+def core_client(client: Any) -> Any:
+    """The core's client a reader in the core sends through, with the client's auth, limits
+    and retries; ``client`` must be open."""
+    return _http._core_client(client)
 
 
 def as_stage_retry(retry: Any) -> Optional[Retry]:

@@ -895,6 +895,13 @@ def _exchange(client: Any, requests: list[Request], concurrency: int) -> list[An
     return client._exchange_many(requests, concurrency)
 
 
+def _core_client(client: Any) -> Any:
+    """Internal: the core's client behind an open ``Client`` (its auth, limits and retries), for
+    a reader in the core that sends on its behalf."""
+    client._check_open()
+    return client._core
+
+
 def _raw_answer(response: Response) -> Any:
     """Internal: the core's answer behind ``response`` (attempts, bytes, the body in place)."""
     return response._raw
