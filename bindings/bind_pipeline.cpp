@@ -477,6 +477,7 @@ class PyPageReader {
     o.concurrency = get<std::size_t>(spec, "concurrency", 4);
     o.attempts = get<int>(spec, "attempts", 6);
     o.prefetch = get<std::size_t>(spec, "prefetch", 8);
+    o.keep_body = get<bool>(spec, "keep_body", false);
     reader_ = std::make_unique<pipeline::PageReader>(transport_of(client), std::move(o));
     reader_->start();
   }
@@ -490,7 +491,8 @@ class PyPageReader {
 
   // (partition, records, after, units, total, done); None once every partition is read;
   // False when `timeout` seconds passed without a page.
-  // With body=True the records slot holds the page's raw bytes instead (parsed by the caller).
+  // With body=True (and a reader made with "keep_body") the records slot holds the page's raw
+  // bytes instead, for the caller to parse.
   py::object next(const py::object& timeout, bool body) {
     using Next = pipeline::PageReader::Next;
     const bool forever = timeout.is_none();

@@ -325,7 +325,7 @@ class Stream:
                 "incremental": (self.incremental.param, inc_value)
                 if self.incremental is not None and inc_value is not None else None,
                 "paginator": spec or None, "todo": todo, "concurrency": self.concurrency,
-                "attempts": self.attempts, "prefetch": self.prefetch})
+                "attempts": self.attempts, "prefetch": self.prefetch, "keep_body": self.parser == "python"})
         self._run = reading
 
     def read_batch(self, max_records: int, timeout: float) -> Optional[Batch]:

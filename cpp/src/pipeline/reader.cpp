@@ -341,8 +341,9 @@ void PageReader::Impl::pump(std::size_t pi, std::vector<Send>& sends) {
     return;
   }
   if (p.first) return;  // the first page decides the step and the end
-  // At most `window` in flight and twice that sent ahead of the page handed over next.
-  while (p.in_flight < pg.window && (p.next_send - p.next_deliver) / p.per < 2 * pg.window &&
+  // At most `window` pages sent ahead of the page handed over next, answered or not: a parsed
+  // page weighs several times its body (the parser's tape), so early answers wait in few.
+  while (p.in_flight < pg.window && (p.next_send - p.next_deliver) / p.per < pg.window &&
          (!p.end || p.next_send < *p.end)) {
     ++p.in_flight;
     sends.push_back({pi, range_step(p, p.next_send), p.next_send, 1});
@@ -540,6 +541,7 @@ void PageReader::Impl::on_answer(const Send& s, std::uint64_t token, std::error_
     e.response = std::move(r);
     return fail(std::move(e));
   }
+  if (page && !o_.keep_body) std::string().swap(r.body);
   Chunk chunk;
   chunk.partition = parts_[s.part].partition;
   chunk.page = page;

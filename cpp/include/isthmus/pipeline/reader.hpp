@@ -66,13 +66,16 @@ struct ReaderOptions {
   std::size_t concurrency = 4;  // partitions read at once
   int attempts = 6;             // a malformed 2xx page is fetched at most this many times
   std::size_t prefetch = 8;     // parsed pages that may wait for the consumer
+  // Keep each parsed page's raw body in its chunk too; by default it is freed once parsed,
+  // since the parsed page holds everything and a waiting page would otherwise weigh double.
+  bool keep_body = false;
 };
 
 // One parsed page (or the end mark of a partition). A C++ consumer reads `page` directly
 // (records by visit_records(records_path, ...), fields by text()); `response` keeps the
-// status, headers and raw body of the answer. A page that is valid JSON the core's parser
-// cannot hold (an integer wider than 64 bits) comes with `page` null and `done` false: its
-// records are in `response.body`, for a parser that can read them.
+// status and headers of the answer, and its raw body with keep_body. A page that is valid
+// JSON the core's parser cannot hold (an integer wider than 64 bits) comes with `page` null
+// and `done` false: its records are in `response.body` (always kept), for a parser that can.
 struct Chunk {
   std::size_t partition = 0;
   std::shared_ptr<const Page> page;  // null on a done mark and on an unparsed page
