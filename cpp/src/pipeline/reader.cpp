@@ -1,5 +1,6 @@
 #include "isthmus/pipeline/reader.hpp"
 
+#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <map>
@@ -121,8 +122,35 @@ std::uint64_t whole(const std::string& text) {
 
 }  // namespace
 
+// Completions not yet destroyed by the transport; the reader's owner waits for none to be left.
+struct Outstanding {
+  std::mutex m;
+  std::condition_variable cv;
+  std::size_t n = 0;
+};
+
+struct Ticket {
+  explicit Ticket(std::shared_ptr<Outstanding> o) : outstanding(std::move(o)) {
+    std::lock_guard lock(outstanding->m);
+    ++outstanding->n;
+  }
+  ~Ticket() {
+    std::lock_guard lock(outstanding->m);
+    if (--outstanding->n == 0) outstanding->cv.notify_all();
+  }
+  Ticket(const Ticket&) = delete;
+  Ticket& operator=(const Ticket&) = delete;
+  std::shared_ptr<Outstanding> outstanding;
+};
+
 class PageReader::Impl : public std::enable_shared_from_this<Impl> {
  public:
+  // After close(): every completion has run and been released.
+  void wait_for_completions() {
+    std::unique_lock lock(outstanding_->m);
+    outstanding_->cv.wait(lock, [&] { return outstanding_->n == 0; });
+  }
+
   Impl(std::shared_ptr<http::Transport> transport, ReaderOptions options)
       : transport_(std::move(transport)), o_(std::move(options)), channel_(o_.prefetch) {}
 
@@ -189,6 +217,7 @@ class PageReader::Impl : public std::enable_shared_from_this<Impl> {
   std::shared_ptr<http::Transport> transport_;
   ReaderOptions o_;
   queue::Channel<Chunk> channel_;
+  std::shared_ptr<Outstanding> outstanding_ = std::make_shared<Outstanding>();
 
   mutable std::mutex m_;
   json params_;
@@ -444,10 +473,14 @@ void PageReader::Impl::dispatch(std::vector<Send>& sends) {
       token = next_token_++;
       in_flight_.emplace(token, 0);
     }
-    auto self = shared_from_this();
-    const std::uint64_t id = transport_->send(std::move(req), [self, s, token](std::error_code ec, http::Response r) {
-      self->on_answer(s, token, ec, std::move(r));
-    });
+    // The completion holds the reader weakly, and a ticket the reader's owner waits for: the
+    // last reference to the reader (and through it to the transport) is then never dropped on
+    // an I/O thread, where destroying the client would wait for that very thread.
+    auto ticket = std::make_shared<Ticket>(outstanding_);
+    const std::uint64_t id = transport_->send(
+        std::move(req), [weak = weak_from_this(), s, token, ticket](std::error_code ec, http::Response r) {
+          if (auto self = weak.lock()) self->on_answer(s, token, ec, std::move(r));
+        });
     bool cancel = false;
     {
       std::lock_guard lock(m_);
@@ -698,7 +731,10 @@ PageReader::PageReader(std::shared_ptr<http::Transport> transport, ReaderOptions
   impl_->validate_and_plan();
 }
 
-PageReader::~PageReader() { impl_->close(); }
+PageReader::~PageReader() {
+  impl_->close();
+  impl_->wait_for_completions();
+}
 
 void PageReader::start() { impl_->start(); }
 

@@ -111,7 +111,7 @@ class PageReader {
  public:
   // Throws isthmus::Error(invalid_argument) naming the field when the options are not valid.
   PageReader(std::shared_ptr<http::Transport> transport, ReaderOptions options);
-  // Closes.
+  // Closes, and waits until the transport has completed (cancelled) what was in flight.
   ~PageReader();
   PageReader(const PageReader&) = delete;
   PageReader& operator=(const PageReader&) = delete;
