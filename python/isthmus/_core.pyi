@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'PageReader', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -212,6 +212,28 @@ class Watermark:
     @property
     def value(self) -> int:
         ...
+class PageReader:
+    """
+    The core's fetch loop of a paginated stream; isthmus.Stream reads through it.
+    """
+    def __init__(self, client: typing.Any, spec: dict) -> None:
+        ...
+    def close(self) -> None:
+        """
+        Cancels what is in flight; next() then returns None.
+        """
+    def counts(self) -> dict:
+        """
+        requests, status_429, retries, bytes_in, wait_seconds so far.
+        """
+    def follow(self, partition: typing.SupportsInt | typing.SupportsIndex, step: typing.Any) -> None:
+        """
+        A follow paginator's next step for the partition's last page; None when it was the last.
+        """
+    def next(self, timeout: typing.Any = None, body: bool = False) -> typing.Any:
+        """
+        The next page as (partition, records, after, units, total, done, fields, response), None at the end, False when timeout seconds passed first; raises the error that stopped the read. records is a list, or the page's bytes with body=True or when the core cannot hold a number in it.
+        """
 class Limiter:
     """
     A limiter shared by the clients given it; isthmus.Limiter wraps it.
