@@ -885,3 +885,37 @@ def test_a_custom_paginator_is_called_once_per_page_on_the_callers_thread(tmp_pa
         isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=str(tmp_path / "s.db")).run()
     assert len(out) == N
     assert calls == [threading.get_ident()] * 10
+
+
+def test_a_custom_paginator_pages_each_partition_with_its_own_copy_through_the_core(tmp_path):
+    seen = []
+
+    class Counting(isthmus.Paginator):
+        """Counts the pages it was asked about: each partition's copy keeps its own count."""
+
+        def __init__(self):
+            self.pages = 0
+
+        def fields(self):
+            return ["meta.next_cursor"]
+
+        def next(self, page):
+            self.pages += 1
+            seen.append((page.step["params"]["part"], self.pages, page.response.status_code,
+                         page.response.headers.get("content-type"), threading.get_ident()))
+            cursor = page.fields["meta.next_cursor"]
+            return {"url": None, "params": {**page.step["params"], "cursor": cursor}} if cursor else None
+
+    with isthmus.Sandbox(records=300) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=Counting(), params={"limit": 100},
+                                partitions=[{"part": i} for i in range(3)], concurrency=3)
+        out = []
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=str(tmp_path / "s.db")).run()
+    # The sandbox ignores "part": each partition reads all 300 records.
+    assert len(out) == 900 and len({r["id"] for r in out}) == 300
+    assert run.counts["requests"] == len(seen)
+    for part in range(3):
+        counts = [n for p, n, *_ in seen if p == part]
+        assert len(counts) >= 3 and counts == list(range(1, len(counts) + 1))
+    assert {(status, kind.split(";")[0], thread) for *_, status, kind, thread in seen} == \
+        {(200, "application/json", threading.get_ident())}
