@@ -1,6 +1,7 @@
 // isthmus._core: the pipeline's hot parts. A page body is parsed in the core with the GIL
 // released, then its records become Python objects in one pass (no JSON text crosses over).
 #include <atomic>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -9,11 +10,14 @@
 #include <pybind11/stl.h>
 
 #include "bindings.hpp"
+#include "exceptions.hpp"
+#include "isthmus/error.hpp"
 #include "isthmus/http/message.hpp"
 #include "isthmus/pipeline/cast.hpp"
 #include "isthmus/pipeline/field_map.hpp"
 #include "isthmus/pipeline/mapped.hpp"
 #include "isthmus/pipeline/page.hpp"
+#include "isthmus/pipeline/reader.hpp"
 #include "isthmus/pipeline/watermark.hpp"
 
 namespace py = pybind11;
@@ -480,6 +484,269 @@ py::list record_values(const py::list& records, const std::vector<std::string>& 
   return out;
 }
 
+
+// -- the page reader -----------------------------------------------------------------------
+
+// A spec value as JSON text (the reader's steps are JSON, so checkpoints keep their shape).
+// The functions are kept for the process's life on purpose: a static py::object would be
+// released after the interpreter has finalized.
+std::string to_json(const py::handle& value) {
+  static auto* dumps = new py::object(py::module_::import("json").attr("dumps"));
+  static auto* str = new py::object(py::module_::import("builtins").attr("str"));
+  return (*dumps)(value, py::arg("default") = *str).cast<std::string>();
+}
+
+py::object from_json(const std::string& text) {
+  static auto* loads = new py::object(py::module_::import("json").attr("loads"));
+  return (*loads)(py::str(text));
+}
+
+template <class T>
+T get(const py::dict& d, const char* key, T fallback) {
+  if (!d.contains(key) || d[key].is_none()) return fallback;
+  return d[key].cast<T>();
+}
+
+pipeline::PaginatorSpec paginator_spec(const py::object& spec) {
+  using Kind = pipeline::PaginatorSpec::Kind;
+  pipeline::PaginatorSpec p;
+  if (spec.is_none()) return p;
+  auto d = spec.cast<py::dict>();
+  const auto kind = get<std::string>(d, "kind", "");
+  if (kind == "cursor") {
+    p.kind = Kind::cursor;
+    p.cursor_path = get<std::string>(d, "cursor", "");
+    p.param = get<std::string>(d, "param", "");
+    p.has_more_path = get<std::string>(d, "has_more", "");
+  } else if (kind == "next_url") {
+    p.kind = Kind::next_url;
+    p.next_path = get<std::string>(d, "next", "");
+  } else if (kind == "link") {
+    p.kind = Kind::link_header;
+    p.rel = get<std::string>(d, "rel", "next");
+  } else if (kind == "offset" || kind == "page_number") {
+    p.kind = kind == "offset" ? Kind::offset : Kind::page_number;
+    p.param = get<std::string>(d, "param", "");
+    p.size_param = get<std::string>(d, "size_param", "");
+    p.size = get<std::uint64_t>(d, "size", 100);
+    p.total_path = get<std::string>(d, "total", "");
+    p.start = get<std::int64_t>(d, "start", 0);
+    p.window = get<std::size_t>(d, "window", 8);
+  } else if (kind == "follow") {
+    p.kind = Kind::follow;
+    if (d.contains("fields")) p.fields = d["fields"].cast<std::vector<std::string>>();
+  } else if (!kind.empty()) {
+    throw Error(errc::invalid_argument, "paginator.kind: '" + kind +
+                "' is not valid; expected cursor, next_url, link, offset, page_number or follow");
+  }
+  return p;
+}
+
+// isthmus._core.PageReader: the core's fetch loop for one stream, pulled from Python.
+class PyPageReader {
+ public:
+  PyPageReader(const py::object& client, const py::dict& spec) {
+    pipeline::ReaderOptions o;
+    o.label = get<std::string>(spec, "label", "Stream");
+    o.base_url = get<std::string>(spec, "base_url", "");
+    o.path = get<std::string>(spec, "path", "");
+    o.client_query = get<std::string>(spec, "client_query", "");
+    o.headers = get<http::Headers>(spec, "headers", {});
+    o.records_path = records_path_ = get<std::string>(spec, "records", "data");
+    o.params = spec.contains("params") ? to_json(spec["params"]) : "{}";
+    if (spec.contains("partitions") && !spec["partitions"].is_none())
+      for (const auto& p : spec["partitions"].cast<py::list>()) o.partitions.push_back(to_json(p));
+    if (spec.contains("incremental") && !spec["incremental"].is_none()) {
+      auto inc = spec["incremental"].cast<py::tuple>();
+      o.incremental_param = inc[0].cast<std::string>();
+      o.incremental_value = to_json(inc[1]);
+    }
+    o.paginator = paginator_spec(spec.contains("paginator") ? py::object(spec["paginator"]) : py::none());
+    if (spec.contains("todo"))
+      for (const auto& item : spec["todo"].cast<py::list>()) {
+        auto t = item.cast<py::tuple>();
+        o.todo.push_back({t[0].cast<std::size_t>(), t[1].is_none() ? std::string() : to_json(t[1])});
+      }
+    o.concurrency = get<std::size_t>(spec, "concurrency", 4);
+    o.attempts = get<int>(spec, "attempts", 6);
+    o.prefetch = get<std::size_t>(spec, "prefetch", 8);
+    o.keep_body = get<bool>(spec, "keep_body", false);
+    following_ = o.paginator.kind == pipeline::PaginatorSpec::Kind::follow;
+    // Fused: each page is mapped in the core as it is taken, and Python gets a MappedBatch.
+    if (get<bool>(spec, "fused", false)) {
+      fused_ = true;
+      key_path_ = get<std::string>(spec, "key", "id");
+      if (spec.contains("mapper") && !spec["mapper"].is_none()) {
+        mapper_ = spec["mapper"];
+        map_ = &mapper_.cast<const FieldMapper&>().page_map();
+      }
+    }
+    reader_ = std::make_unique<pipeline::PageReader>(transport_of(client), std::move(o));
+    reader_->start();
+  }
+
+  // Drops the reader with the GIL released: cancelling may wait for an auth hook that needs it.
+  ~PyPageReader() {
+    if (!reader_ || !Py_IsInitialized() || !PyGILState_Check()) return;
+    py::gil_scoped_release release;
+    reader_.reset();
+  }
+
+  // (partition, records, after, units, total, done, fields, response); None once every
+  // partition is read; False when `timeout` seconds passed without a page. fields and response
+  // (the core's Response) are set for a follow paginator only.
+  // With body=True (and a reader made with "keep_body") the records slot holds the page's raw
+  // bytes instead, for the caller to parse. A fused reader's records slot holds a MappedBatch.
+  py::object next(const py::object& timeout, bool body) {
+    using Next = pipeline::PageReader::Next;
+    const bool forever = timeout.is_none();
+    auto left = std::chrono::duration<double>(forever ? 0.0 : timeout.cast<double>());
+    pipeline::Chunk c;
+    std::unique_ptr<pipeline::MappedBatch> mapped;
+    Next r = Next::timeout;
+    for (;;) {
+      // Slices of 100 ms, so Ctrl-C in a notebook interrupts a long wait.
+      const auto slice = forever ? std::chrono::milliseconds(100)
+                                 : std::min(std::chrono::milliseconds(100),
+                                            std::chrono::duration_cast<std::chrono::milliseconds>(left));
+      {
+        py::gil_scoped_release release;
+        r = reader_->next(c, slice);
+        if (r == Next::chunk && fused_ && c.page && !body) {
+          // The page the reader parsed, mapped by the one FieldMap machinery map_page uses;
+          // its parsed document is let go here, so only the JSON text travels on.
+          mapped = std::make_unique<pipeline::MappedBatch>();
+          if (map_) {
+            map_->map_page(*c.page, records_path_, key_path_, *mapped);
+          } else {
+            pipeline::FieldMap::copy_page(*c.page, records_path_, key_path_, *mapped);
+          }
+          c.page.reset();
+        }
+      }
+      if (r != Next::timeout) break;
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+      if (!forever) {
+        left -= std::max(slice, std::chrono::milliseconds(1));
+        if (left.count() <= 0) return py::bool_(false);
+      }
+    }
+    if (r == Next::end) return py::none();
+    if (r == Next::failed) raise_read_error(reader_->error());
+    py::object records = py::none();
+    if (c.done) {
+      records = py::list();
+    } else if (mapped) {
+      records = py::cast(std::move(mapped));
+    } else if (body || !c.page) {
+      // The raw page, for a caller that parses it (parser="python", or a page with a number
+      // the core cannot hold).
+      records = py::bytes(c.response.body.data(), c.response.body.size());
+    } else {
+      PyBuilder builder;
+      {
+        GcPause pause;
+        c.page->visit_records(records_path_, builder);
+      }
+      records = builder.take();
+      python_records += c.count;
+    }
+    py::object after = c.after.empty() ? py::none() : from_json(c.after);
+    py::object units = c.units ? py::object(py::make_tuple(c.units->first, c.units->second)) : py::none();
+    py::object total = c.total ? py::object(py::int_(*c.total)) : py::none();
+    py::object fields = py::none(), response = py::none();
+    if (following_ && !c.done) {
+      py::list values;
+      for (const auto& v : c.fields) values.append(optional_str(v));
+      fields = values;
+      response = py::cast(std::move(c.response));
+    }
+    return py::make_tuple(c.partition, records, after, units, total, c.done, fields, response);
+  }
+
+  // A follow paginator's next step for `partition` (a step dict), or None after its last page.
+  void follow(std::size_t partition, const py::object& step) {
+    const std::string text = step.is_none() ? std::string() : to_json(step);
+    py::gil_scoped_release release;
+    reader_->follow(partition, text);
+  }
+
+  py::dict counts() const {
+    const auto c = reader_->counts();
+    py::dict d;
+    d["requests"] = c.requests;
+    d["status_429"] = c.status_429;
+    d["retries"] = c.retries;
+    d["bytes_in"] = c.bytes_in;
+    d["wait_seconds"] = c.wait_seconds;
+    return d;
+  }
+
+  void close() {
+    py::gil_scoped_release release;
+    reader_->close();
+  }
+
+ private:
+  // The error a direct call would raise: the transport's class for a request that got no
+  // answer; for an error status a PipelineError that is also what raise_for_status() raises.
+  [[noreturn]] static void raise_read_error(pipeline::ReadError e) {
+    using Kind = pipeline::ReadError::Kind;
+    py::module_ errors = py::module_::import("isthmus.errors");
+    py::object exc;
+    if (e.kind == Kind::transport || e.kind == Kind::cancelled) {
+      exc = make_exception(e.code, e.message, "GET", e.url);
+    } else if (e.kind == Kind::status) {
+      py::module_ http = py::module_::import("isthmus.http");
+      const int status = e.response.status;
+      const int attempts = e.response.attempts;
+      py::object resp = http.attr("Response")(py::cast(std::move(e.response)),
+                                              http.attr("Request")("GET", e.url));
+      const auto reason = resp.attr("reason_phrase").cast<std::string>();
+      const auto excerpt = resp.attr("_redacted_excerpt")(300).cast<std::string>();
+      py::object cause;
+      try {
+        resp.attr("raise_for_status")();
+        cause = errors.attr("HTTPStatusError")(std::to_string(status) + " " + reason + " for GET " + e.url,
+                                               py::arg("response") = resp);
+      } catch (py::error_already_set& raised) {
+        if (!raised.matches(errors.attr("HTTPStatusError"))) throw;
+        cause = raised.value();
+      }
+      // The core's message, with the reason and a redacted excerpt of the body added.
+      std::string label = e.message.substr(0, e.message.find(": GET "));
+      std::string message = label + ": GET " + e.url + " answered " + std::to_string(status) + " " + reason +
+                            (attempts > 1 ? " after " + std::to_string(attempts) + " attempts" : "") + ": " +
+                            excerpt;
+      exc = errors.attr("pipeline_error")(message, cause);
+    } else if (e.kind == Kind::malformed) {
+      // Python's parser says where (line and column) the page stops being JSON.
+      std::string detail;
+      try {
+        py::module_::import("json").attr("loads")(py::bytes(e.response.body));
+      } catch (py::error_already_set& bad) {
+        if (!bad.matches(PyExc_ValueError)) throw;
+        detail = py::str(bad.value()).cast<std::string>();
+      }
+      std::string message = e.message;
+      if (!detail.empty()) message = message.substr(0, message.find(" times: ") + 8) + detail;
+      exc = errors.attr("PipelineError")(message);
+    } else {
+      exc = errors.attr("PipelineError")(e.message);
+    }
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+    throw py::error_already_set();
+  }
+
+  std::unique_ptr<pipeline::PageReader> reader_;
+  std::string records_path_;
+  bool following_ = false;
+  bool fused_ = false;
+  std::string key_path_;
+  py::object mapper_;  // the FieldMapper behind map_, kept alive with the reader
+  const pipeline::FieldMap* map_ = nullptr;
+};
+
 }  // namespace
 
 void bind_pipeline(py::module_& m) {
@@ -534,6 +801,19 @@ void bind_pipeline(py::module_& m) {
       .def_property_readonly("value", &pipeline::Watermark::value)
       .def_property_readonly("pending_ranges", &pipeline::Watermark::pending_ranges)
       .def_property_readonly("pending_units", &pipeline::Watermark::pending_units);
+
+  py::class_<PyPageReader>(m, "PageReader",
+                           "The core's fetch loop of a paginated stream; isthmus.Stream reads through it.")
+      .def(py::init<const py::object&, const py::dict&>(), py::arg("client"), py::arg("spec"))
+      .def("next", &PyPageReader::next, py::arg("timeout") = py::none(), py::arg("body") = false,
+           "The next page as (partition, records, after, units, total, done, fields, response), None at the end, "
+           "False when timeout seconds passed first; "
+           "raises the error that stopped the read. records is a list, or the page's bytes with "
+           "body=True or when the core cannot hold a number in it.")
+      .def("follow", &PyPageReader::follow, py::arg("partition"), py::arg("step").none(true),
+           "A follow paginator's next step for the partition's last page; None when it was the last.")
+      .def("counts", &PyPageReader::counts, "requests, status_429, retries, bytes_in, wait_seconds so far.")
+      .def("close", &PyPageReader::close, "Cancels what is in flight; next() then returns None.");
 }
 
 }  // namespace isthmus::bindings

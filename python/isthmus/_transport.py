@@ -8,7 +8,7 @@ interface. Internal: not public API.
 from __future__ import annotations
 
 import threading
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Optional, Tuple
 
 from isthmus import errors
 from isthmus import http as _http
@@ -23,7 +23,7 @@ NETWORK_COUNTS = ("requests", "status_429", "retries", "bytes_in", "bytes_out", 
 class Counters:
     """What a run reports about the network: requests, 429s, retries, bytes, time held back.
 
-    Several fetch threads count at once, so counting goes through ``count`` (under a lock).
+    A sink and the core's reader count into it from different threads, so under a lock.
     """
 
     __slots__ = (*NETWORK_COUNTS, "_lock")
@@ -32,22 +32,6 @@ class Counters:
         self.requests = self.status_429 = self.retries = self.bytes_in = self.bytes_out = 0
         self.wait_seconds = 0.0  # held back by the limiter and backing off between attempts
         self._lock = threading.Lock()
-
-    def count(self, raw: Any, request: Any) -> None:
-        """Counts every attempt behind one answer of the core (a raw response)."""
-        # Counted without taking the body out of the core, which may parse it in place.
-        with self._lock:
-            self.requests += raw.attempts
-            self.retries += max(0, raw.attempts - 1)
-            self.status_429 += raw.retried_429 + (raw.status == 429)
-            self.bytes_in += raw.retried_bytes + raw.body_size
-            if request.content:
-                self.bytes_out += len(request.content) * raw.attempts
-            self.wait_seconds += raw.waited
-
-    def count_response(self, response: Response) -> None:
-        """Counts every attempt behind a ``Response`` (one from ``Client.iter_many``)."""
-        self.count(_http._raw_answer(response), response.request)
 
     def add(self, counts: Any) -> None:
         """Adds what a sink writer of the core counted for its requests (a dict of these names)."""
@@ -59,9 +43,13 @@ class Counters:
             self.bytes_out += counts["bytes_out"]
             self.wait_seconds += counts["wait_seconds"]
 
-    def add_retries(self, n: int) -> None:
+    def absorb(self, counts: Dict[str, Any], before: Dict[str, Any]) -> Dict[str, Any]:
+        """Adds what a reader in the core counted since ``before`` (its previous ``counts``);
+        returns ``counts``, to pass as ``before`` next time."""
         with self._lock:
-            self.retries += n
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value - before.get(name, 0))
+        return counts
 
 
 def governed(client: Any, retry: Optional[Retry], attempts: int) -> Tuple[Any, Retry]:
@@ -80,9 +68,16 @@ def governed(client: Any, retry: Optional[Retry], attempts: int) -> Tuple[Any, R
 
 
 def core_client(client: Any) -> Any:
-    """The core's client behind an open ``Client``: the core's sink writers send through its
-    governed transport stack (auth, limits, retries) without a Python call per request."""
+    """The core's client behind an open ``Client``: the core's page reader and sink writers
+    send through its governed transport stack (auth, limits, retries) without a Python call per
+    request."""
     return _http._core_client(client)
+
+
+def response_of(raw: Any) -> Response:
+    """A response the core's reader fetched (an ``isthmus._core.Response``), as the public
+    ``Response`` a custom paginator reads."""
+    return Response(raw, _http.Request("GET", raw.url))
 
 
 def as_stage_retry(retry: Any) -> Optional[Retry]:
@@ -93,30 +88,6 @@ def as_stage_retry(retry: Any) -> Optional[Retry]:
         raise errors.ConfigError(f"retry: {retry!r} is not valid; expected a Retry(...), an int number "
                                  "of attempts, or None for the client's retry")
     return as_retry(retry)
-
-
-def send(client: Any, requests: Sequence[Any], counters: Counters,
-         concurrency: int) -> List[Union[Response, Exception]]:
-    """Sends requests in parallel through the client (its governor retries 429s, 5xx and
-    transport errors); counts every attempt. One Response, or the error of a request that
-    never got an answer, per request, in order."""
-    raws = _http._exchange(client, list(requests), concurrency)
-    out: List[Union[Response, Exception]] = []
-    for raw, req in zip(raws, requests):
-        counters.count(raw, req)
-        out.append(Response(raw, req) if raw.ok else raw.exception(req.method, redact_url(req.url)))
-    return out
-
-
-def answered(answers: List[Union[Response, Exception]]) -> List[Response]:
-    """The responses of ``send``; raises the first request's error instead when one never got
-    an answer (the governor has already retried it)."""
-    responses: List[Response] = []
-    for resp in answers:
-        if isinstance(resp, Exception):
-            raise resp
-        responses.append(resp)
-    return responses
 
 
 def status_error(resp: Any) -> errors.HTTPStatusError:
@@ -137,8 +108,3 @@ def excerpt(response: Response, limit: int = 500) -> str:
     except Exception:
         return ""
 
-
-def unread_body(response: Response) -> Any:
-    """The core's answer holding the body, for parsing it in place, while Python has not read
-    it; None once it has (parse ``response.content`` then)."""
-    return _http._raw_answer(response) if _http._body_unread(response) else None

@@ -893,26 +893,10 @@ def _retrying_view(client: Any, retry: _limits.Retry) -> Any:
     return client._with_retry(retry)
 
 
-def _exchange(client: Any, requests: list[Request], concurrency: int) -> list[Any]:
-    """Internal: the core's raw answers to ``requests`` sent by an open ``Client``, in order."""
-    client._check_open()
-    return cast(list[Any], client._exchange_many(requests, concurrency))
-
-
 def _core_client(client: Any) -> Any:
     """Internal: the core's HttpClient an open ``Client`` sends through."""
     client._check_open()
     return client._core
-
-
-def _raw_answer(response: Response) -> Any:
-    """Internal: the core's answer behind ``response`` (attempts, bytes, the body in place)."""
-    return response._raw
-
-
-def _body_unread(response: Response) -> bool:
-    """Internal: True while the body is still in the core (``content`` was never read)."""
-    return response._content is None
 
 
 def _redacted_excerpt(response: Response, limit: int) -> str:

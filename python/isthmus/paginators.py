@@ -7,7 +7,7 @@ window of them is fetched in parallel.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from isthmus import _core, errors
 
@@ -56,6 +56,17 @@ class Paginator:
     def next(self, page: Page) -> Optional[Step]:
         raise NotImplementedError
 
+    # The methods by which a built-in paginator pages: a subclass overriding any of them pages
+    # its own way, and is called once per page instead of being run by the core's reader.
+    _core_methods: Tuple[str, ...] = ("next", "fields")
+
+    def _core_spec(self) -> Optional[Dict[str, Any]]:
+        """What the core's reader needs to page like this, or None when it cannot."""
+        return None
+
+    def _in_core(self, base: type) -> bool:
+        return all(getattr(type(self), m) is getattr(base, m) for m in self._core_methods)
+
 
 class CursorPaginator(Paginator):
     """``param=<value at cursor path>`` until the cursor is null or empty (or ``has_more`` is false)."""
@@ -71,6 +82,11 @@ class CursorPaginator(Paginator):
         if not value or (self.has_more and page.fields.get(self.has_more) == "false"):
             return None
         return {"url": page.step["url"], "params": {**page.step["params"], self.param: value}}
+
+    def _core_spec(self) -> Optional[Dict[str, Any]]:
+        if not self._in_core(CursorPaginator):
+            return None
+        return {"kind": "cursor", "cursor": self.cursor, "param": self.param, "has_more": self.has_more}
 
 
 class NextUrlPaginator(Paginator):
@@ -89,6 +105,9 @@ class NextUrlPaginator(Paginator):
         url = page.fields.get(self.path)
         return {"url": url, "params": {}} if url else None
 
+    def _core_spec(self) -> Optional[Dict[str, Any]]:
+        return {"kind": "next_url", "next": self.path} if self._in_core(NextUrlPaginator) else None
+
 
 class LinkHeaderPaginator(Paginator):
     """Follows ``Link: <url>; rel="next"`` (RFC 8288) until there is none.
@@ -105,6 +124,9 @@ class LinkHeaderPaginator(Paginator):
         url = _core.find_link(page.response.headers.get_list("link"), self.rel)
         return {"url": url, "params": {}} if url is not None else None
 
+    def _core_spec(self) -> Optional[Dict[str, Any]]:
+        return {"kind": "link", "rel": self.rel} if self._in_core(LinkHeaderPaginator) else None
+
 
 class _RangePaginator(Paginator):
     """Pages addressed by a number, so a window of them can be fetched in parallel."""
@@ -112,6 +134,7 @@ class _RangePaginator(Paginator):
     parallel = True
     unit_param = ""
     start = 0
+    _core_methods = ("next", "fields", "step", "units_per_page", "end_unit")
 
     def __init__(self, size: int, size_param: str, total: Optional[str], window: int):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
@@ -151,6 +174,12 @@ class OffsetPaginator(_RangePaginator):
     def end_unit(self, total_text: Optional[str]) -> Optional[int]:
         return int(float(total_text)) if total_text else None
 
+    def _core_spec(self) -> Optional[Dict[str, Any]]:
+        if not self._in_core(OffsetPaginator):
+            return None
+        return {"kind": "offset", "param": self.unit_param, "size_param": self.size_param, "size": self.size,
+                "total": self.total, "window": self.window}
+
 
 class PageNumberPaginator(_RangePaginator):
     """``page=`` (from ``start``) and a page size; ``total_pages`` lets pages go in parallel."""
@@ -169,3 +198,9 @@ class PageNumberPaginator(_RangePaginator):
 
     def end_unit(self, total_text: Optional[str]) -> Optional[int]:
         return self.start + int(float(total_text)) if total_text else None
+
+    def _core_spec(self) -> Optional[Dict[str, Any]]:
+        if not self._in_core(PageNumberPaginator):
+            return None
+        return {"kind": "page_number", "param": self.unit_param, "size_param": self.size_param,
+                "size": self.size, "total": self.total, "start": self.start, "window": self.window}

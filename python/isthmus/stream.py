@@ -1,39 +1,28 @@
 """``Stream``: a paginated endpoint read as one stream of records, one ``isthmus.Source``.
 
-Pages are fetched on background threads (one per partition being read, the core doing the
-HTTP with the GIL released and retrying through the governor) into a small bounded queue;
-``read_batch`` hands them over on the caller's thread. A batch's token is where every
-partition resumes once that batch (and every one before it) is acknowledged, plus the
+Pages are fetched and parsed by the core on its I/O threads (``_core.PageReader``: the
+paginators and partitions, through the client's governor) into a small bounded channel;
+``read_batch`` takes them with the GIL released. A fused run (``Pipeline`` with a ``FieldMap``
+or no map and a core sink) gets each page mapped in the core as a ``MappedBatch``; otherwise
+the records are built as Python objects in one pass. A custom ``Paginator`` is asked once per
+page, on the caller's thread, for the step the core fetches next. A batch's token is where
+every partition resumes once that batch (and every one before it) is acknowledged, plus the
 incremental cursor's state, so a rerun after a crash resumes there and may resend a few
 records, never skip one.
 """
 
 from __future__ import annotations
 
-import collections
 import copy
-import itertools
 import json
-import queue
-import threading
 import urllib.parse
-from typing import Any, Dict, Generator, Iterator, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple
 
 from isthmus import _core, _transport, errors
-from isthmus._transport import Counters, answered, as_stage_retry, governed, send, status_error
-from isthmus.http import _merge_url, redact_url
+from isthmus._transport import Counters, as_stage_retry, governed
+from isthmus.http import _encode_params, _merge_url, redact_url
 from isthmus.incremental import Incremental, _IncrementalTracker
-from isthmus.paginators import (
-    CursorPaginator,
-    LinkHeaderPaginator,
-    NextUrlPaginator,
-    OffsetPaginator,
-    Page,
-    PageNumberPaginator,
-    Paginator,
-    Step,
-    _call_repr,
-)
+from isthmus.paginators import Page, Paginator, Step, _call_repr
 from isthmus.source import Batch, record_keys
 
 __all__ = ["Stream"]
@@ -47,29 +36,6 @@ def _shown_params(params: Dict[str, Any]) -> Dict[str, Any]:
     """Params as a repr shows them: a value the core would redact in a URL's query is ``***``."""
     return {k: "***" if _core.redact_url("http://h/?" + urllib.parse.urlencode({str(k): "v"})).endswith("=***") else v
             for k, v in params.items()}
-
-
-class _MalformedPage(errors.PipelineError):
-    """A 2xx page whose JSON does not parse: fetched again before it stops the run."""
-
-
-class _Mapped:
-    """A page's records as the core mapped them (an ``isthmus._core.MappedBatch``): the
-    paginators see how many records the page held, and nothing crosses into Python per record."""
-
-    __slots__ = ("batch",)
-
-    def __init__(self, batch: Any):
-        self.batch = batch
-
-    def __len__(self) -> int:
-        return int(self.batch.read)
-
-
-# Paginators whose ``next`` reads only a page's fields, response and record count: a fused run
-# may hand them a _Mapped page. A subclass may read the records themselves, so it is not one.
-_FUSABLE_PAGINATORS = (type(None), CursorPaginator, NextUrlPaginator, LinkHeaderPaginator, OffsetPaginator,
-                       PageNumberPaginator)
 
 
 # -- the stream ------------------------------------------------------------------------------
@@ -86,25 +52,24 @@ class _Chunk:
         self.done = done
 
 
-# What the fetch threads hand the run: a chunk, the exception that stopped them, or None at the end.
-_Fetched = Union[_Chunk, BaseException, None]
-
-
 class _Reading:
-    """One run's reading of a stream: the fetch threads' queue, and where every partition
-    resumes after the batches handed over so far."""
+    """One run's reading of a stream: the core's reader, a custom paginator's copy and step per
+    partition, and where every partition resumes after the batches handed over so far."""
 
-    __slots__ = ("positions", "inc_state", "tracker", "todo", "pages", "stop", "fetcher", "totals",
-                 "watermarks", "finished", "left", "left_keys", "left_before", "left_after", "token")
+    __slots__ = ("positions", "inc_state", "tracker", "todo", "reader", "paginators", "steps", "counted",
+                 "totals", "watermarks", "finished", "left", "left_keys", "left_before", "left_after", "token")
 
     def __init__(self, positions: Dict[str, Dict[str, Any]], inc_state: Optional[Dict[str, Any]],
-                 tracker: Optional[_IncrementalTracker], todo: int, prefetch: int):
+                 tracker: Optional[_IncrementalTracker], todo: int):
         # Every partition's position: {"inner": where it resumes} or {"done": True}; a
         # partition not in it starts from the beginning.
         self.positions, self.inc_state, self.tracker, self.todo = positions, inc_state, tracker, todo
-        self.pages: queue.Queue[_Fetched] = queue.Queue(maxsize=prefetch)
-        self.stop = threading.Event()
-        self.fetcher: Optional[threading.Thread] = None
+        self.reader: Any = None  # _core.PageReader
+        # A custom paginator: each partition's own copy (it may keep state), and the step its
+        # last page was fetched with.
+        self.paginators: Dict[int, Paginator] = {}
+        self.steps: Dict[int, Step] = {}
+        self.counted: Dict[str, Any] = {}  # the reader's counts already added to the stream's
         self.totals: Dict[int, int] = {}
         self.watermarks: Dict[int, Any] = {}
         self.finished = False
@@ -231,7 +196,8 @@ class Stream:
       ``Retry(attempts=attempts)``); ``attempts`` also bounds refetches of a malformed page.
     - ``parser``: ``"core"`` (simdjson, the default) or ``"python"`` (``json.loads``).
     - ``name``: the name checkpoints are filed under (default: from the path).
-    - ``prefetch``: pages fetched ahead of the mapping (a bounded queue).
+    - ``prefetch``: parsed pages that may wait for the mapping (the core's bounded channel;
+      the reader sends nothing more while it is full).
 
     A page answered with an error status raises a ``PipelineError`` that is also what
     ``raise_for_status()`` raises (``AuthError`` for a 401 ...).
@@ -293,9 +259,10 @@ class Stream:
     def _fuse(self, mapper: Any, enabled: bool = True) -> bool:
         """For the next run: map each page in the core with ``mapper`` (a FieldMap's core, or
         None to copy) and hand the pipeline mapped batches instead of records, when this stream
-        can (the core parser, no incremental cursor, a built-in paginator). Returns whether it will."""
+        can (the core parser, no incremental cursor, a paginator the core runs: a custom one may
+        read the records). Returns whether it will."""
         can = enabled and self.parser == "core" and self.incremental is None \
-            and type(self.paginator) in _FUSABLE_PAGINATORS
+            and (self.paginator is None or self.paginator._core_spec() is not None)
         self._fused = (mapper,) if can else None
         return can
 
@@ -358,12 +325,28 @@ class Stream:
         todo = [(i, positions.get(k, {}).get("inner")) for i, k in enumerate(keys)
                 if not positions.get(k, {}).get("done")]
         self.counters, self.total = Counters(), None
-        reading = _Reading(positions, inc_state, tracker, len(todo), self.prefetch)
-        reading.fetcher = threading.Thread(target=self._fetch,
-                                           args=(todo, inc_value, reading.pages, reading.stop, self.counters),
-                                           name=f"isthmus-fetch-{self.name}", daemon=True)
+        reading = _Reading(positions, inc_state, tracker, len(todo))
+        spec = self.paginator._core_spec() if self.paginator is not None else {}
+        custom = spec is None
+        if self.paginator is not None and custom:
+            # The core fetches and parses; the paginator names each next step (read_batch).
+            spec = {"kind": "follow", "fields": self.paginator.fields()}
+            for p, inner in todo:
+                reading.paginators[p] = copy.copy(self.paginator)
+                reading.steps[p] = inner or self._base(p, inc_value)
+        http = self._http
+        reading.reader = _core.PageReader(_transport.core_client(http), {
+            "label": f"Stream {self.path}", "base_url": http.base_url or "", "path": self.path,
+            "client_query": _encode_params(http.params), "headers": http.headers.multi_items(),
+            "records": self.records_path, "params": self.params, "partitions": self.partitions,
+            "incremental": (self.incremental.param, inc_value)
+            if self.incremental is not None and inc_value is not None else None,
+            "paginator": spec or None, "todo": todo, "concurrency": self.concurrency,
+            "attempts": self.attempts, "prefetch": self.prefetch,
+            # A custom paginator's page.response is whole, body included.
+            "keep_body": self.parser == "python" or custom,
+            "fused": self._fused is not None, "mapper": self._fused[0] if self._fused else None, "key": self.key})
         self._run = reading
-        reading.fetcher.start()
 
     def read_batch(self, max_records: int, timeout: float) -> Optional[Batch]:
         """The next page's records (split when longer than ``max_records``); an empty batch when
@@ -375,26 +358,24 @@ class Stream:
             return self._piece(r, max_records)
         if r.finished:
             return None
-        try:
-            item = r.pages.get(timeout=timeout)
-        except queue.Empty:
+        chunk = self._next_chunk(r, timeout)
+        if chunk is False:
             return Batch([], [], r.token)
-        if item is None:
+        if chunk is None:
             # Everything was read: the incremental cursor moves on with the last batch.
             r.finished = True
             final = None if r.tracker is None else {"incremental": r.tracker.state()}
             return Batch([], [], final)
-        if isinstance(item, BaseException):
-            raise item
-        chunk: _Chunk = item
+        assert isinstance(chunk, _Chunk)
         if chunk.total is not None:
             r.totals[chunk.partition] = chunk.total
             self.total = sum(r.totals.values()) if len(r.totals) == r.todo else None
         records = chunk.records
-        if isinstance(records, _Mapped):
+        if isinstance(records, _core.MappedBatch):
+            # Mapped in the core: the pipeline hands it to the sink's writer as it is.
             r.advance(self.partition_keys[chunk.partition], chunk)
             batch = Batch([], [], r.token)
-            batch._mapped = records.batch
+            batch._mapped = records
             return batch
         rkeys = self.keys(records)
         skipped = 0
@@ -415,6 +396,39 @@ class Stream:
         piece.skipped = skipped
         return piece
 
+    def _next_chunk(self, r: _Reading, timeout: float) -> Any:
+        """The next page as a _Chunk, None at the end, False when ``timeout`` passed first."""
+        # Waits with the GIL released; the records (or the mapped batch) are built on this thread.
+        item = r.reader.next(timeout, body=self.parser == "python")
+        r.counted = self.counters.absorb(r.reader.counts(), r.counted)
+        if item is None or item is False:
+            return item
+        p, records, after, units, total, done, fields, response = item
+        if isinstance(records, bytes):
+            # parser="python", or a page holding a number the core cannot (wider than 64 bits).
+            status, records = _parse_in_python(records, self.records_path)
+            if status != "ok":
+                raise errors.PipelineError(
+                    f"Stream {self.path}: a page's records path {self.records_path!r} does not hold an "
+                    f"array when read by Python's parser ({status}); set records= to its path")
+        if fields is not None:
+            after = self._follow(r, p, records, fields, response)
+        return _Chunk(records, p, after, tuple(units) if units else None, total, done)
+
+    def _follow(self, r: _Reading, p: int, records: Any, fields: List[Optional[str]], raw: Any) -> Optional[Step]:
+        """Asks partition ``p``'s custom paginator for the step after this page and tells the
+        core's reader, which fetches it; returns that step (None after the last page)."""
+        paginator, step = r.paginators[p], r.steps[p]
+        response = _transport.response_of(raw)
+        page = Page(records, dict(zip(paginator.fields(), fields)), response, step)
+        nxt = paginator.next(page)
+        if nxt is not None and not records:
+            nxt = None  # an empty page with a cursor: nothing more will come
+        r.reader.follow(p, nxt)
+        if nxt is not None:
+            r.steps[p] = nxt
+        return nxt
+
     @staticmethod
     def _piece(r: _Reading, n: int) -> Batch:
         records, keys = r.left[:n], r.left_keys[:n]
@@ -425,244 +439,32 @@ class Stream:
         """Nothing to let go of: the pipeline checkpoints the batch's token."""
 
     def close(self) -> None:
-        """Stops the fetch threads of the run under way, if any."""
+        """Cancels what the run under way has in flight, if any."""
         r, self._run = self._run, None
-        if r is not None:
-            r.stop.set()
-            if r.fetcher is not None and r.fetcher is not threading.current_thread():
-                r.fetcher.join(timeout=30)
+        if r is None:
+            return
+        if r.reader is not None:
+            r.reader.close()
+            r.counted = self.counters.absorb(r.reader.counts(), r.counted)
 
-    # The fetch runs on background threads and puts _Chunks (or an exception) on `out`.
-    def _fetch(self, todo: List[Tuple[int, Any]], inc_value: Any, out: queue.Queue[_Fetched],
-               stop: threading.Event, counters: Counters) -> None:
-        """Reads the partitions in ``todo`` (index, where to resume) on up to ``concurrency``
-        threads. A partition's chunks arrive in order, then its done mark; after all of them
-        None, or the first exception instead."""
-        pending = list(reversed(todo))
-        lock = threading.Lock()
-        failed = threading.Event()
-
-        def work() -> None:
-            try:
-                while not (stop.is_set() or failed.is_set()):
-                    with lock:
-                        if not pending:
-                            return
-                        p, inner = pending.pop()
-                    self._fetch_partition(p, inner, inc_value, out, stop, counters)
-                    if not stop.is_set():
-                        self._put(out, _Chunk([], p, None, None, None, done=True), stop)
-            except BaseException as exc:  # handed to the caller's thread, raised there
-                failed.set()
-                self._put(out, exc, stop)
-
-        helpers = [threading.Thread(target=work, name=f"isthmus-fetch-{self.name}-{i + 1}", daemon=True)
-                   for i in range(min(self.concurrency, len(todo)) - 1)]
-        for t in helpers:
-            t.start()
-        work()
-        for t in helpers:
-            t.join()
-        if not failed.is_set():
-            self._put(out, None, stop)
-
-    def _fetch_partition(self, p: int, inner: Any, inc_value: Any, out: queue.Queue[_Fetched],
-                         stop: threading.Event, counters: Counters) -> None:
+    def _base(self, p: int, inc_value: Any) -> Step:
+        """Partition ``p``'s first step: the stream's params, the partition's, the incremental value."""
         base: Step = {"url": None, "params": {**self.params, **self.partitions[p]}}
         if self.incremental is not None and inc_value is not None:
             base["params"][self.incremental.param] = inc_value
-        # Partitions page at the same time: each gets its own copy of the paginator.
-        paginator = copy.copy(self.paginator)
-        if paginator is not None and paginator.parallel:
-            self._fetch_ranges(paginator, p, base, inner, out, stop, counters)
-        else:
-            self._fetch_sequential(paginator, p, base, inner, out, stop, counters)
-
-    @staticmethod
-    def _put(out: queue.Queue[_Fetched], item: Any, stop: threading.Event) -> None:
-        while not stop.is_set():
-            try:
-                out.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _request(self, step: Step) -> Any:
-        return self.client.build_request("GET", step["url"] or self.path, params=step["params"] or None)
-
-    def _get_pages(self, paginator: Optional[Paginator], steps: List[Step], counters: Counters,
-                   concurrency: int) -> List[Page]:
-        reqs = [self._request(s) for s in steps]
-        wanted = paginator.fields() if paginator else []
-        pages: List[Optional[Page]] = [None] * len(steps)
-        todo = list(range(len(steps)))
-        for attempt in range(1, self.attempts + 1):
-            answers = answered(send(self._http, [reqs[i] for i in todo], counters, concurrency))
-            damaged = []
-            for i, resp in zip(todo, answers):
-                self._check_status(resp)
-                try:
-                    pages[i] = self._parse(steps[i], resp, wanted)
-                except _MalformedPage:
-                    # A body damaged on the way (a gateway or proxy cutting it) is fetched again,
-                    # like a 5xx; only a page that stays malformed stops the run.
-                    if attempt == self.attempts:
-                        raise
-                    damaged.append(i)
-            if not damaged:
-                break
-            counters.add_retries(len(damaged))
-            todo = damaged
-        return pages  # type: ignore[return-value]
-
-    def _check_status(self, resp: Any) -> None:
-        """Raises for an answer that is not a 2xx (the governor has retried it): a PipelineError
-        that is also what ``raise_for_status`` raises (``AuthError`` for a 401 ...)."""
-        if not 200 <= resp.status_code < 300:
-            raise errors.pipeline_error(
-                f"Stream {self.path}: GET {redact_url(resp.request.url)} answered {resp.status_code} "
-                f"{resp.reason_phrase}" + (f" after {resp.attempts} attempts" if resp.attempts > 1 else "")
-                + f": {_transport.excerpt(resp, 300)}", status_error(resp))
-
-    def _pages_in_order(self, pag: Any, base: Step, units: Iterator[int],
-                        counters: Counters) -> Generator[Tuple[int, Page], None, None]:
-        """Pages of a range paginator, in order, with ``pag.window`` requests in flight all the
-        time: the next requests go out while this thread parses and hands over a page. Closing
-        the iterator cancels what is still in flight."""
-        wanted = pag.fields()
-        # Units sent and not yet handed over, oldest first: answers come back in this order.
-        sent: collections.deque[int] = collections.deque()
-
-        def requests() -> Iterator[Any]:
-            for u in units:
-                sent.append(u)
-                yield self._request(pag.step(base, u))
-
-        answers = self._http.iter_many(requests(), concurrency=pag.window, chunk_size=2 * pag.window,
-                                       return_exceptions=True)
-        try:
-            for resp in answers:
-                u = sent.popleft()
-                if isinstance(resp, Exception):
-                    raise resp
-                counters.count_response(resp)
-                self._check_status(resp)
-                try:
-                    page = self._parse(pag.step(base, u), resp, wanted)
-                except _MalformedPage:
-                    # Damaged on the way: fetched again on its own, up to `attempts` times in all.
-                    counters.add_retries(1)
-                    page = self._get_pages(pag, [pag.step(base, u)], counters, 1)[0]
-                yield u, page
-        finally:
-            answers.close()
-
-    def _parse(self, step: Step, resp: Any, wanted: List[str]) -> Page:
-        raw = _transport.unread_body(resp) if self.parser == "core" else None
-        records: Any = None
-        status = "invalid:"
-        if raw is not None and self._fused is not None:
-            # Parsed and mapped in the core, straight to JSON text: no Python object per record.
-            status, batch, values = _core.map_page(raw, self.records_path, wanted, self.key, self._fused[0])
-            if status == "ok":
-                records = _Mapped(batch)
-        elif raw is not None:
-            status, records, values = _core.parse_page(raw, self.records_path, wanted)
-        if status.startswith("invalid:"):
-            # Python's parser names the line and column, and reads the rare page the core
-            # refuses but JSON allows (an integer wider than 64 bits).
-            status, records, values = _parse_in_python(resp.content, self.records_path, wanted)
-        where = f"GET {_core.redact_url(resp.request.url)}"  # a key may travel in the query
-        if status.startswith("invalid:"):
-            raise _MalformedPage(f"Stream {self.path}: {where} returned malformed JSON "
-                                 f"{self.attempts} times: {status[8:]}")
-        if status != "ok":
-            shape = _describe_top(resp)
-            what = "is missing" if status == "missing" else "is not an array"
-            raise errors.PipelineError(
-                f"Stream {self.path}: the records path {self.records_path!r} {what} in the page from {where} "
-                f"({shape}); set records= to the path of the records array")
-        return Page(records, dict(zip(wanted, values)), resp, step)
-
-    def _fetch_sequential(self, paginator: Optional[Paginator], partition: int, base: Step, inner: Optional[Step],
-                          out: queue.Queue[_Fetched], stop: threading.Event, counters: Counters) -> None:
-        step: Optional[Step] = inner or base
-        seen: Set[str] = set()
-        n = 0
-        while step is not None and not stop.is_set():
-            fingerprint = json.dumps(step, sort_keys=True)
-            if fingerprint in seen:
-                raise errors.PipelineError(
-                    f"Stream {self.path}: the paginator loops: page {n + 1} would fetch {step!r} again "
-                    f"(already fetched in this run); the API returned the same cursor twice")
-            seen.add(fingerprint)
-            page = self._get_pages(paginator, [step], counters, 1)[0]
-            n += 1
-            nxt = paginator.next(page) if paginator is not None else None
-            if nxt is not None and not page.records:
-                nxt = None  # an empty page with a cursor: nothing more will come
-            self._put(out, _Chunk(page.records, partition, nxt, None, None), stop)
-            step = nxt
-
-    def _fetch_ranges(self, pag: Any, partition: int, base: Step, inner: Optional[Dict[str, Any]],
-                      out: queue.Queue[_Fetched], stop: threading.Event, counters: Counters) -> None:
-        unit = inner["unit"] if inner else pag.start
-        per = pag.units_per_page()
-        first = self._get_pages(pag, [pag.step(base, unit)], counters, 1)[0]
-        end = pag.end_unit(first.fields.get(pag.total)) if pag.total else None
-        n = len(first.records)
-        if isinstance(pag, OffsetPaginator) and 0 < n < per and (end is None or unit + n < end):
-            # The server clamped the page size (or this is the last page): step by what it
-            # really serves, so no offset is skipped; an empty page then ends the stream.
-            per = n
-        total_records = None
-        if end is not None:
-            total_records = (end - unit) if isinstance(pag, OffsetPaginator) else (end - unit) * max(n, 1)
-        self._put(out, _Chunk(first.records, partition, None, (unit, unit + per), total_records), stop)
-        if n == 0:
-            return
-        units = itertools.count(unit + per, per) if end is None else iter(range(unit + per, end, per))
-        pages = self._pages_in_order(pag, base, units, counters)
-        try:
-            for u, page in pages:
-                if stop.is_set():
-                    return
-                if end is None and not page.records:
-                    return  # without a total, the first empty page ends the stream
-                self._put(out, _Chunk(page.records, partition, None, (u, u + per), None), stop)
-        finally:
-            pages.close()
+        return base
 
 
-def _parse_in_python(body: bytes, path: str, wanted: List[str]) -> Tuple[str, Any, List[Optional[str]]]:
+def _parse_in_python(body: bytes, path: str) -> Tuple[str, Any]:
+    """A page the core hands over unparsed, read by ``json.loads``: (status, records)."""
     try:
         doc = json.loads(body)
     except ValueError as exc:
-        return "invalid:" + str(exc), None, []
-
-    def walk(p: str) -> Any:
-        # The core's dotted-path walk, the one every record path goes through.
-        return _core.record_values([doc], p.split(".") if p else [])[0]
-
-    def text(v: Any) -> Optional[str]:
-        if v is None or isinstance(v, (dict, list)):
-            return None
-        return ("true" if v else "false") if isinstance(v, bool) else str(v)
-
-    values = [text(walk(f)) for f in wanted]
-    records = walk(path)
+        return "invalid:" + str(exc), None
+    # The core's dotted-path walk, the one every record path goes through.
+    records = _core.record_values([doc], path.split(".") if path else [])[0]
     if records is None:
-        return "missing", None, values
+        return "missing", None
     if not isinstance(records, list):
-        return "not_an_array", None, values
-    return "ok", records, values
-
-
-def _describe_top(resp: Any) -> str:
-    try:
-        doc = json.loads(resp.content)
-    except ValueError:
-        return "the body is not JSON"
-    if isinstance(doc, dict):
-        return "top-level keys: " + ", ".join(sorted(doc)[:20])
-    return f"the body is a JSON {type(doc).__name__}"
+        return "not_an_array", None
+    return "ok", records

@@ -62,7 +62,9 @@ class _KillingCommits:
 # VFS: files are opened by it, and the write-ahead log of one store gets xWrite/xSync wrappers
 # that can SIGKILL the process at an exact point of a transaction.
 
-_OPEN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int,
+# The name is a bare pointer: the unix VFS keeps the pointer it is given (and derives the -shm
+# name from it later), so it must get SQLite's own string, not a copy ctypes frees on return.
+_OPEN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                          ctypes.c_void_p)
 _WRITE = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int64)
 _SYNC = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
@@ -107,9 +109,9 @@ class WalKillSwitch:
         if lib.sqlite3_vfs_register(ctypes.byref(self._vfs), 1) != 0:
             raise RuntimeError("sqlite3_vfs_register failed")
 
-    def _open(self, vfs: Any, name: Optional[bytes], file: int, flags: int, out_flags: Any) -> int:
+    def _open(self, vfs: Any, name: Optional[int], file: int, flags: int, out_flags: Any) -> int:
         rc = self._real_open(ctypes.addressof(self._unix), name, file, flags, out_flags)
-        if rc == 0 and name and name.decode(errors="replace").endswith(self.suffix):
+        if rc == 0 and name and ctypes.string_at(name).decode(errors="replace").endswith(self.suffix):
             methods = ctypes.c_void_p.from_address(file)  # sqlite3_file.pMethods
             real = _IoMethods.from_address(methods.value)
             patched = _IoMethods()

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import types
 
@@ -846,3 +847,75 @@ def test_a_run_names_its_counts_once(tmp_path):
     history = pipe.runs()
     assert set(COUNT_NAMES) <= set(history.columns)
     assert history.iloc[-1][list(COUNT_NAMES)].tolist() == [run.counts[k] for k in COUNT_NAMES]
+
+
+@pytest.mark.parametrize("style", list(PAGINATORS))
+def test_built_in_paginators_are_read_by_the_core_with_no_python_thread(style, tmp_path):
+    threads = set()
+
+    def mapping(r):
+        threads.add(threading.active_count())
+        return slim(r)
+
+    with isthmus.Sandbox(records=N, pagination=style) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=PAGINATORS[style](), prefetch=2,
+                                params={"limit": 100} if style in ("cursor", "next_url", "link") else None)
+        out = []
+        isthmus.Pipeline(stream, map=mapping, sink=isthmus.CallableSink(out.extend),
+                         state=str(tmp_path / "s.db")).run()
+    assert len(out) == N and len({r["id"] for r in out}) == N
+    assert threads == {threading.active_count()}  # nothing fetches on a Python thread of its own
+
+
+def test_a_custom_paginator_is_called_once_per_page_on_the_callers_thread(tmp_path):
+    calls = []
+
+    class Cursor(isthmus.Paginator):
+        def fields(self):
+            return ["meta.next_cursor"]
+
+        def next(self, page):
+            calls.append(threading.get_ident())
+            cursor = page.fields["meta.next_cursor"]
+            return {"url": None, "params": {**page.step["params"], "cursor": cursor}} if cursor else None
+
+    with isthmus.Sandbox(records=N) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=Cursor(), params={"limit": 100})
+        out = []
+        isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=str(tmp_path / "s.db")).run()
+    assert len(out) == N
+    assert calls == [threading.get_ident()] * 10
+
+
+def test_a_custom_paginator_pages_each_partition_with_its_own_copy_through_the_core(tmp_path):
+    seen = []
+
+    class Counting(isthmus.Paginator):
+        """Counts the pages it was asked about: each partition's copy keeps its own count."""
+
+        def __init__(self):
+            self.pages = 0
+
+        def fields(self):
+            return ["meta.next_cursor"]
+
+        def next(self, page):
+            self.pages += 1
+            seen.append((page.step["params"]["part"], self.pages, page.response.status_code,
+                         page.response.headers.get("content-type"), threading.get_ident()))
+            cursor = page.fields["meta.next_cursor"]
+            return {"url": None, "params": {**page.step["params"], "cursor": cursor}} if cursor else None
+
+    with isthmus.Sandbox(records=300) as src, isthmus.Client(src.url) as client:
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=Counting(), params={"limit": 100},
+                                partitions=[{"part": i} for i in range(3)], concurrency=3)
+        out = []
+        run = isthmus.Pipeline(stream, sink=isthmus.CallableSink(out.extend), state=str(tmp_path / "s.db")).run()
+    # The sandbox ignores "part": each partition reads all 300 records.
+    assert len(out) == 900 and len({r["id"] for r in out}) == 300
+    assert run.counts["requests"] == len(seen)
+    for part in range(3):
+        counts = [n for p, n, *_ in seen if p == part]
+        assert len(counts) >= 3 and counts == list(range(1, len(counts) + 1))
+    assert {(status, kind.split(";")[0], thread) for *_, status, kind, thread in seen} == \
+        {(200, "application/json", threading.get_ident())}

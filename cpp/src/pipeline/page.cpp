@@ -1,6 +1,8 @@
 #include "isthmus/pipeline/page.hpp"
 
+#include <algorithm>
 #include <charconv>
+#include <vector>
 
 #include "page_impl.hpp"
 
@@ -154,6 +156,34 @@ std::optional<std::string> Page::text(std::string_view path) const {
       return std::string(buf, end);
     }
     default: return std::nullopt;
+  }
+}
+
+std::string Page::shape() const {
+  const element root = impl_->root;
+  if (root.is_object()) {
+    std::vector<std::string_view> keys;
+    // A copy of the object first: iterating the temporary result would outlive it.
+    const auto object = root.get_object().value_unsafe();
+    for (auto field : object) keys.push_back(field.key);
+    std::sort(keys.begin(), keys.end());
+    keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
+    std::string out = "top-level keys: ";
+    for (std::size_t i = 0; i < keys.size() && i < 20; ++i) {
+      if (i) out += ", ";
+      out += keys[i];
+    }
+    return out;
+  }
+  // Named as Python names the type, since the message is read by Python users.
+  switch (root.type()) {
+    case element_type::ARRAY: return "the body is a JSON list";
+    case element_type::STRING: return "the body is a JSON str";
+    case element_type::INT64:
+    case element_type::UINT64: return "the body is a JSON int";
+    case element_type::DOUBLE: return "the body is a JSON float";
+    case element_type::BOOL: return "the body is a JSON bool";
+    default: return "the body is a JSON NoneType";
   }
 }
 

@@ -54,6 +54,10 @@ class Page {
   // nullopt when the path is missing, null, or an object or array.
   std::optional<std::string> text(std::string_view path) const;
 
+  // What the top of the document is, for an error naming where the records are not:
+  // "top-level keys: a, b" (sorted, at most 20) or "the body is a JSON list".
+  std::string shape() const;
+
  private:
   struct Impl;
   friend struct PageAccess;  // the field map walks the document itself (cpp/src/pipeline)
