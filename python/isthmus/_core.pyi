@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'PageReader', 'Response', 'SandboxServer', 'SqliteWriter', 'TokenStore', 'Watermark', 'backup_state_file', 'constant_time_equal', 'create_state_file', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['AmqpQueue', 'ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'CompletionQueue', 'Coordination', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Lease', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'PageReader', 'RefreshLock', 'Response', 'SandboxServer', 'SqliteWriter', 'StateStore', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -44,8 +44,12 @@ class TokenStore:
         ...
     def erase(self, id: str) -> None:
         ...
+class RefreshLock:
+    """
+    Serializes token requests across processes; Coordination.refresh_lock() makes one.
+    """
 class OAuth2(Credential):
-    def __init__(self, grant: str, token_url: str, client_id: str, client_secret: str, auth_method: str, scopes: collections.abc.Sequence[str], audience: str, refresh_token: str, code: str, code_verifier: str, redirect_uri: str, jwt: JwtAssertion, extra_params: collections.abc.Sequence[tuple[str, str]], refresh_before: typing.SupportsFloat | typing.SupportsIndex, default_lifetime: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex, store: TokenStore, store_id: str, on_token: typing.Any) -> None:
+    def __init__(self, grant: str, token_url: str, client_id: str, client_secret: str, auth_method: str, scopes: collections.abc.Sequence[str], audience: str, refresh_token: str, code: str, code_verifier: str, redirect_uri: str, jwt: JwtAssertion, extra_params: collections.abc.Sequence[tuple[str, str]], refresh_before: typing.SupportsFloat | typing.SupportsIndex, default_lifetime: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex, store: TokenStore, store_id: str, on_token: typing.Any, refresh_lock: RefreshLock | None = None) -> None:
         ...
     def ensure_token(self) -> None:
         ...
@@ -60,6 +64,45 @@ class OAuth2(Credential):
         ...
     @property
     def token_requests(self) -> int:
+        ...
+class Lease:
+    """
+    A lock with a lease in Redis; isthmus.Claim wraps it.
+    """
+    def release(self, timeout: typing.SupportsFloat | typing.SupportsIndex) -> bool:
+        ...
+    def renew(self, timeout: typing.SupportsFloat | typing.SupportsIndex) -> bool:
+        ...
+    @property
+    def held(self) -> bool:
+        ...
+    @property
+    def lease(self) -> float:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+class Coordination:
+    """
+    A Redis connection; isthmus.Coordination wraps it.
+    """
+    def __init__(self, url: str, namespace: str, connect_timeout: typing.SupportsFloat | typing.SupportsIndex, command_timeout: typing.SupportsFloat | typing.SupportsIndex) -> None:
+        ...
+    def claim(self, name: str, lease: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex) -> Lease:
+        ...
+    def key(self, name: str) -> str:
+        ...
+    def refresh_lock(self) -> RefreshLock:
+        ...
+    def stats(self) -> dict:
+        ...
+    def token_store(self, key_env: str, key_file: str) -> TokenStore:
+        ...
+    @property
+    def namespace(self) -> str:
+        ...
+    @property
+    def redacted_url(self) -> str:
         ...
 class Response:
     """
@@ -238,7 +281,7 @@ class Limiter:
     """
     A limiter shared by the clients given it; isthmus.Limiter wraps it.
     """
-    def __init__(self, rules: list, costs: collections.abc.Sequence[tuple[str, typing.SupportsFloat | typing.SupportsIndex]], max_wait: typing.SupportsFloat | typing.SupportsIndex, max_server_wait: typing.SupportsFloat | typing.SupportsIndex) -> None:
+    def __init__(self, rules: list, costs: collections.abc.Sequence[tuple[str, typing.SupportsFloat | typing.SupportsIndex]], max_wait: typing.SupportsFloat | typing.SupportsIndex, max_server_wait: typing.SupportsFloat | typing.SupportsIndex, coordination: Coordination | None = None, name: str = '') -> None:
         ...
     def observe(self, key: typing.Any, status: typing.SupportsInt | typing.SupportsIndex, latency: typing.SupportsFloat | typing.SupportsIndex = 0.0, retry_after: typing.Any = None, timeout: bool = False) -> None:
         ...
@@ -320,7 +363,7 @@ class LocalQueue:
         """
     def close(self) -> None:
         """
-        Closes the file; later calls raise StateError.
+        Releases the backend; later calls raise StateError.
         """
     def dead_letters(self, limit: typing.SupportsInt | typing.SupportsIndex = 0) -> list:
         """
@@ -336,7 +379,7 @@ class LocalQueue:
         """
     def put(self, items: list) -> int:
         """
-        Puts all of items (str or bytes) in one transaction; returns how many.
+        Puts all of items (str or bytes), durably; returns how many.
         """
     def stats(self) -> dict:
         """
@@ -348,16 +391,113 @@ class LocalQueue:
     @property
     def path(self) -> str:
         ...
-def backup_state_file(path: str, dest: str, restore_hint: str = '') -> None:
+class AmqpQueue:
     """
-    A consistent copy of the whole file at `dest` (SQLite's backup API), put in place whole; `dest` must not exist. StateError naming the file on failure.
+    A queue on a RabbitMQ broker (use isthmus.AmqpQueue).
     """
+    @staticmethod
+    def delay_steps() -> list[float]:
+        """
+        The delay queues' TTLs in seconds, smallest first.
+        """
+    def __init__(self, url: str, name: str, max_deliveries: typing.SupportsInt | typing.SupportsIndex = 5, prefetch: typing.SupportsInt | typing.SupportsIndex = 100, connect_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000) -> None:
+        ...
+    def ack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> int:
+        """
+        Removes the messages still held by the lease; returns how many.
+        """
+    def close(self) -> None:
+        """
+        Releases the backend; later calls raise StateError.
+        """
+    def dead_letters(self, limit: typing.SupportsInt | typing.SupportsIndex = 0) -> list:
+        """
+        [(id, body, deliveries, enqueued_at, dead_at, reason), ...], oldest first (limit 0: all).
+        """
+    def lease(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple[str, float, list]:
+        """
+        (token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.
+        """
+    def nack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], delay_ms: typing.SupportsInt | typing.SupportsIndex) -> int:
+        """
+        Returns the messages to ready after the delay (or to the dead letters); returns how many.
+        """
+    def put(self, items: list) -> int:
+        """
+        Puts all of items (str or bytes), durably; returns how many.
+        """
+    def stats(self) -> dict:
+        """
+        {ready, leased, delayed, dead}
+        """
+    @property
+    def max_deliveries(self) -> int:
+        ...
+    @property
+    def name(self) -> str:
+        ...
+    @property
+    def prefetch(self) -> int:
+        ...
+    @property
+    def url(self) -> str:
+        """
+        The broker's URL with its password masked.
+        """
+class StateStore:
+    """
+    A pipeline state file in the core (use isthmus.store.StateStore).
+    """
+    dead_letter_columns: typing.ClassVar[list] = ['id', 'record_key', 'stage', 'record', 'error', 'traceback', 'http_status', 'response_excerpt', 'attempts', 'first_seen', 'last_seen', 'run_id', 'resolved_at', 'resolution']
+    def __init__(self, path: str, create: bool = True) -> None:
+        ...
+    def backup(self, dest: str) -> None:
+        ...
+    def begin_run(self, pipeline: str) -> int:
+        ...
+    def bump_dead_letter(self, id: typing.SupportsInt | typing.SupportsIndex, error: str, http_status: typing.SupportsInt | typing.SupportsIndex | None, excerpt: str | None, traceback: str | None, stage: str | None, record: str | None) -> None:
+        ...
+    def claim(self, pipeline: str, identity: str, adopt: bool = False) -> tuple[dict, typing.Any]:
+        """
+        (the checkpoint as load() returns it, the identity it was filed under before when adopt moved it).
+        """
+    def close(self) -> None:
+        ...
+    def commit(self, pipeline: str, run_id: typing.SupportsInt | typing.SupportsIndex, position: str | None, dead_letters: list, set_incremental: bool, incremental: str | None, resolved: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], superseded: collections.abc.Sequence[str]) -> None:
+        """
+        The checkpoint, the dead letters (dicts, record as JSON text), the replayed and the superseded ones in one transaction.
+        """
+    def damaged_message(self, why: str) -> str:
+        """
+        The text of the StateError for a damaged file: names it, says why and what to do.
+        """
+    def dead_letters(self, pipeline: str | None | None = None, run_id: typing.SupportsInt | typing.SupportsIndex | None | None = None, include: str = 'open', where: str = '', params: tuple = ()) -> list:
+        """
+        Dead letters as dicts (record as JSON text), oldest first. include: open, superseded (open ones and those a newer version replaced) or all.
+        """
+    def finish_run(self, run_id: typing.SupportsInt | typing.SupportsIndex, status: str, counts: str, error: str | None | None = None) -> None:
+        ...
+    def identity(self, pipeline: str) -> str | None:
+        ...
+    def load(self, pipeline: str) -> dict:
+        """
+        {'position': JSON text or None, 'incremental': JSON text or None}.
+        """
+    def open_dead_letter_keys(self, pipeline: str) -> list[str]:
+        ...
+    def pipelines(self) -> list[str]:
+        ...
+    def resolve(self, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> None:
+        ...
+    def runs(self, pipeline: str | None | None = None) -> list:
+        """
+        Run rows as dicts, counts as JSON text, oldest first.
+        """
+    @property
+    def path(self) -> str:
+        ...
 def constant_time_equal(arg0: bytes, arg1: bytes) -> bool:
     ...
-def create_state_file(path: str, schema: str, restore_hint: str = '') -> bool:
-    """
-    Creates the file holding `schema` whole (built beside it, then hard-linked in); False when another opener created it first. StateError naming the file on failure.
-    """
 def encode_query(params: collections.abc.Sequence[tuple[str, str]]) -> str:
     """
     name=value pairs joined by '&', percent-encoded as the signers expect (a space is %20, escapes in upper-case hex).
