@@ -52,6 +52,7 @@ from isthmus.auth import (
     OAuth2RefreshToken,
     TokenStore,
 )
+from isthmus.coordination import Coordination
 from isthmus.http import Client
 from isthmus.incremental import Incremental, TimeSlices
 from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
@@ -306,10 +307,18 @@ def _store(spec: Any, where: str, base: Path) -> TokenStore:
     return result
 
 
+def _coordination(spec: Dict[str, Any], where: str) -> None:
+    """A ``coordination:`` Redis URL in ``spec`` becomes the Coordination it names, connected
+    now: a wrong URL or password fails the load with an error naming the URL (password masked)."""
+    if "coordination" in spec:
+        spec["coordination"] = Coordination(spec["coordination"])
+
+
 def _auth(spec: Dict[str, Any], where: str, base: Path) -> Any:
     defname, spec = _tag(spec, "auth")
     if "store" in spec:
         spec["store"] = _store(spec["store"], where + ".store", base)
+    _coordination(spec, where)
     return _make(defname, spec, where)
 
 
@@ -317,6 +326,7 @@ def _limit(spec: Dict[str, Any], where: str) -> Any:
     defname, spec = _tag(spec, "limit", "rate")
     if defname == "limit_limiter":
         limits = [_limit(item, f"{where}.limits[{i}]") for i, item in enumerate(spec.pop("limits", []))]
+        _coordination(spec, where)
         return _make("limiter", spec, where, limits=Limits(limits))
     return _make(defname, spec, where)
 

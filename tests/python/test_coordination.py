@@ -266,3 +266,31 @@ def test_a_wrong_password_is_access_refused_without_the_password(tmp_path):
         assert "credentials" in str(e.value)
         with pytest.raises(isthmus.AccessRefused, match="NOAUTH"):
             isthmus.Coordination(f"redis://127.0.0.1:{server.port}/0", connect_timeout=2)
+
+
+def test_a_shared_limit_and_token_from_yaml(redis, tmp_path, monkeypatch):
+    """`coordination:` in a pipeline file's limiter and OAuth2 credential connects to that Redis;
+    a wrong password fails the load with AccessRefused naming the URL, password masked."""
+    from isthmus.config import pipeline_from_dict
+
+    monkeypatch.setenv("ISTHMUS_TOKEN_KEY", isthmus.TokenStore.generate_key())
+    with isthmus.Sandbox(records=50, auth="oauth2") as api, isthmus.Sandbox() as dst:
+        def doc(url):
+            return {"name": "shared", "state": "state.db",
+                    "source": {"base_url": api.url, "path": "/v1/contacts", "params": {"limit": 10},
+                               "paginator": "cursor",
+                               "auth": {"type": "oauth2_client_credentials", "token_url": api.token_url,
+                                        "client_id": api.client_id, "client_secret": api.client_secret,
+                                        "coordination": url},
+                               "rate_limit": {"type": "limiter", "name": "crm", "coordination": url,
+                                              "limits": [{"rate": 100, "per": "second"}]}},
+                    "sink": {"type": "http", "base_url": dst.url, "path": "/v1/contacts/batch"}}
+
+        pipe = pipeline_from_dict(doc(redis.url), tmp_path)
+        limiter = pipe.source.client.limiter
+        assert isinstance(limiter.coordination, isthmus.Coordination) and limiter.name == "crm"
+        assert pipe.run().counts["written"] == 50
+        assert observer(redis).keys("isthmus:*crm*")  # the allowance was counted in Redis
+        with pytest.raises(isthmus.AccessRefused) as e:
+            pipeline_from_dict(doc(f"redis://:wrong@127.0.0.1:{redis.port}/0"), tmp_path)
+        assert "wrong" not in str(e.value) and f"127.0.0.1:{redis.port}" in str(e.value)
