@@ -129,7 +129,12 @@ class TransportChaos(threading.Thread):
             px.reset_after = None
         elif kind == "black_hole":
             px.black_hole = True  # nothing answered: every call through it times out
+            # For a while, and until a call has gone in: a side can be idle for seconds (the
+            # source reads ahead of the sink, so it rests while the sink catches up).
+            deadline = time.monotonic() + 30.0
             self.stop.wait(4 * CLIENT_TIMEOUT)
+            while px.stats()["swallowed"] == before["swallowed"] and time.monotonic() < deadline:
+                self.stop.wait(0.01)
             px.black_hole = False
         else:  # slow_link
             px.latency_ms, px.bandwidth = 30.0, 512 * 1024
