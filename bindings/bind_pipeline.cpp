@@ -2,6 +2,7 @@
 // released, then its records become Python objects in one pass (no JSON text crosses over).
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <unordered_map>
@@ -57,7 +58,15 @@ class PyBuilder : public JsonVisitor {
   void unsigned_integer(std::uint64_t v) override { put(PyLong_FromUnsignedLongLong(v)); }
   void number(double v) override { put(PyFloat_FromDouble(v)); }
   void string(std::string_view v) override {
-    // The parser has already checked that the text is valid UTF-8.
+    // The parser has already checked that the text is valid UTF-8; most of it is ASCII, which
+    // becomes a str by one copy instead of a trip through the decoder.
+    if (ascii(v)) {
+      PyObject* s = PyUnicode_New(static_cast<Py_ssize_t>(v.size()), 127);
+      if (!s) throw py::error_already_set();
+      std::memcpy(PyUnicode_1BYTE_DATA(s), v.data(), v.size());
+      put(s);
+      return;
+    }
     put(PyUnicode_FromStringAndSize(v.data(), static_cast<Py_ssize_t>(v.size())));
   }
   void begin_array(std::size_t size) override {
@@ -66,31 +75,59 @@ class PyBuilder : public JsonVisitor {
     stack_.push_back({list, 0, nullptr});
   }
   void end_array() override { close(); }
-  void begin_object(std::size_t) override {
-    PyObject* dict = PyDict_New();
+  void begin_object(std::size_t size) override {
+    // Sized for its fields (and one more, which a mapping often adds): a dict grown one key
+    // at a time is rebuilt twice on the way to a dozen fields.
+    PyObject* dict = _PyDict_NewPresized(static_cast<Py_ssize_t>(size) + 1);
     if (!dict) throw py::error_already_set();
     stack_.push_back({dict, 0, nullptr});
   }
   void key(std::string_view k) override {
-    // Records repeat the same few keys; one shared str per name saves an allocation each.
-    auto it = keys_.find(k);
-    if (it == keys_.end()) {
-      PyObject* s = PyUnicode_FromStringAndSize(k.data(), static_cast<Py_ssize_t>(k.size()));
-      if (!s) throw py::error_already_set();
-      PyUnicode_InternInPlace(&s);
-      it = keys_.emplace(std::string(k), s).first;
+    // Records repeat the same keys in the same order: the key last seen at this depth and
+    // position is tried first (a compare), the table of every name seen second (a hash).
+    Frame& f = stack_.back();
+    const std::size_t depth = stack_.size() - 1;
+    if (hints_.size() <= depth) hints_.resize(depth + 1);
+    auto& row = hints_[depth];
+    const auto at = static_cast<std::size_t>(f.index++);
+    PyObject* name = nullptr;
+    if (at < row.size() && row[at].first == k) {
+      name = row[at].second;
+    } else {
+      auto it = keys_.find(k);
+      if (it == keys_.end()) {
+        PyObject* s = PyUnicode_FromStringAndSize(k.data(), static_cast<Py_ssize_t>(k.size()));
+        if (!s) throw py::error_already_set();
+        PyUnicode_InternInPlace(&s);
+        it = keys_.emplace(std::string(k), s).first;
+      }
+      name = it->second;
+      if (row.size() <= at) row.resize(at + 1);
+      row[at] = {it->first, name};  // a view of the table's own key, stable while it lives
     }
-    Py_INCREF(it->second);
-    stack_.back().key = it->second;
+    Py_INCREF(name);
+    f.key = name;
   }
   void end_object() override { close(); }
 
  private:
   struct Frame {
     PyObject* container;
-    Py_ssize_t index;
-    PyObject* key;  // the pending key of a dict
+    Py_ssize_t index;  // a list's next slot; a dict's count of keys so far
+    PyObject* key;     // the pending key of a dict
   };
+
+  static bool ascii(std::string_view v) {
+    std::uint64_t high = 0;
+    std::size_t i = 0;
+    for (; i + 8 <= v.size(); i += 8) {
+      std::uint64_t x;
+      std::memcpy(&x, v.data() + i, sizeof x);
+      high |= x;
+    }
+    for (; i < v.size(); ++i) high |= static_cast<unsigned char>(v[i]);
+    return (high & 0x8080808080808080ull) == 0;
+  }
 
   void close() {
     Frame f = stack_.back();
@@ -118,6 +155,8 @@ class PyBuilder : public JsonVisitor {
 
   std::vector<Frame> stack_;
   PyObject* result_ = nullptr;
+  // Per depth, per position in an object: the key last seen there (borrowed from keys_).
+  std::vector<std::vector<std::pair<std::string_view, PyObject*>>> hints_;
   // Looked up by string_view, so a key already seen costs a hash and no allocation.
   struct Hash {
     using is_transparent = void;

@@ -592,6 +592,10 @@ class Pipeline:
                         watch(dead)
                 run.counts["read"] += read
                 since_commit += read
+                # The sink has the records now (written, kept as its own JSON text, or filed as
+                # dead letters): until its ack the batch keeps only its keys and token, so
+                # memory follows the pages in flight, not the records since the last checkpoint.
+                batch.records, batch._mapped = [], None
                 if since_commit >= self.checkpoint_every or time.monotonic() - last_commit > self.checkpoint_seconds:
                     commit()
                 bar.update(int(run.counts["read"]), getattr(src, "total", None), waited=waited)

@@ -97,7 +97,10 @@ class Source(Protocol):
       source is exhausted.
     - ``ack(batch)``: the sink has settled every record of ``batch`` (accepted, or filed as a
       dead letter); the source may let go of them (ack a queue's lease ...). Each batch is
-      acknowledged once; the checkpoint moves with it.
+      acknowledged once; the checkpoint moves with it. The pipeline has already let go of the
+      batch's records by then (``batch.records`` is empty; ``keys`` and ``token`` are as
+      read), so a run holds the records of the batches in flight, not of every batch since
+      the last checkpoint: what an ack needs goes in the token, the keys or the source.
 
     Optional attributes the pipeline uses when present: ``name`` (what the checkpoint is
     filed under), ``identity`` (which data it reads: a checkpoint saved by a source with

@@ -103,6 +103,44 @@ def test_the_watermark_moves_only_over_a_contiguous_acknowledged_prefix():
         acks.ack(5)
 
 
+class _Row(dict):
+    """A record that can be watched: a dict subclass takes weak references."""
+
+
+def test_the_pipeline_lets_go_of_records_once_the_sink_has_them(tmp_path):
+    # Records must not wait for the checkpoint (here never before the end): a run would then
+    # hold every record since the last one. Batches read two back must be gone, and an ack
+    # still gets each batch's keys and token.
+    import gc
+    import weakref
+
+    class Watched:
+        name = "watched"
+
+        def open(self, state):
+            self.n, self.refs, self.acked, self.alive_when_read = 0, [], [], []
+
+        def read_batch(self, max_records, timeout):
+            if self.n == 20:
+                return None
+            gc.collect()
+            self.alive_when_read.append(sum(r() is not None for r in self.refs[:-2 * 5]))
+            rows = [_Row(id=self.n * 5 + i) for i in range(5)]
+            self.refs += [weakref.ref(r) for r in rows]
+            self.n += 1
+            return isthmus.Batch(rows, [str(r["id"]) for r in rows], {"n": self.n})
+
+        def ack(self, batch):
+            self.acked.append((batch.token["n"], len(batch.keys), batch.records))
+
+    src = Watched()
+    run = isthmus.Pipeline(src, sink=isthmus.CallableSink(lambda records: None), state=str(tmp_path / "w.db"),
+                           checkpoint_every=1_000_000, checkpoint_seconds=3600).run()
+    assert run.counts["written"] == 100
+    assert src.alive_when_read == [0] * 20
+    assert src.acked == [(n, 5, []) for n in range(1, 21)]
+
+
 def test_something_that_is_not_a_source_is_refused_naming_what_it_lacks(tmp_path):
     class Half:
         def open(self, state):

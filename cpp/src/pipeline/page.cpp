@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstring>
 #include <vector>
 
 #include "page_impl.hpp"
@@ -38,33 +39,78 @@ std::size_t too_deep_at(std::string_view body) {
   return std::string_view::npos;
 }
 
+// Copies the part of a parsed document that the parse wrote into `out`, sized to fit. A page
+// waiting in the reader's window or channel then weighs about its tape and strings (1-2x the
+// body) instead of the parser's worst-case reservation; with a window of 16 pages this was
+// most of a run's memory. The tape layout is simdjson's documented one (doc/tape.md): word 0
+// is the root, whose payload is the tape's length; a string word's payload is the offset of a
+// 4-byte length, the bytes and a NUL in the string buffer, written in tape order; a number
+// word is followed by one word of raw value.
+void keep_used(const simdjson::dom::document& from, simdjson::dom::document& out) {
+  constexpr std::uint64_t kPayload = 0x00FFFFFFFFFFFFFFull;
+  const std::size_t words = static_cast<std::size_t>(from.tape[0] & kPayload);
+  std::size_t strings = 0;
+  for (std::size_t i = 1; i < words; ++i) {
+    const auto type = static_cast<char>(from.tape[i] >> 56);
+    if (type == '"') {
+      const std::size_t at = static_cast<std::size_t>(from.tape[i] & kPayload);
+      std::uint32_t len = 0;
+      std::memcpy(&len, from.string_buf.get() + at, sizeof len);
+      strings = at + sizeof len + len + 1;
+    } else if (type == 'l' || type == 'u' || type == 'd') {
+      ++i;
+    }
+  }
+  out.tape.reset(new uint64_t[words]);
+  std::memcpy(out.tape.get(), from.tape.get(), words * sizeof(std::uint64_t));
+  out.string_buf.reset(new uint8_t[std::max<std::size_t>(strings, 1)]);
+  if (strings) std::memcpy(out.string_buf.get(), from.string_buf.get(), strings);
+}
+
+// A thread's parser keeps the buffers of the largest page it has read; past a few megabytes
+// of body they are let go after each page, so one huge page does not pin them for good.
+void release_if_large(simdjson::dom::parser& parser) {
+  constexpr std::size_t kKeep = 4u << 20;
+  if (parser.capacity() > kKeep) parser = simdjson::dom::parser{};
+}
+
 }  // namespace
 
 std::unique_ptr<Page> Page::parse(std::string_view body, std::string& error) {
-  // Refused up front with the offset: walking records recurses once per level.
-  if (const auto at = too_deep_at(body); at != std::string_view::npos) {
-    error = "JSON nested deeper than " + std::to_string(kMaxDepth) + " levels at byte " + std::to_string(at);
-    return nullptr;
-  }
   if (body.empty()) {
     // Also keeps simdjson from copying zero bytes from a null pointer (undefined behaviour).
     error = "parse error: the body is empty";
     return nullptr;
   }
-  auto impl = std::make_unique<Impl>();
-  // The body is not padded for SIMD loads, so simdjson copies it into a padded buffer first.
-  // Its own depth limit sits above ours, which the scan above has already enforced.
-  if (auto e = impl->parser.allocate(body.size(), kMaxDepth + 2); e) {
-    error = std::string("parse error: ") + simdjson::error_message(e);
-    return nullptr;
+  // One parser per thread, reused: its buffers (a padded copy of the body, the structural
+  // indexes, a tape and string buffer reserved for the worst case: about 14 bytes per body
+  // byte) are allocated once, not per page. Its depth limit is ours (walking records recurses
+  // once per level): it refuses exactly the bodies nested more than kMaxDepth deep.
+  thread_local simdjson::dom::parser parser;
+  if (parser.capacity() < body.size() || parser.max_depth() != kMaxDepth) {
+    if (auto e = parser.allocate(std::max(body.size(), parser.capacity()), kMaxDepth); e) {
+      error = std::string("parse error: ") + simdjson::error_message(e);
+      return nullptr;
+    }
   }
-  auto result = impl->parser.parse(body.data(), body.size(), /*realloc_if_needed=*/true);
+  // The body is not padded for SIMD loads, so simdjson copies it into its padded buffer first.
+  auto result = parser.parse(body.data(), body.size(), /*realloc_if_needed=*/true);
   if (result.error()) {
-    // simdjson's messages name the kind of error and never quote the body.
-    error = std::string("parse error: ") + simdjson::error_message(result.error());
+    const auto deep = result.error() == simdjson::DEPTH_ERROR ? too_deep_at(body) : std::string_view::npos;
+    if (deep != std::string_view::npos) {
+      // Scanned for only now, to say where: the scan costs a fifth of a good page's parse.
+      error = "JSON nested deeper than " + std::to_string(kMaxDepth) + " levels at byte " + std::to_string(deep);
+    } else {
+      // simdjson's messages name the kind of error and never quote the body.
+      error = std::string("parse error: ") + simdjson::error_message(result.error());
+    }
+    release_if_large(parser);
     return nullptr;
   }
-  impl->root = result.value_unsafe();
+  auto impl = std::make_unique<Impl>();
+  keep_used(parser.doc, impl->doc);
+  release_if_large(parser);
+  impl->root = impl->doc.root();
   return std::unique_ptr<Page>(new Page(std::move(impl)));
 }
 

@@ -11,9 +11,9 @@
 
 namespace isthmus::pipeline {
 
-// Each Page owns its parser (the document lives in it).
+// Each Page owns a document of its own, sized to what the parse wrote (see Page::parse).
 struct Page::Impl {
-  simdjson::dom::parser parser;
+  simdjson::dom::document doc;
   simdjson::dom::element root;
 };
 

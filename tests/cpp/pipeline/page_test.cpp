@@ -49,6 +49,41 @@ TEST(Page, FindsRecordsAndFieldsByPath) {
   EXPECT_EQ(p.out, R"([{"id":"a","n":-1},{"id":"b","n":d}])");
 }
 
+// Pages are parsed by one reused parser per thread and keep a copy sized to what they hold:
+// each page must stay whole while later pages (small, failed, and one big enough for the
+// parser to let its buffers go) are parsed on the same thread.
+TEST(Page, EachPageKeepsItsOwnDocumentWhileLaterOnesAreParsed) {
+  std::string err;
+  const std::string first_body = R"({"data":[{"id":"a","n":-1,"u":18446744073709551615,"d":0.5,"s":"\u00e9t\u00e9",)"
+                                 R"("e":"","t":true,"z":null,"tags":["x",""]}],"meta":{"next":"c2"}})";
+  auto first = Page::parse(first_body, err);
+  ASSERT_TRUE(first) << err;
+  auto second = Page::parse(R"([{"id":"b"},"last string"])", err);
+  ASSERT_TRUE(second) << err;
+  EXPECT_FALSE(Page::parse(R"({"data":[1,2)", err));
+  std::string big = R"({"data":[)";
+  for (int i = 0; i < 200000; ++i) big += std::string(i ? "," : "") + R"({"id":")" + std::to_string(i) + R"(","v":1.5})";
+  big += "]}";
+  auto third = Page::parse(big, err);
+  ASSERT_TRUE(third) << err;
+  auto fourth = Page::parse(R"({"data":[{"id":"c"}]})", err);
+  ASSERT_TRUE(fourth) << err;
+
+  Printer p1;
+  first->visit_records("data", p1);
+  EXPECT_EQ(p1.out, "[{\"id\":\"a\",\"n\":-1,\"u\":18446744073709551615u,\"d\":d,\"s\":\"\xc3\xa9t\xc3\xa9\","
+                    "\"e\":\"\",\"t\":true,\"z\":null,\"tags\":[\"x\",\"\"]}]");
+  EXPECT_EQ(first->text("meta.next"), "c2");
+  Printer p2;
+  second->visit_records("", p2);
+  EXPECT_EQ(p2.out, R"([{"id":"b"},"last string"])");
+  std::size_t n = 0;
+  EXPECT_EQ(third->find_records("data", n), Page::Records::ok);
+  EXPECT_EQ(n, 200000u);
+  EXPECT_EQ(third->text("data.199999.id"), "199999");
+  EXPECT_EQ(fourth->text("data.0.id"), "c");
+}
+
 TEST(Page, SaysWhyRecordsAreNotThere) {
   std::string err;
   auto page = Page::parse(R"({"data":{"id":1},"items":[]})", err);
