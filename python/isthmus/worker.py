@@ -198,8 +198,14 @@ class Worker:
                 try:
                     self._work(m)
                 except Exception:
+                    # Redis or the state file failed before the page was worked: the task goes
+                    # back (a lease left to expire would hold its chain up for `visibility`).
                     self._count("failed")
                     log.exception("worker %s: task failed", self.name)
+                    try:
+                        self.queue.nack(m, delay=1)
+                    except errors.IsthmusError:
+                        pass  # the broker is away: it hands the task out again itself
                 finally:
                     self._in_flight.pop(threading.get_ident(), None)
                     with self._lock:
