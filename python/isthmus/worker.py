@@ -122,7 +122,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.queue, self.coordination = pipeline._cluster()
         self.stats: Dict[str, int] = {"tasks": 0, "pages": 0, "stale": 0, "busy": 0, "parked": 0,
-                                      "failed": 0, "dead_lettered": 0}
+                                      "failed": 0, "dead_lettered": 0, "empty_looks": 0}
         self._lock = threading.Lock()
         self._sink_lock = threading.Lock()
         self._claims: Dict[str, Any] = {}
@@ -186,6 +186,7 @@ class Worker:
                 pause = min(pause * 2, self.idle_wait)
                 continue
             if not lease:
+                self._count("empty_looks")
                 if self._finished(until_idle, run_id):
                     self._stop.set()
                     return

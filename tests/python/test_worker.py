@@ -273,6 +273,45 @@ def test_a_page_that_always_fails_is_dead_lettered_and_replayed(broker, redis, t
             assert q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
 
 
+# --- long waits and idle workers ------------------------------------------------------------
+
+def test_a_long_retry_after_parks_the_task_instead_of_holding_a_worker(broker, redis, tmp_path):
+    with isthmus.Sandbox(records=300, max_page_size=100, rate_limit=0.01, burst=1) as api, \
+            isthmus.Sandbox() as dest:
+        # A server's pause longer than a second fails the call instead of holding it: the
+        # worker then parks the task for as long as the 429 asks.
+        client = isthmus.Client(api.url, rate_limit=isthmus.Limiter(max_wait=1, max_server_wait=1))
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100},
+                                retry=isthmus.Retry(attempts=1))
+        pipeline = isthmus.Pipeline(stream, sink=isthmus.HttpSink(isthmus.Client(dest.url), "/v1/contacts/batch"),
+                                    state=str(tmp_path / "s.db"), name="parked", queue=broker.url,
+                                    coordination=redis.url)
+        pipeline.submit()
+        worker = isthmus.Worker(pipeline)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            # The second page gets a 429 asking for 100 s: the task waits in a delay queue.
+            wait_until(lambda: worker.stats["parked"] == 1, timeout=30)
+            with queue_of(broker, "parked") as q:
+                wait_until(lambda: q.stats()["delayed"] == 1, timeout=10)
+            assert worker.stats["pages"] == 1 and not worker._in_flight
+        finally:
+            worker.stop()
+            thread.join()
+        assert received(dest)["unique"] == 100
+
+
+def test_an_idle_worker_backs_off_instead_of_spinning(broker, redis, tmp_path):
+    p = isthmus.Pipeline(isthmus.Stream(isthmus.Client("http://127.0.0.1:9"), "/v1/contacts"),
+                         sink=isthmus.JsonlSink(str(tmp_path / "o")), state=str(tmp_path / "s.db"), name="idle",
+                         queue=broker.url, coordination=redis.url)
+    stats = isthmus.Worker(p, idle_wait=0.5).run(until_idle=2.0)
+    # Looks 10 ms apart, doubling up to 0.5 s: about a dozen in 2 s, where a spinning loop
+    # would make thousands.
+    assert stats["tasks"] == 0 and stats["empty_looks"] <= 20
+
+
 # --- bad input ------------------------------------------------------------------------------
 
 def _pipeline(queue, coordination, tmp_path):
