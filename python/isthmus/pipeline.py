@@ -332,13 +332,19 @@ class Pipeline:
                                      "(queue='amqp://...') and coordination='redis://...'")
         if self._connected is None:
             from isthmus.coordination import Coordination
-            from isthmus.queue import AmqpQueue
 
             q, c = self._queue_spec, self._coordination_spec
             coord = c if isinstance(c, Coordination) else Coordination(c)
-            queue = q if not isinstance(q, str) else AmqpQueue(q, self.queue_name, max_deliveries=self.max_deliveries)
-            self._connected = (queue, coord)
+            self._connected = (self._open_queue() or q, coord)
         return self._connected
+
+    def _open_queue(self) -> Any:
+        """Another connection to the task queue (None when queue= was given as an object)."""
+        if not isinstance(self._queue_spec, str):
+            return None
+        from isthmus.queue import AmqpQueue
+
+        return AmqpQueue(self._queue_spec, self.queue_name, max_deliveries=self.max_deliveries)
 
     def submit(self) -> int:
         """Starts a run on workers: one first-page task per partition of the source, published

@@ -20,6 +20,7 @@ acks. docs/scaleout.md says what a kill at each step re-runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from isthmus import errors
 from isthmus._transport import NETWORK_COUNTS, Counters
@@ -121,8 +122,13 @@ class Worker:
         self.lease, self.visibility, self.idle_wait = float(lease), float(visibility), float(idle_wait)
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.queue, self.coordination = pipeline._cluster()
-        self.stats: Dict[str, int] = {"tasks": 0, "pages": 0, "stale": 0, "busy": 0, "parked": 0,
-                                      "failed": 0, "dead_lettered": 0, "empty_looks": 0}
+        # Counts, and the seconds tasks spent in all (task_s), fetching (fetch_s), in the mapping
+        # and the sink (sink_s), publishing and acking (queue_s), claiming (redis_s) and reading
+        # and committing checkpoints (state_s); bench/scaleout.py reports them per page.
+        self.stats: Dict[str, float] = {"tasks": 0, "pages": 0, "stale": 0, "busy": 0, "parked": 0,
+                                        "failed": 0, "dead_lettered": 0, "empty_looks": 0,
+                                        "task_s": 0.0, "fetch_s": 0.0, "sink_s": 0.0, "queue_s": 0.0,
+                                        "redis_s": 0.0, "state_s": 0.0}
         self._lock = threading.Lock()
         self._sink_lock = threading.Lock()
         self._claims: Dict[str, Any] = {}
@@ -130,16 +136,31 @@ class Worker:
         self._stop = threading.Event()
         self._sink_counters = Counters()
         self._fused = False
+        self._local = threading.local()
+        self._opened: List[Any] = []
 
     def __repr__(self) -> str:
         return f"<isthmus.Worker {self.name} of {self.pipeline.name!r} concurrency={self.concurrency}>"
+
+    def _queue(self) -> Any:
+        """This thread's connection to the broker. One per thread: a confirmed publish holds
+        its connection until the broker answers, and the other threads' tasks would queue
+        behind it (the broker also hands a lease's ack only to the connection that leased)."""
+        q = getattr(self._local, "queue", None)
+        if q is None:
+            q = self.pipeline._open_queue() or self.queue
+            self._local.queue = q
+            if q is not self.queue:
+                with self._lock:
+                    self._opened.append(q)
+        return q
 
     def stop(self) -> None:
         """Asks the workers' threads to stop after the task each is on."""
         self._stop.set()
 
     # -- the loop ----------------------------------------------------------------------------
-    def run(self, until_idle: Optional[float] = None, run_id: Optional[int] = None) -> Dict[str, int]:
+    def run(self, until_idle: Optional[float] = None, run_id: Optional[int] = None) -> Dict[str, float]:
         """Works tasks until ``stop()`` (or SIGTERM in ``isthmus worker``); with ``until_idle``,
         until the queue has had no task for that many seconds; with ``run_id``, until that run
         is settled (every partition done or dead-lettered). Returns this worker's counts."""
@@ -166,19 +187,30 @@ class Worker:
         finally:
             self._stop.set()
             keeper.join()
+            for q in self._opened:
+                q.close()
+            self._opened.clear()
             p.sink.close()
             self._heartbeat(gone=True)
         return dict(self.stats)
 
-    def _count(self, what: str) -> None:
+    def _count(self, what: str, n: float = 1) -> None:
         with self._lock:
-            self.stats[what] += 1
+            self.stats[what] += n
+
+    @contextlib.contextmanager
+    def _timed(self, what: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._count(what, time.perf_counter() - began)
 
     def _loop(self, until_idle: Optional[float], run_id: Optional[int]) -> None:
         pause = 0.01
         while not self._stop.is_set():
             try:
-                lease = self.queue.lease(1, visibility=self.visibility)
+                lease = self._queue().lease(1, visibility=self.visibility)
             except errors.IsthmusError as exc:
                 # The broker is away: the queue reconnects by itself; wait, do not spin.
                 log.warning("worker %s: queue: %s", self.name, exc)
@@ -204,7 +236,7 @@ class Worker:
                     self._count("failed")
                     log.exception("worker %s: task failed", self.name)
                     try:
-                        self.queue.nack(m, delay=1)
+                        self._queue().nack(m, delay=1)
                     except errors.IsthmusError:
                         pass  # the broker is away: it hands the task out again itself
                 finally:
@@ -273,25 +305,29 @@ class Worker:
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             # Another definition's task, or a damaged one: set aside by the queue, not worked.
             log.error("worker %s: task %.200r refused: %s", self.name, message.body, exc)
-            self.queue.nack(message, delay=60)
+            self._queue().nack(message, delay=60)
             return
         self._count("tasks")
+        began = time.perf_counter()
         cp_name = partition_checkpoint(p.name, key)
-        claim = self._claim(cp_name)
+        with self._timed("redis_s"):
+            claim = self._claim(cp_name)
         if claim is None:
             # Another worker is on this partition's chain: look again in a second.
             self._count("busy")
-            self.queue.nack(message, delay=1)
+            self._queue().nack(message, delay=1)
             return
         try:
             token: Dict[str, Any] = {}
-            token = p.store.load(cp_name)["position"] or {}
+            with self._timed("state_s"):
+                token = p.store.load(cp_name)["position"] or {}
             if self._stale(task, token):
                 self._count("stale")
                 token["stale"] = token.get("stale", 0) + 1
                 p.store.commit(cp_name, int(token["run"]), token)
-                self.queue.ack(message)
+                self._queue().ack(message)
                 return
+            fetched = time.perf_counter()
             try:
                 records, after, fetch_counts = p.source._read_page(partition, task["step"], task.get("incremental"))
             except (errors.RateLimited, errors.Throttled, errors.QuotaExhausted) as exc:
@@ -300,30 +336,40 @@ class Worker:
                 wait = _wait_of(exc)
                 self._count("parked")
                 log.info("worker %s: partition %s page %s parked for %.0f s: %s", self.name, key, seq, wait, exc)
-                self.queue.nack(message, delay=wait)
+                self._queue().nack(message, delay=wait)
                 return
+            delivered = time.perf_counter()
             try:
                 counts, dead = self._deliver(records, fetch_counts)
+                sunk = time.perf_counter()
                 chain = {k: task["counts"].get(k, 0) + counts.get(k, 0) for k in CHAIN_COUNTS}
                 if after is not None:
-                    self._put(task_json(p, run_id, partition, seq + 1, after, task.get("incremental"), chain))
-                claim = self._hold(cp_name, claim)
+                    with self._timed("queue_s"):
+                        self._put(task_json(p, run_id, partition, seq + 1, after, task.get("incremental"), chain))
+                with self._timed("redis_s"):
+                    claim = self._hold(cp_name, claim)
                 done_token = {"run": run_id, "seq": seq, "next": after, "done": after is None, "counts": chain,
                               "stale": token.get("stale", 0) if token.get("run") == run_id else 0}
-                p.store.commit(cp_name, run_id, done_token, dead, dead_letters_of=p.name)
+                with self._timed("state_s"):
+                    p.store.commit(cp_name, run_id, done_token, dead, dead_letters_of=p.name)
             except _Stop as exc:
                 log.warning("worker %s: %s; the task goes back to the queue", self.name, exc)
-                self.queue.nack(message)
+                self._queue().nack(message)
                 return
             self._count("pages")
+            self._count("fetch_s", delivered - fetched)
+            self._count("sink_s", sunk - delivered)
         except _Stop:
             raise
         except Exception as exc:
             self._failed_page(message, task, cp_name, token, exc)
             return
         finally:
-            self._release(cp_name, claim)
-        self._ack(message)
+            with self._timed("redis_s"):
+                self._release(cp_name, claim)
+        with self._timed("queue_s"):
+            self._ack(message)
+        self._count("task_s", time.perf_counter() - began)
         if after is None:
             self._settle(run_id)
 
@@ -379,7 +425,7 @@ class Worker:
         pause = 0.1
         while True:
             try:
-                self.queue.put(body)
+                self._queue().put(body)
                 return
             except (errors.ConnectError, errors.TimeoutError, errors.ReadError) as exc:
                 if self._stop.is_set() and pause >= 5:
@@ -390,7 +436,7 @@ class Worker:
 
     def _ack(self, message: Any) -> None:
         try:
-            self.queue.ack(message)
+            self._queue().ack(message)
         except errors.IsthmusError as exc:
             # The lease went with a lost connection: the broker hands the task out again and
             # the checkpoint, already past it, has it dropped as stale.
@@ -429,7 +475,7 @@ class Worker:
         if message.deliveries < self.queue.max_deliveries:
             log.warning("worker %s: partition %s page %s failed (delivery %d of %d): %s", self.name, task["key"],
                         task["seq"], message.deliveries, self.queue.max_deliveries, exc)
-            self.queue.nack(message, delay=1)
+            self._queue().nack(message, delay=1)
             return
         self._count("dead_lettered")
         dead = [{"record_key": f"page:{task['key']}:{task['seq']}", "stage": TASK_STAGE, "record": task,
