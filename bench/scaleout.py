@@ -45,7 +45,8 @@ PARTITIONS = 20
 CONCURRENCY = 4
 PAGE = 100
 LATENCY_MS = 20
-WORKER_COLUMNS = (("pages", "pages", 0), ("seconds", "wall_s", 2), ("overhead us/page", "overhead_us", 0),
+WORKER_COLUMNS = (("pages", "pages", 0), ("seconds", "wall_s", 2), ("worker CPU ms/page", "cpu_ms", 2),
+                  ("overhead us/page", "overhead_us", 0),
                   ("broker us", "broker_us", 0), ("redis us", "redis_us", 0), ("checkpoint us", "state_us", 0),
                   ("stale tasks", "stale", 0), ("unique at dest", "unique", 0))
 
@@ -106,11 +107,13 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"{n} workers did not start")
             time.sleep(0.05)
+        cpu0 = sum(common.process_tree_cpu_s(p.pid) for p in procs)
         t0 = time.monotonic()
         run_id = pipeline.submit()
         while pipeline.progress(run_id)["going"]:
             time.sleep(0.02)
         wall = time.monotonic() - t0
+        cpu = sum(common.process_tree_cpu_s(p.pid) for p in procs) - cpu0
         progress = pipeline.progress(run_id)
     finally:
         for p in procs:
@@ -128,7 +131,7 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
     unique = dest.stats()["records_received"]["contacts"]["unique"]
     return {"tool": f"{n} worker{'s' if n > 1 else ''}", "value": round(records / wall, 1), "wall_s": round(wall, 2),
             "pages": pages, "overhead_us": round(1e6 * own / max(pages, 1)), "stale": progress["stale_tasks"],
-            "broker_us": per_page["queue_s"], "redis_us": per_page["redis_s"], "state_us": per_page["state_s"],
+            "cpu_ms": round(1000 * cpu / max(pages, 1), 2), "broker_us": per_page["queue_s"], "redis_us": per_page["redis_s"], "state_us": per_page["state_s"],
             "unique": unique, "note": f"{n} x `isthmus worker --concurrency {CONCURRENCY}`"}
 
 

@@ -92,6 +92,11 @@ def test_a_run_with_a_queue_works_as_page_tasks_and_reconciles(broker, redis, tm
         assert int(runs["read"].iloc[0]) == 3000 and int(runs["written"].iloc[0]) == 3000
         with queue_of(broker, "inproc") as q:
             assert q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
+        shown = cli("status", path)
+        assert shown.returncode == 0, shown.stderr
+        assert "ready 0  leased 0  delayed 0  dead 0" in shown.stdout
+        assert f"run {run.id} completed: partitions 4/4 done" in shown.stdout
+        assert "guest:guest" not in shown.stdout  # the broker's password is masked
 
         # A duplicate of a task a crash left behind is dropped: its partition is past it.
         from isthmus.worker import first_tasks
