@@ -131,7 +131,8 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
     unique = dest.stats()["records_received"]["contacts"]["unique"]
     return {"tool": f"{n} worker{'s' if n > 1 else ''}", "value": round(records / wall, 1), "wall_s": round(wall, 2),
             "pages": pages, "overhead_us": round(1e6 * own / max(pages, 1)), "stale": progress["stale_tasks"],
-            "cpu_ms": round(1000 * cpu / max(pages, 1), 2), "broker_us": per_page["queue_s"], "redis_us": per_page["redis_s"], "state_us": per_page["state_s"],
+            "cpu_ms": round(1000 * cpu / max(pages, 1), 2), "broker_us": per_page["queue_s"],
+            "redis_us": per_page["redis_s"], "state_us": per_page["state_s"],
             "unique": unique, "note": f"{n} x `isthmus worker --concurrency {CONCURRENCY}`"}
 
 

@@ -131,6 +131,9 @@ class Worker:
                                         "redis_s": 0.0, "state_s": 0.0}
         self._lock = threading.Lock()
         self._sink_lock = threading.Lock()
+        # Held while a claim is renewed or released: the keeper thread and the task's own
+        # thread never drive one claim at once.
+        self._claim_lock = threading.Lock()
         self._claims: Dict[str, Any] = {}
         self._in_flight: Dict[int, str] = {}
         self._stop = threading.Event()
@@ -272,7 +275,9 @@ class Worker:
                 claims = list(self._claims.items())
             for name, claim in claims:
                 try:
-                    if not claim.renew():
+                    with self._claim_lock:
+                        renewed = claim.renew()
+                    if not renewed:
                         log.warning("worker %s: claim on %s lapsed", self.name, name)
                 except errors.IsthmusError as exc:
                     log.warning("worker %s: renewing %s: %s", self.name, name, exc)
@@ -401,7 +406,9 @@ class Worker:
     def _hold(self, name: str, claim: Any) -> Any:
         """The claim, still ours, right before a commit. One that vanished (a restarted Redis
         forgot it) is taken again when nobody else took it meanwhile; otherwise ``_Stop``."""
-        if claim.renew():
+        with self._claim_lock:
+            renewed = claim.renew()
+        if renewed:
             return claim
         again = self.coordination.claim(name, lease=self.lease)
         if not again:
@@ -414,7 +421,8 @@ class Worker:
         with self._lock:
             self._claims.pop(name, None)
         try:
-            claim.release()
+            with self._claim_lock:
+                claim.release()
         except errors.IsthmusError as exc:
             # It lapses by itself after its lease.
             log.warning("worker %s: releasing %s: %s", self.name, name, exc)
