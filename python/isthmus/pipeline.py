@@ -24,6 +24,7 @@ import html
 import json
 import logging
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -368,15 +369,38 @@ class Pipeline:
         """``run()`` with queue=: submits, then works in this process until the run settles."""
         from isthmus.worker import Worker, run_progress
 
+        worker = Worker(self, concurrency=getattr(self.source, "concurrency", 1))
         run_id = self.submit()
         run = Run(self, run_id)
-        Worker(self, concurrency=getattr(self.source, "concurrency", 1)).run(run_id=run_id)
+        bar = _Progress(progress, self.name)
+        failure: List[BaseException] = []
+
+        def work() -> None:
+            try:
+                worker.run(run_id=run_id)
+            except BaseException as exc:
+                failure.append(exc)
+        # The workers' threads work; this one draws the bar from the run's checkpoints.
+        thread = threading.Thread(target=work, name="isthmus-run-on-workers", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.25)
+                if progress:
+                    bar.update(int(run_progress(self, run_id)["counts"]["read"]), None)
+        except KeyboardInterrupt:
+            worker.stop()
+            thread.join()
+            raise
+        if failure:
+            raise failure[0]
         done = run_progress(self, run_id)
         run.counts.update(done["counts"])
         run.duration = time.time() - run.started
         run.status = "completed" if done["dead"] == 0 else "failed"
         if done["dead"]:
             run.error = f"{done['dead']} partition(s) stopped at a dead-lettered page"
+        bar.update(int(run.counts["read"]), None, final=True, completed=run.status == "completed")
         run.reconcile()
         return run
 

@@ -73,15 +73,16 @@ def queue_of(broker, name, max_deliveries=5):
 
 # --- in one process -------------------------------------------------------------------------
 
-def test_a_run_with_a_queue_works_as_page_tasks_and_reconciles(broker, redis, tmp_path):
+def test_a_run_with_a_queue_works_as_page_tasks_and_reconciles(broker, redis, tmp_path, capsys):
     from isthmus.config import load_pipeline
 
     with isthmus.Sandbox(records=3000, max_page_size=100, threads=2) as api:
         path = write_yaml(tmp_path, pipeline_doc(api.url, api.url, broker, redis, tmp_path / "s.db",
                                                  name="inproc", slices=4, limit=100))
         pipeline = load_pipeline(path)
-        run = pipeline.run()
+        run = pipeline.run(progress=True)  # submits, then works here until the run settles
         assert run.status == "completed"
+        assert "3,000 records" in capsys.readouterr().err  # the bar's last line
         assert run.counts["read"] == run.counts["written"] == 3000
         assert received(api)["unique"] == 3000
         assert received(api)["duplicate"] == 0
