@@ -32,6 +32,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from isthmus import errors
 from isthmus._transport import NETWORK_COUNTS, Counters
+from isthmus.incremental import _IncrementalTracker
 
 __all__ = ["Worker"]
 
@@ -56,19 +57,22 @@ def partition_checkpoint(pipeline_name: str, partition_key: str) -> str:
 def first_tasks(pipeline: Any, run_id: int) -> List[str]:
     """The first-page task of every partition of a new run, as JSON."""
     src = pipeline.source
-    inc_value = None
+    incremental = None
     if getattr(src, "incremental", None) is not None:
+        # Every page of the run filters from where the last run left the cursor, and leaves
+        # out what that run already delivered at the boundary.
         token = pipeline.store.token(pipeline.store.load(pipeline.name)) or {}
-        inc_value = src.incremental.start_value(token.get("incremental"))
-    return [task_json(pipeline, run_id, i, 0, None, inc_value, _zero()) for i in range(len(src.partitions))]
+        start = token.get("incremental")
+        incremental = {"value": src.incremental.start_value(start), "start": start}
+    return [task_json(pipeline, run_id, i, 0, None, incremental, _zero()) for i in range(len(src.partitions))]
 
 
-def task_json(pipeline: Any, run_id: int, partition: int, seq: int, step: Any, inc_value: Any,
+def task_json(pipeline: Any, run_id: int, partition: int, seq: int, step: Any, incremental: Any,
               counts: Dict[str, float]) -> str:
     src = pipeline.source
     return json.dumps({"v": TASK_VERSION, "pipeline": pipeline.name, "identity": src.identity, "run": run_id,
                        "partition": partition, "key": src.partition_keys[partition], "seq": seq, "step": step,
-                       "incremental": inc_value, "counts": counts}, sort_keys=True)
+                       "incremental": incremental, "counts": counts}, sort_keys=True)
 
 
 def run_progress(pipeline: Any, run_id: int) -> Dict[str, Any]:
@@ -334,7 +338,8 @@ class Worker:
                 return
             fetched = time.perf_counter()
             try:
-                records, after, fetch_counts = p.source._read_page(partition, task["step"], task.get("incremental"))
+                inc = task.get("incremental") or {}
+                records, after, fetch_counts = p.source._read_page(partition, task["step"], inc.get("value"))
             except (errors.RateLimited, errors.Throttled, errors.QuotaExhausted) as exc:
                 # A long wait asked for by the API or the shared limit: the task waits in a
                 # delay queue instead of holding this worker.
@@ -345,7 +350,9 @@ class Worker:
                 return
             delivered = time.perf_counter()
             try:
-                counts, dead = self._deliver(records, fetch_counts)
+                chain_inc = token.get("incremental") if token.get("run") == run_id else None
+                records, skipped, chain_inc = self._incremental(records, inc.get("start"), chain_inc)
+                counts, dead = self._deliver(records, fetch_counts, skipped)
                 sunk = time.perf_counter()
                 chain = {k: task["counts"].get(k, 0) + counts.get(k, 0) for k in CHAIN_COUNTS}
                 if after is not None:
@@ -355,6 +362,8 @@ class Worker:
                     claim = self._hold(cp_name, claim)
                 done_token = {"run": run_id, "seq": seq, "next": after, "done": after is None, "counts": chain,
                               "stale": token.get("stale", 0) if token.get("run") == run_id else 0}
+                if chain_inc is not None:
+                    done_token["incremental"] = chain_inc
                 with self._timed("state_s"):
                     p.store.commit(cp_name, run_id, done_token, dead, dead_letters_of=p.name)
             except _Stop as exc:
@@ -450,7 +459,22 @@ class Worker:
             # the checkpoint, already past it, has it dropped as stale.
             log.warning("worker %s: ack: %s", self.name, exc)
 
-    def _deliver(self, records: Any, fetch_counts: Dict[str, Any]) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
+    def _incremental(self, records: Any, start: Optional[Dict[str, Any]],
+                     chain: Optional[Dict[str, Any]]) -> Tuple[Any, int, Optional[Dict[str, Any]]]:
+        """An incremental stream's page: (the records the last run did not already deliver at
+        its boundary, how many it left out, the chain's cursor state after this page)."""
+        inc = getattr(self.pipeline.source, "incremental", None)
+        if inc is None or not isinstance(records, list):
+            return records, 0, chain
+        keys = self.pipeline.source.keys(records)
+        skip = _IncrementalTracker(inc, start).skipped(records, keys)
+        kept = [r for r, s in zip(records, skip) if not s]
+        tracker = _IncrementalTracker(inc, chain)
+        tracker.observe(kept, [k for k, s in zip(keys, skip) if not s])
+        return kept, len(records) - len(kept), tracker.state()
+
+    def _deliver(self, records: Any, fetch_counts: Dict[str, Any],
+                 skipped: int = 0) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
         """Maps the page and writes it to the sink, flushed: (its counts, its dead letters)."""
         p = self.pipeline
         dead: List[Dict[str, Any]] = []
@@ -465,13 +489,13 @@ class Worker:
                 written -= n
                 dropped = 0
             else:
-                read = len(records)
+                read = len(records) + skipped
                 keys = p.source.keys(records)
                 mapped, mkeys, dropped = p._apply_map(records, keys, None, dead)
                 written = p._sink(mapped, mkeys, dead, settle=True)
             for k in NETWORK_COUNTS:
                 counts[k] += getattr(self._sink_counters, k) - before[k]
-        counts.update(read=read, written=written, dropped=dropped, dead_lettered=len(dead), skipped=0)
+        counts.update(read=read, written=written, dropped=dropped, dead_lettered=len(dead), skipped=skipped)
         return counts, dead
 
     def _failed_page(self, message: Any, task: Dict[str, Any], cp_name: str, token: Dict[str, Any],
@@ -508,7 +532,27 @@ class Worker:
         status = "completed" if progress["dead"] == 0 else "failed"
         error = None if status == "completed" else \
             f"{progress['dead']} partition(s) stopped at a dead-lettered page (isthmus dlq replay sends it again)"
+        if status == "completed" and getattr(p.source, "incremental", None) is not None:
+            self._advance_cursor(run_id)
         p.store.finish_run(run_id, status, summary, error)
+
+    def _advance_cursor(self, run_id: int) -> None:
+        """Every partition is done: the pipeline's incremental cursor moves to what the run
+        read, merged over the partitions (the newest value, and the records at the boundary
+        within the lookback), so the next run starts there. A run with a dead-lettered page
+        leaves it: the records after that page were not read yet."""
+        p = self.pipeline
+        inc = p.source.incremental
+        start = p.store.token(p.store.load(p.name)) or {}
+        merged = _IncrementalTracker(inc, start.get("incremental"))
+        for key in p.source.partition_keys:
+            token = p.store.load(partition_checkpoint(p.name, key))["position"] or {}
+            state = token.get("incremental") if token.get("run") == run_id else None
+            if state:
+                # Each chain's boundary holds its newest records: observed again, the newest
+                # of all the chains wins.
+                merged.observe([_at(inc._path, v) for _, v in state["boundary"]], [k for k, _ in state["boundary"]])
+        p.store.commit(p.name, run_id, {"incremental": merged.state()})
 
 
 def status(pipeline: Any) -> Dict[str, Any]:
@@ -574,6 +618,14 @@ def run_summary(pipeline: Any, progress: Dict[str, Any], started: float) -> Dict
              stale_tasks=progress["stale_tasks"], partitions_dead=progress["dead"],
              reconciled=c["read"] == c["written"] + c["dead_lettered"] + c["dropped"] + c["skipped"])
     return c
+
+
+def _at(path: List[str], value: Any) -> Dict[str, Any]:
+    """A record holding ``value`` at the dotted ``path``."""
+    record: Any = value
+    for part in reversed(path):
+        record = {part: record}
+    return record  # type: ignore[no-any-return]
 
 
 def _wait_of(exc: BaseException) -> float:

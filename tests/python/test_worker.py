@@ -126,6 +126,25 @@ def test_a_worker_reads_one_page_per_task_through_the_core_reader(broker, redis,
         assert len(records) == 100 and after is None  # the total says it was the last page
 
 
+def test_an_incremental_stream_on_workers_moves_its_cursor_when_the_run_is_done(broker, redis, tmp_path):
+    with isthmus.Sandbox(records=1000, max_page_size=100) as api, isthmus.Sandbox() as dest:
+        stream = isthmus.Stream(isthmus.Client(api.url), "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                params={"limit": 100}, incremental=isthmus.Incremental("updated_at", "updated_since"))
+        pipeline = isthmus.Pipeline(stream, sink=isthmus.HttpSink(isthmus.Client(dest.url), "/v1/contacts/batch"),
+                                    state=str(tmp_path / "s.db"), name="inc", queue=broker.url,
+                                    coordination=redis.url)
+        first = pipeline.run()
+        assert first.counts["read"] == first.counts["written"] == 1000
+        newest = max(r["updated_at"] for r in isthmus.Client(api.url).get(
+            "/v1/contacts", params={"limit": 100, "updated_since": "2024-12-01T00:00:00Z"}).json()["data"])
+        cursor = pipeline.store.token(pipeline.store.load("inc"))["incremental"]
+        assert cursor["max"] == newest
+        # The next run asks only from there, and leaves out the record it already delivered.
+        second = pipeline.run()
+        assert second.counts["written"] == 0 and second.counts["skipped"] == 1 and second.counts["read"] == 1
+        assert received(dest)["unique"] == 1000
+
+
 # --- many processes, disruptions ------------------------------------------------------------
 
 def start_worker(path, log):
