@@ -250,6 +250,10 @@ class Worker:
                     self._in_flight.pop(threading.get_ident(), None)
                     with self._lock:
                         self._idle_since = time.monotonic()
+            # Working for one run (Pipeline.run): stop once it is settled, whatever else waits.
+            if run_id is not None and self._finished(None, run_id):
+                self._stop.set()
+                return
 
     def _finished(self, until_idle: Optional[float], run_id: Optional[int]) -> bool:
         if run_id is not None:
