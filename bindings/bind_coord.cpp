@@ -10,6 +10,29 @@ namespace py = pybind11;
 
 namespace isthmus::bindings {
 
+namespace {
+
+// A reply as Python values; an error reply raises (call() already turned it into an Error).
+py::object to_python(const coord::Value& v) {
+  using Type = coord::Value::Type;
+  switch (v.type) {
+    case Type::nil:
+      return py::none();
+    case Type::integer:
+      return py::int_(v.integer);
+    case Type::array: {
+      py::list out;
+      for (const auto& e : v.elements) out.append(to_python(e));
+      return out;
+    }
+    default:
+      return py::reinterpret_steal<py::object>(
+          PyUnicode_DecodeUTF8(v.str.data(), static_cast<Py_ssize_t>(v.str.size()), "replace"));
+  }
+}
+
+}  // namespace
+
 void bind_coord(py::module_& m) {
   using coord::Coordination;
   using coord::Lease;
@@ -45,6 +68,18 @@ void bind_coord(py::module_& m) {
            },
            py::arg("key_env"), py::arg("key_file"))
       .def("refresh_lock", [](const std::shared_ptr<Coordination>& self) { return coord::make_refresh_lock(self); })
+      .def("command",
+           [](const std::shared_ptr<Coordination>& self, std::vector<std::string> argv, double timeout) {
+             coord::Value v;
+             {
+               py::gil_scoped_release release;
+               v = self->call(std::move(argv), timeout);
+             }
+             return to_python(v);
+           },
+           py::arg("argv"), py::arg("timeout"),
+           "One Redis command (keys named in full, see key()); nil is None, an array a list, a "
+           "string str. For the worker's heartbeats and the status command.")
       .def("key", &Coordination::key, py::arg("name"))
       .def_property_readonly("redacted_url", &Coordination::redacted_url)
       .def_property_readonly("namespace", [](const Coordination& c) { return c.options().ns; })

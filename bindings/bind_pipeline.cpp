@@ -610,6 +610,7 @@ class PyPageReader {
     o.attempts = get<int>(spec, "attempts", 6);
     o.prefetch = get<std::size_t>(spec, "prefetch", 8);
     o.keep_body = get<bool>(spec, "keep_body", false);
+    o.single_page = get<bool>(spec, "single_page", false);
     following_ = o.paginator.kind == pipeline::PaginatorSpec::Kind::follow;
     // Fused: each page is mapped in the core as it is taken, and Python gets a MappedBatch.
     if (get<bool>(spec, "fused", false)) {

@@ -178,9 +178,10 @@ void bind_store(py::module_& m) {
           [](StateStore& s, const std::string& pipeline, std::int64_t run_id,
              const std::optional<std::string>& position, const py::list& dead_letters, bool set_incremental,
              const std::optional<std::string>& incremental, const std::vector<std::int64_t>& resolved,
-             const std::vector<std::string>& superseded) {
+             const std::vector<std::string>& superseded, const std::string& dead_letters_of) {
             store::Commit c;
             c.pipeline = pipeline;
+            c.dead_letters_of = dead_letters_of;
             c.run_id = run_id;
             c.position = position;
             c.set_incremental = set_incremental;
@@ -194,7 +195,8 @@ void bind_store(py::module_& m) {
           },
           py::arg("pipeline"), py::arg("run_id"), py::arg("position"), py::arg("dead_letters"),
           py::arg("set_incremental"), py::arg("incremental"), py::arg("resolved"), py::arg("superseded"),
-          "The checkpoint, the dead letters (dicts, record as JSON text), the replayed and the "
+          py::arg("dead_letters_of") = "",
+          "The checkpoint, the dead letters (filed under dead_letters_of when given) (dicts, record as JSON text), the replayed and the "
           "superseded ones in one transaction.")
       .def(
           "resolve",

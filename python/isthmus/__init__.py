@@ -22,6 +22,7 @@ from isthmus import queue as _queue
 from isthmus import sinks as _sinks
 from isthmus import source as _source
 from isthmus import stream as _stream
+from isthmus import worker as _worker
 from isthmus.auth import *  # noqa: F401,F403
 from isthmus.coordination import *  # noqa: F401,F403
 from isthmus.errors import *  # noqa: F401,F403
@@ -36,6 +37,7 @@ from isthmus.sandbox import Sandbox
 from isthmus.sinks import *  # noqa: F401,F403
 from isthmus.source import *  # noqa: F401,F403
 from isthmus.stream import *  # noqa: F401,F403
+from isthmus.worker import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,7 @@ __all__ = [
     *_paginators.__all__,
     *_incremental.__all__,
     *_pipeline.__all__,
+    *_worker.__all__,
     *_mapping.__all__,
     *_sinks.__all__,
     *_queue.__all__,

@@ -90,6 +90,10 @@ class Coordination:
         ...
     def claim(self, name: str, lease: typing.SupportsFloat | typing.SupportsIndex, timeout: typing.SupportsFloat | typing.SupportsIndex) -> Lease:
         ...
+    def command(self, argv: collections.abc.Sequence[str], timeout: typing.SupportsFloat | typing.SupportsIndex) -> typing.Any:
+        """
+        One Redis command (keys named in full, see key()); nil is None, an array a list, a string str. For the worker's heartbeats and the status command.
+        """
     def key(self, name: str) -> str:
         ...
     def refresh_lock(self) -> RefreshLock:
@@ -463,9 +467,9 @@ class StateStore:
         """
     def close(self) -> None:
         ...
-    def commit(self, pipeline: str, run_id: typing.SupportsInt | typing.SupportsIndex, position: str | None, dead_letters: list, set_incremental: bool, incremental: str | None, resolved: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], superseded: collections.abc.Sequence[str]) -> None:
+    def commit(self, pipeline: str, run_id: typing.SupportsInt | typing.SupportsIndex, position: str | None, dead_letters: list, set_incremental: bool, incremental: str | None, resolved: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], superseded: collections.abc.Sequence[str], dead_letters_of: str = '') -> None:
         """
-        The checkpoint, the dead letters (dicts, record as JSON text), the replayed and the superseded ones in one transaction.
+        The checkpoint, the dead letters (filed under dead_letters_of when given) (dicts, record as JSON text), the replayed and the superseded ones in one transaction.
         """
     def damaged_message(self, why: str) -> str:
         """

@@ -1,5 +1,6 @@
-"""The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `dlq list|show|replay`,
-`schema pipeline`, `state backup`.
+"""The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `worker pipeline.yaml`,
+`submit pipeline.yaml`, `status pipeline.yaml`, `dlq list|show|replay`, `schema pipeline`,
+`state backup`.
 
 Every command runs inside one wrapper in ``main()``: an isthmus error, Ctrl-C or a closed pipe
 becomes one line on stderr and an exit code from ``EXIT_CODES``, never a traceback.
@@ -156,6 +157,83 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_workers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    w = sub.add_parser("worker", help="work a pipeline's page tasks from its queue", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Take page tasks of the pipeline (its file sets queue: and coordination:) "
+                                   "and work them until SIGTERM or Ctrl-C. See docs/scaleout.md.")
+    w.add_argument("pipeline", help="the pipeline's YAML file")
+    w.add_argument("--concurrency", type=int, default=1, help="tasks worked at once (default 1)")
+    w.add_argument("--until-idle", type=float, dest="until_idle",
+                   help="exit once the queue has had no task for this many seconds")
+    w.add_argument("--lease", type=float, default=10.0,
+                   help="seconds a partition claim and the heartbeat live without renewal (default 10)")
+    w.set_defaults(func=_run_worker)
+    s = sub.add_parser("submit", help="start a run of a pipeline on its workers; prints the run id",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Publish one first-page task per partition of the pipeline's source to "
+                                   "its queue and print the run id.")
+    s.add_argument("pipeline", help="the pipeline's YAML file")
+    s.set_defaults(func=_submit)
+    st = sub.add_parser("status", help="queue depth, workers alive, dead letters and runs of a pipeline",
+                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Show the pipeline's task queue (ready, leased, delayed, dead), the "
+                                    "tasks in flight, the workers alive (heartbeats in Redis), open dead "
+                                    "letters and the progress of each run still going.")
+    st.add_argument("pipeline", help="the pipeline's YAML file")
+    st.add_argument("--json", action="store_true", help="print the status as one JSON object")
+    st.set_defaults(func=_status)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from isthmus.config import load_pipeline
+    from isthmus.worker import Worker
+
+    worker = Worker(load_pipeline(args.pipeline), concurrency=args.concurrency, lease=args.lease)
+    # SIGTERM: finish the task each thread is on, then exit (a kill -9 re-runs at most those).
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    print(f"{worker!r} on {worker.queue.url} ({worker.pipeline.queue_name})", file=sys.stderr, flush=True)
+    stats = worker.run(until_idle=args.until_idle)
+    print(json.dumps({"worker": worker.name, **stats}))
+    return EXIT_OK
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from isthmus.config import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)
+    run_id = pipeline.submit()
+    print(f"run {run_id} of {pipeline.name}: {len(pipeline.source.partitions)} first-page task(s) on "
+          f"{pipeline.queue_name}", file=sys.stderr)
+    print(run_id)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from isthmus.config import load_pipeline
+    from isthmus.worker import status
+
+    report = status(load_pipeline(args.pipeline))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    q = report["queue"]
+    print(f"pipeline {report['pipeline']}  queue {report['queue_name']} on {report['queue_url']}")
+    print(f"  tasks      ready {q['ready']}  leased {q['leased']}  delayed {q['delayed']}  dead {q['dead']}")
+    print(f"  in flight  {report['in_flight']}")
+    print(f"  workers    {len(report['workers'])} alive")
+    for w in report["workers"]:
+        print(f"    {w['name']}  concurrency {w['concurrency']}  in flight {w['in_flight']}  pages {w['pages']}  "
+              f"stale {w['stale']}")
+    print(f"  dead letters  {report['dead_letters']} open in {report['state']}")
+    for r in report["runs"]:
+        c = r["counts"]
+        print(f"  run {r['run_id']} {r['status']}: partitions {r['done']}/{r['partitions']} done, {r['dead']} "
+              f"dead, {r['going']} going; pages {r['pages']}, read {c['read']:,.0f}, written {c['written']:,.0f}, "
+              f"dead-lettered {c['dead_lettered']:,.0f}")
+    return EXIT_OK
+
+
 def _add_dlq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("dlq", help="list, show and replay dead letters", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -295,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_sandbox(sub)
     _add_run(sub)
+    _add_workers(sub)
     _add_dlq(sub)
     _add_schema(sub)
     _add_state(sub)

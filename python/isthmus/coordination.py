@@ -68,6 +68,11 @@ class Coordination:
         result: dict[str, Any] = self._core.stats()
         return result
 
+    def _command(self, argv: list[str]) -> Any:
+        """One Redis command with the key names in full (``self._core.key(name)``): for the
+        workers' heartbeats and ``isthmus status``."""
+        return self._core.command(argv, self._timeout())
+
     def _timeout(self) -> float:
         return self.connect_timeout + self.command_timeout
 

@@ -24,6 +24,7 @@ import html
 import json
 import logging
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
@@ -222,6 +223,38 @@ class Run:
         return f"<div><b>isthmus run {s['run_id']} of {html.escape(s['pipeline'])}</b><table>{body}</table>{err}</div>"
 
 
+def _cluster_spec(queue: Any, coordination: Any, source: Any) -> Tuple[Any, Any]:
+    """Checks ``queue=`` and ``coordination=`` without connecting (a run on workers connects on
+    first use)."""
+    if queue is None and coordination is None:
+        return None, None
+    from isthmus.coordination import Coordination
+    from isthmus.queue import AmqpQueue, LocalQueue
+
+    if queue is None:
+        return None, coordination
+    if isinstance(queue, str):
+        if not queue.startswith(("amqp://", "amqps://")):
+            raise errors.ConfigError("queue: a URL that is not amqp:// or amqps:// is not valid; expected the "
+                                     "RabbitMQ broker's URL (amqp://user:password@host:5672/)")
+    elif not isinstance(queue, (AmqpQueue, LocalQueue)):
+        raise errors.ConfigError(f"queue: {type(queue).__name__} is not valid; expected an amqp:// URL or a queue")
+    if coordination is None:
+        raise errors.ConfigError("coordination: required with queue=; expected a Redis URL (redis://host:6379/0) "
+                                 "for the partition claims and the workers' heartbeats")
+    if isinstance(coordination, str):
+        if not coordination.startswith("redis://"):
+            raise errors.ConfigError("coordination: a URL that is not redis:// is not valid; expected "
+                                     "redis://[:password@]host:6379/0")
+    elif not isinstance(coordination, Coordination):
+        raise errors.ConfigError(f"coordination: {type(coordination).__name__} is not valid; expected a "
+                                 "redis:// URL or an isthmus.Coordination")
+    if not hasattr(source, "_read_page"):
+        raise errors.ConfigError(f"queue: page tasks read a Stream one page at a time; {type(source).__name__} "
+                                 "is not a Stream")
+    return queue, coordination
+
+
 class Pipeline:
     """``source`` -> ``map`` -> ``sink``, with state (checkpoints, dead letters, runs) in ``state``
     (a file path or a ``StateStore``; default ``<name>.isthmus.db`` in the working directory).
@@ -248,7 +281,8 @@ class Pipeline:
     def __init__(self, source: Any, *, sink: Sink, map: Optional[Callable[..., Any]] = None,
                  batch: bool = False, state: Union[str, StateStore, None] = None,
                  name: Optional[str] = None, checkpoint_every: int = 10_000,
-                 checkpoint_seconds: float = 2.0, stop_after_failures: int = 1000):
+                 checkpoint_seconds: float = 2.0, stop_after_failures: int = 1000,
+                 queue: Any = None, coordination: Any = None, max_deliveries: int = 5):
         missing = missing_methods(source)
         if missing:
             raise errors.ConfigError(
@@ -279,6 +313,96 @@ class Pipeline:
             raise errors.ConfigError(f"stop_after_failures: {stop_after_failures!r} is not valid; "
                                      "expected an int >= 0 (0 turns the check off)")
         self.checkpoint_seconds, self.stop_after_failures = float(checkpoint_seconds), stop_after_failures
+        self._queue_spec, self._coordination_spec = _cluster_spec(queue, coordination, source)
+        if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int) or max_deliveries < 1:
+            raise errors.ConfigError(f"max_deliveries: {max_deliveries!r} is not valid; expected an int >= 1")
+        self.max_deliveries = max_deliveries
+        self._connected: Optional[Tuple[Any, Any]] = None
+
+    # -- on workers --------------------------------------------------------------------------
+    @property
+    def queue_name(self) -> str:
+        """The broker queue this pipeline's page tasks go to."""
+        return "isthmus." + "".join(c if c.isalnum() or c in "._-" else "_" for c in self.name)
+
+    def _cluster(self) -> Tuple[Any, Any]:
+        """(the task queue, the Coordination), connected on first use: a bad URL or refused
+        credentials raise here, naming the URL with its password masked."""
+        if self._queue_spec is None:
+            raise errors.ConfigError(f"Pipeline {self.name}: queue= is not set; page tasks need a broker "
+                                     "(queue='amqp://...') and coordination='redis://...'")
+        if self._connected is None:
+            from isthmus.coordination import Coordination
+
+            q, c = self._queue_spec, self._coordination_spec
+            coord = c if isinstance(c, Coordination) else Coordination(c)
+            self._connected = (self._open_queue() or q, coord)
+        return self._connected
+
+    def _open_queue(self) -> Any:
+        """Another connection to the task queue (None when queue= was given as an object)."""
+        if not isinstance(self._queue_spec, str):
+            return None
+        from isthmus.queue import AmqpQueue
+
+        return AmqpQueue(self._queue_spec, self.queue_name, max_deliveries=self.max_deliveries)
+
+    def submit(self) -> int:
+        """Starts a run on workers: one first-page task per partition of the source, published
+        with confirm. Returns the run id (``runs()`` shows it; ``isthmus status`` its progress)."""
+        from isthmus.worker import first_tasks
+
+        queue, _ = self._cluster()
+        run_id = self.store.begin_run(self.name)
+        queue.put(first_tasks(self, run_id))
+        log.info("pipeline %s: run %d submitted to %s", self.name, run_id, self.queue_name)
+        return run_id
+
+    def progress(self, run_id: int) -> Dict[str, Any]:
+        """A submitted run's progress across every worker: partitions done, dead (stopped at a
+        dead-lettered page) and going, pages, stale tasks dropped, and the summed counts."""
+        from isthmus.worker import run_progress
+
+        return run_progress(self, run_id)
+
+    def _run_on_workers(self, progress: bool) -> Run:
+        """``run()`` with queue=: submits, then works in this process until the run settles."""
+        from isthmus.worker import Worker, run_progress
+
+        worker = Worker(self, concurrency=getattr(self.source, "concurrency", 1))
+        run_id = self.submit()
+        run = Run(self, run_id)
+        bar = _Progress(progress, self.name)
+        failure: List[BaseException] = []
+
+        def work() -> None:
+            try:
+                worker.run(run_id=run_id)
+            except BaseException as exc:
+                failure.append(exc)
+        # The workers' threads work; this one draws the bar from the run's checkpoints.
+        thread = threading.Thread(target=work, name="isthmus-run-on-workers", daemon=True)
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(0.25)
+                if progress:
+                    bar.update(int(run_progress(self, run_id)["counts"]["read"]), None)
+        except KeyboardInterrupt:
+            worker.stop()
+            thread.join()
+            raise
+        if failure:
+            raise failure[0]
+        done = run_progress(self, run_id)
+        run.counts.update(done["counts"])
+        run.duration = time.time() - run.started
+        run.status = "completed" if done["dead"] == 0 else "failed"
+        if done["dead"]:
+            run.error = f"{done['dead']} partition(s) stopped at a dead-lettered page"
+        bar.update(int(run.counts["read"]), None, final=True, completed=run.status == "completed")
+        run.reconcile()
+        return run
 
     def __repr__(self) -> str:
         fn = self.map
@@ -445,6 +569,8 @@ class Pipeline:
         ``PipelineError``, and also the class a direct call would raise (``AuthError`` ...) with
         the original as ``__cause__``. Raises ``ReconciliationError`` if the counts do not add up.
         """
+        if self._queue_spec is not None:
+            return self._run_on_workers(progress)
         src = self.source
         label = f"{type(src).__name__} {self.name!r}"
         identity = getattr(src, "identity", None) or f"{type(src).__module__}.{type(src).__qualname__}"
@@ -745,6 +871,16 @@ class Pipeline:
         skipped = 0 if force else sum(r["resolution"] == "superseded" for r in rows)
         if skipped:
             rows = [r for r in rows if r["resolution"] != "superseded"]
+        from isthmus.worker import TASK_STAGE, replay_tasks
+
+        pages = [r for r in rows if r["stage"] == TASK_STAGE]
+        if pages:
+            # Pages workers could not fetch: their tasks go to the queue again, and this
+            # process works the runs they belong to until those settle.
+            result = replay_tasks(self, pages)
+            rows = [r for r in rows if r["stage"] != TASK_STAGE]
+            if not rows:
+                return {**result, "skipped": skipped}
         counters = Counters()
         self.sink.open(counters)
         delivered: List[int] = []
@@ -770,7 +906,10 @@ class Pipeline:
             self.store.resolve(delivered)
         finally:
             self.sink.close()
-        return {"replayed": len(rows), "delivered": len(delivered), "failed": failed, "skipped": skipped}
+        out = {"replayed": len(rows), "delivered": len(delivered), "failed": failed, "skipped": skipped}
+        if pages:
+            out = {k: out[k] + result.get(k, 0) for k in out}
+        return out
 
     def runs(self) -> Any:
         """This pipeline's run history as a DataFrame: one row per run, start and finish as UTC

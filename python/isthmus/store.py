@@ -140,15 +140,18 @@ class StateStore:
 
     def commit(self, pipeline: str, run_id: int, position: Any,
                dead_letters: Iterable[Dict[str, Any]] = (), incremental: Any = ...,
-               resolved: Iterable[int] = (), superseded: Iterable[str] = ()) -> None:
+               resolved: Iterable[int] = (), superseded: Iterable[str] = (),
+               dead_letters_of: str = "") -> None:
         """Moves the checkpoint and records dead letters, atomically. ``superseded``: keys of
-        records the run delivered, whose open dead letters a newer version now replaces."""
+        records the run delivered, whose open dead letters a newer version now replaces.
+        ``dead_letters_of``: the pipeline the dead letters belong to when ``pipeline`` names a
+        part of it (a partition's chain on workers)."""
         # Records may hold what JSON cannot (dates, decimals): written as their text.
         dead = [{**d, "record": json.dumps(d["record"], default=str)} for d in dead_letters]
         keep = incremental is ...
         self._core.commit(pipeline, run_id, None if position is None else json.dumps(position), dead,
                           not keep, None if keep or incremental is None else json.dumps(incremental),
-                          list(resolved), list(superseded))
+                          list(resolved), list(superseded), dead_letters_of)
 
     # -- dead letters ----------------------------------------------------------------------
     def resolve(self, ids: Iterable[int]) -> None:

@@ -314,9 +314,6 @@ class Stream:
         if problem:
             raise errors.StateError(problem)
         self.close()
-        if self._http is None:
-            # The governor's Retry does the retrying.
-            self._http, _ = governed(self.client, self.retry, self.attempts)
         inc_state = (state or {}).get("incremental")
         tracker = _IncrementalTracker(self.incremental, inc_state) if self.incremental else None
         inc_value = self.incremental.start_value(inc_state) if self.incremental else None
@@ -326,16 +323,29 @@ class Stream:
                 if not positions.get(k, {}).get("done")]
         self.counters, self.total = Counters(), None
         reading = _Reading(positions, inc_state, tracker, len(todo))
-        spec = self.paginator._core_spec() if self.paginator is not None else {}
-        custom = spec is None
-        if self.paginator is not None and custom:
+        if self.paginator is not None and self._custom():
             # The core fetches and parses; the paginator names each next step (read_batch).
-            spec = {"kind": "follow", "fields": self.paginator.fields()}
             for p, inner in todo:
                 reading.paginators[p] = copy.copy(self.paginator)
                 reading.steps[p] = inner or self._base(p, inc_value)
+        reading.reader = self._reader(todo, inc_value)
+        self._run = reading
+
+    def _custom(self) -> bool:
+        """Whether the paginator is a user's own (the core asks it for each next step)."""
+        return self.paginator is not None and self.paginator._core_spec() is None
+
+    def _reader(self, todo: List[Tuple[int, Optional[Step]]], inc_value: Any, single_page: bool = False) -> Any:
+        """The core's reader of the partitions in ``todo`` (index, where it starts), from the
+        incremental value ``inc_value``; with ``single_page``, one page of each (a page task)."""
+        if self._http is None:
+            # The governor's Retry does the retrying.
+            self._http, _ = governed(self.client, self.retry, self.attempts)
+        custom = self._custom()
+        spec = {"kind": "follow", "fields": self.paginator.fields()} if custom and self.paginator is not None \
+            else (self.paginator._core_spec() if self.paginator is not None else {})
         http = self._http
-        reading.reader = _core.PageReader(_transport.core_client(http), {
+        return _core.PageReader(_transport.core_client(http), {
             "label": f"Stream {self.path}", "base_url": http.base_url or "", "path": self.path,
             "client_query": _encode_params(http.params), "headers": http.headers.multi_items(),
             "records": self.records_path, "params": self.params, "partitions": self.partitions,
@@ -344,9 +354,35 @@ class Stream:
             "paginator": spec or None, "todo": todo, "concurrency": self.concurrency,
             "attempts": self.attempts, "prefetch": self.prefetch,
             # A custom paginator's page.response is whole, body included.
-            "keep_body": self.parser == "python" or custom,
+            "keep_body": self.parser == "python" or custom, "single_page": single_page,
             "fused": self._fused is not None, "mapper": self._fused[0] if self._fused else None, "key": self.key})
-        self._run = reading
+
+    def _read_page(self, p: int, step: Optional[Step], inc_value: Any) -> Tuple[Any, Optional[Step], Dict[str, Any]]:
+        """One page of partition ``p`` from ``step`` (None: its first page), through the same
+        core reader as a whole run, with a budget of one page: (its records, or a MappedBatch
+        when fused; the step after it, None when it was the partition's last; the reader's
+        counts). A worker's page task reads this way."""
+        reader = self._reader([(p, step)], inc_value, single_page=True)
+        try:
+            while True:
+                item = reader.next(None, body=self.parser == "python")
+                if item is None:
+                    return [], None, reader.counts()
+                _, records, after, _units, _total, done, fields, response = item
+                if not done:
+                    break
+            if isinstance(records, bytes):
+                records = self._python_records(records)
+            if fields is not None and self.paginator is not None:
+                # A custom paginator names the next step from this page alone: a task carries
+                # no paginator state from one page to the next.
+                paginator = copy.copy(self.paginator)
+                base = step if step is not None and "unit" not in step else self._base(p, inc_value)
+                page = Page(records, dict(zip(paginator.fields(), fields)), _transport.response_of(response), base)
+                after = paginator.next(page) if records else None
+            return records, after, reader.counts()
+        finally:
+            reader.close()
 
     def read_batch(self, max_records: int, timeout: float) -> Optional[Batch]:
         """The next page's records (split when longer than ``max_records``); an empty batch when
@@ -405,15 +441,20 @@ class Stream:
             return item
         p, records, after, units, total, done, fields, response = item
         if isinstance(records, bytes):
-            # parser="python", or a page holding a number the core cannot (wider than 64 bits).
-            status, records = _parse_in_python(records, self.records_path)
-            if status != "ok":
-                raise errors.PipelineError(
-                    f"Stream {self.path}: a page's records path {self.records_path!r} does not hold an "
-                    f"array when read by Python's parser ({status}); set records= to its path")
+            records = self._python_records(records)
         if fields is not None:
             after = self._follow(r, p, records, fields, response)
         return _Chunk(records, p, after, tuple(units) if units else None, total, done)
+
+    def _python_records(self, body: bytes) -> List[Any]:
+        """The records of a page the core handed over unparsed: parser="python", or a page
+        holding a number the core cannot (wider than 64 bits)."""
+        status, records = _parse_in_python(body, self.records_path)
+        if status != "ok":
+            raise errors.PipelineError(
+                f"Stream {self.path}: a page's records path {self.records_path!r} does not hold an "
+                f"array when read by Python's parser ({status}); set records= to its path")
+        return records  # type: ignore[no-any-return]
 
     def _follow(self, r: _Reading, p: int, records: Any, fields: List[Optional[str]], raw: Any) -> Optional[Step]:
         """Asks partition ``p``'s custom paginator for the step after this page and tells the

@@ -637,7 +637,7 @@ void PageReader::Impl::accept_sequential(std::size_t pi, const json& step, Chunk
   if (!next.is_null() && chunk.count == 0) next = json();  // an empty page with a cursor: the end
   if (!next.is_null()) chunk.after = next.dump();
   p.held.push_back(std::move(chunk));
-  if (next.is_null()) {
+  if (next.is_null() || o_.single_page) {
     finish_part(pi, sends);
   } else {
     p.step = std::move(next);
@@ -668,9 +668,11 @@ void PageReader::Impl::accept_range(std::size_t pi, std::uint64_t unit, Chunk ch
       chunk.total = offset ? span : span * std::max<std::uint64_t>(n, 1);
     }
     chunk.units = std::make_pair(p.unit0, p.unit0 + p.per);
-    p.held.push_back(std::move(chunk));
     p.next_send = p.next_deliver = p.unit0 + p.per;
-    if (n == 0 || (p.end && p.next_send >= *p.end)) finish_part(pi, sends);
+    const bool last = n == 0 || (p.end && p.next_send >= *p.end);
+    if (o_.single_page && !last) chunk.after = json{{"unit", p.next_send}}.dump();
+    p.held.push_back(std::move(chunk));
+    if (last || o_.single_page) finish_part(pi, sends);
     return;
   }
   p.arrived.emplace(unit, std::move(chunk));

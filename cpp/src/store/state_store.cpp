@@ -303,7 +303,7 @@ struct StateStore::Impl {
 
   void put_dead_letter(Statement& st, const Commit& c, const NewDeadLetter& d, double now) {
     st.reset();
-    st.bind(1, c.pipeline).bind(2, d.record_key).bind(3, d.stage).bind(4, d.record).bind(5, d.error);
+    st.bind(1, c.dead_letters_of.empty() ? c.pipeline : c.dead_letters_of).bind(2, d.record_key).bind(3, d.stage).bind(4, d.record).bind(5, d.error);
     st.bind(6, d.traceback).bind(7, d.http_status).bind(8, d.response_excerpt).bind(9, d.attempts);
     st.bind(10, now).bind(11, now).bind(12, c.run_id);
     st.run();
@@ -493,7 +493,7 @@ void StateStore::commit(const Commit& c) {
         "cannot be written");
     for (const auto& key : c.superseded) {
       st.reset();
-      st.bind(1, now).bind(2, c.pipeline).bind(3, key);
+      st.bind(1, now).bind(2, c.dead_letters_of.empty() ? c.pipeline : c.dead_letters_of).bind(3, key);
       st.run();
     }
   }

@@ -279,6 +279,43 @@ TEST_F(Reader, AnOffsetResumesAtItsUnitAndCountsWhatIsLeft) {
   EXPECT_EQ(expect, 1000u);
 }
 
+// A worker's page task: one page per partition, nothing fetched ahead, and `after` naming
+// where the partition continues ("" after its last page), for every kind of paginator.
+TEST_F(Reader, ASinglePageReadFetchesOnePageAndNamesTheNextStep) {
+  serve(R"({"records": 250, "pagination": "cursor"})");
+  auto o = options(cursor());
+  o.single_page = true;
+  auto first = read(o);
+  EXPECT_EQ(first.end, PageReader::Next::end) << first.error.message;
+  EXPECT_EQ(first.ids.size(), 100u);
+  EXPECT_EQ(watch_->sent, 1);
+  ASSERT_FALSE(first.chunks.empty());
+  const std::string after = first.chunks.front().after;
+  ASSERT_FALSE(after.empty());
+  o.todo = {{0, after}};
+  auto second = read(o);
+  EXPECT_EQ(second.ids.size(), 100u);
+  EXPECT_EQ(watch_->sent, 2);
+  EXPECT_TRUE(unique(second.ids).count(first.ids.front()) == 0);
+}
+
+TEST_F(Reader, ASinglePageOffsetReadNamesTheNextUnitUntilTheLastPage) {
+  serve(R"({"records": 250, "pagination": "offset"})");
+  auto o = options(offset());
+  o.single_page = true;
+  o.todo = {{0, R"({"unit": 100})"}};
+  auto middle = read(o);
+  EXPECT_EQ(middle.ids.size(), 100u);
+  EXPECT_EQ(watch_->sent, 1);
+  ASSERT_FALSE(middle.chunks.empty());
+  EXPECT_EQ(nlohmann::json::parse(middle.chunks.front().after), nlohmann::json({{"unit", 200}}));
+  o.todo = {{0, R"({"unit": 200})"}};
+  auto last = read(o);
+  EXPECT_EQ(last.ids.size(), 50u);
+  ASSERT_FALSE(last.chunks.empty());
+  EXPECT_TRUE(last.chunks.front().after.empty());  // the total says it was the last page
+}
+
 TEST_F(Reader, KeepsAWindowOfOffsetPagesInFlight) {
   serve(R"({"records": 5000, "pagination": "offset", "faults": {"/v1/contacts": {"latency_ms": {"min": 1, "max": 5}}}})");
   auto r = read(options(offset(6)));

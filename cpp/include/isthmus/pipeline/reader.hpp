@@ -73,6 +73,10 @@ struct ReaderOptions {
   // Keep each parsed page's raw body in its chunk too; by default it is freed once parsed,
   // since the parsed page holds everything and a waiting page would otherwise weigh double.
   bool keep_body = false;
+  // One page per partition in `todo`, then the partition stops: its chunk's `after` names the
+  // step the partition continues with ({"unit": n} for offset and page-number paginators too),
+  // "" when that page was its last. A worker's page task reads through this.
+  bool single_page = false;
 };
 
 // One parsed page (or the end mark of a partition). A C++ consumer reads `page` directly

@@ -78,6 +78,9 @@ struct Commit {
   std::string pipeline;
   std::int64_t run_id = 0;
   std::optional<std::string> position;  // JSON text; nullopt when the source is done
+  // The pipeline the dead letters (and superseded keys) belong to, when the checkpoint is a
+  // part of it (a partition's chain on workers); empty: `pipeline`.
+  std::string dead_letters_of;
   // Whether `incremental` replaces the stored incremental state (false leaves it as it is).
   bool set_incremental = false;
   std::optional<std::string> incremental;

@@ -1,0 +1,368 @@
+"""Page tasks on workers: the same pipeline definition run on a real RabbitMQ broker and a real
+Redis (children of the test, tests/python/servers.py), into the sandbox's idempotent import
+endpoint. Worker processes are the `isthmus worker` command, killed with SIGKILL by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import yaml
+
+import isthmus
+from conftest import wait_until
+from servers import RabbitMQ, Redis, free_port, have_rabbitmq, have_redis
+
+pytestmark = pytest.mark.skipif(not (have_rabbitmq and have_redis), reason="rabbitmq-server or redis-server missing")
+
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    with RabbitMQ(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+@pytest.fixture
+def redis(tmp_path):
+    with Redis(tmp_path) as r:
+        yield r
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "isthmus.cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
+
+
+def received(api):
+    return api.stats()["records_received"].get("contacts", {"unique": 0, "duplicate": 0, "idempotent_replays": 0})
+
+
+def pipeline_doc(source_url, sink_url, broker, redis, state, *, name, slices, limit, max_deliveries=5,
+                 attempts=6):
+    return {
+        "name": name, "state": str(state), "queue": broker.url, "coordination": redis.url,
+        "max_deliveries": max_deliveries,
+        "source": {"base_url": source_url, "path": "/v1/contacts", "params": {"limit": limit},
+                   "paginator": {"type": "cursor", "cursor": "meta.next_cursor", "param": "cursor"},
+                   "retry": {"attempts": attempts, "base": 0.01, "cap": 0.05},
+                   "partitions": {"time_slices": {"start": "2024-01-01", "end": "2025-01-01",
+                                                  "every": 366 * 86400 / slices}}},
+        "sink": {"type": "http", "base_url": sink_url, "path": "/v1/contacts/batch", "batch_size": limit},
+    }
+
+
+def write_yaml(tmp_path, doc, file="pipeline.yaml"):
+    path = tmp_path / file
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def queue_of(broker, name, max_deliveries=5):
+    return isthmus.AmqpQueue(broker.url, f"isthmus.{name}", max_deliveries=max_deliveries)
+
+
+# --- in one process -------------------------------------------------------------------------
+
+def test_a_run_with_a_queue_works_as_page_tasks_and_reconciles(broker, redis, tmp_path, capsys):
+    from isthmus.config import load_pipeline
+
+    with isthmus.Sandbox(records=3000, max_page_size=100, threads=2) as api:
+        path = write_yaml(tmp_path, pipeline_doc(api.url, api.url, broker, redis, tmp_path / "s.db",
+                                                 name="inproc", slices=4, limit=100))
+        pipeline = load_pipeline(path)
+        run = pipeline.run(progress=True)  # submits, then works here until the run settles
+        assert run.status == "completed"
+        assert "3,000 records" in capsys.readouterr().err  # the bar's last line
+        assert run.counts["read"] == run.counts["written"] == 3000
+        assert received(api)["unique"] == 3000
+        assert received(api)["duplicate"] == 0
+        # One task per page: 30 pages, plus an empty last page per partition at most.
+        assert 30 <= pipeline.progress(run.id)["pages"] <= 34
+        runs = pipeline.runs()
+        assert list(runs["status"]) == ["completed"]
+        assert int(runs["read"].iloc[0]) == 3000 and int(runs["written"].iloc[0]) == 3000
+        with queue_of(broker, "inproc") as q:
+            assert q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
+        shown = cli("status", path)
+        assert shown.returncode == 0, shown.stderr
+        assert "ready 0  leased 0  delayed 0  dead 0" in shown.stdout
+        assert f"run {run.id} completed: partitions 4/4 done" in shown.stdout
+        assert "guest:guest" not in shown.stdout  # the broker's password is masked
+
+        # A duplicate of a task a crash left behind is dropped: its partition is past it.
+        from isthmus.worker import first_tasks
+
+        with queue_of(broker, "inproc") as q:
+            q.put(first_tasks(pipeline, run.id)[:1])
+        before = api.stats()["requests"]["total"]
+        stats = isthmus.Worker(pipeline).run(until_idle=0.5)
+        assert stats["stale"] == 1 and stats["pages"] == 0
+        assert api.stats()["requests"]["total"] == before  # nothing fetched, nothing sent
+        assert pipeline.progress(run.id)["stale_tasks"] == 1
+
+
+def test_a_worker_reads_one_page_per_task_through_the_core_reader(broker, redis, tmp_path):
+    with isthmus.Sandbox(records=500, max_page_size=100) as api:
+        client = isthmus.Client(api.url)
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100})
+        records, after, counts = stream._read_page(0, None, None)
+        assert len(records) == 100 and after["params"]["cursor"]
+        assert counts["requests"] == 1  # the budget of one page: the next is not fetched ahead
+    with isthmus.Sandbox(records=500, max_page_size=100, pagination="offset") as api:
+        offset = isthmus.Stream(isthmus.Client(api.url), "/v1/contacts", paginator=isthmus.OffsetPaginator(limit=100))
+        records, after, counts = offset._read_page(0, {"unit": 300}, None)
+        assert records[0]["id"] == "con_0000000301" and after == {"unit": 400} and counts["requests"] == 1
+        records, after, counts = offset._read_page(0, {"unit": 400}, None)
+        assert len(records) == 100 and after is None  # the total says it was the last page
+
+
+def test_an_incremental_stream_on_workers_moves_its_cursor_when_the_run_is_done(broker, redis, tmp_path):
+    with isthmus.Sandbox(records=1000, max_page_size=100) as api, isthmus.Sandbox() as dest:
+        stream = isthmus.Stream(isthmus.Client(api.url), "/v1/contacts", paginator=isthmus.CursorPaginator(),
+                                params={"limit": 100}, incremental=isthmus.Incremental("updated_at", "updated_since"))
+        pipeline = isthmus.Pipeline(stream, sink=isthmus.HttpSink(isthmus.Client(dest.url), "/v1/contacts/batch"),
+                                    state=str(tmp_path / "s.db"), name="inc", queue=broker.url,
+                                    coordination=redis.url)
+        first = pipeline.run()
+        assert first.counts["read"] == first.counts["written"] == 1000
+        newest = max(r["updated_at"] for r in isthmus.Client(api.url).get(
+            "/v1/contacts", params={"limit": 100, "updated_since": "2024-12-01T00:00:00Z"}).json()["data"])
+        cursor = pipeline.store.token(pipeline.store.load("inc"))["incremental"]
+        assert cursor["max"] == newest
+        # The next run asks only from there, and leaves out the record it already delivered.
+        second = pipeline.run()
+        assert second.counts["written"] == 0 and second.counts["skipped"] == 1 and second.counts["read"] == 1
+        assert received(dest)["unique"] == 1000
+
+
+# --- many processes, disruptions ------------------------------------------------------------
+
+def start_worker(path, log):
+    # Output to a file: a pipe nobody reads would fill up and stall the worker's logging.
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "isthmus.cli", "worker", path, "--concurrency", "1",
+                                 "--lease", "3"], env=ENV, stdout=out, stderr=subprocess.STDOUT)
+
+
+def test_four_workers_lose_nothing_through_a_kill_a_broker_restart_and_a_redis_restart(tmp_path):
+    from isthmus.config import load_pipeline
+
+    with RabbitMQ(tmp_path / "b") as broker, Redis(tmp_path) as redis, \
+            isthmus.Sandbox(records=200_000, max_page_size=1000, threads=2) as api:
+        doc = pipeline_doc(api.url, api.url, broker, redis, tmp_path / "state.db", name="contacts", slices=20,
+                           limit=1000)
+        path = write_yaml(tmp_path, doc)
+        logs = [tmp_path / f"worker-{i}.log" for i in range(4)]
+        workers = [start_worker(path, log) for log in logs]
+        try:
+            out = cli("submit", path)
+            assert out.returncode == 0, out.stderr
+            run_id = int(out.stdout.strip())
+
+            wait_until(lambda: received(api)["unique"] >= 30_000, timeout=120, interval=0.02)
+            workers[0].send_signal(signal.SIGKILL)
+            workers[0].wait()
+            workers[0] = start_worker(path, logs[0])
+            wait_until(lambda: received(api)["unique"] >= 70_000, timeout=120, interval=0.02)
+            broker.restart()
+            wait_until(lambda: received(api)["unique"] >= 110_000, timeout=120, interval=0.02)
+            redis.restart()
+
+            pipeline = load_pipeline(path)
+            wait_until(lambda: pipeline.progress(run_id)["going"] == 0, timeout=240, interval=0.2)
+            # Duplicate tasks a disruption left behind are drained, dropped as stale.
+            with queue_of(broker, "contacts") as q:
+                wait_until(lambda: q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0},
+                           timeout=60, interval=0.2)
+
+            status = cli("status", path, "--json")
+            assert status.returncode == 0, status.stderr
+            report = json.loads(status.stdout)
+            assert report["queue"]["ready"] == 0 and report["queue"]["dead"] == 0
+            assert len(report["workers"]) == 4
+            assert report["runs"][0]["run_id"] == run_id and report["runs"][0]["done"] == 20
+        finally:
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+            for w in workers:
+                try:
+                    w.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+                    w.wait()
+        got = received(api)
+        progress = pipeline.progress(run_id)
+        row = [r for r in pipeline.store.runs("contacts") if r["id"] == run_id][0]
+        resent = got["idempotent_replays"] + got["duplicate"]
+        print(f"\nre-sent pages: {got['idempotent_replays']} idempotent replays, {got['duplicate']} duplicate "
+              f"records; stale tasks dropped: {progress['stale_tasks']}; pages: {progress['pages']}")
+        assert got["unique"] == 200_000
+        assert got["duplicate"] == 0  # every re-send carried its batch's idempotency key
+        assert row["status"] == "completed"
+        c = row["counts"]
+        assert c["read"] == c["written"] == 200_000 and c["reconciled"]
+        # Each disruption re-runs at most the page each worker had in flight.
+        assert resent <= 3
+
+
+# --- a page that always fails ---------------------------------------------------------------
+
+class _FaultFront:
+    """An HTTP front for the sandbox that answers 503 to the first page of one partition (its
+    query names the partition's start) while ``failing`` is set, and forwards everything else."""
+
+    def __init__(self, upstream: str, marker: str):
+        self.upstream, self.marker, self.failing = upstream, marker, True
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if front.failing and front.marker in self.path:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                try:
+                    with urllib.request.urlopen(front.upstream + self.path) as r:
+                        body, status = r.read(), r.status
+                except urllib.error.HTTPError as e:
+                    body, status = e.read(), e.code
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_page_that_always_fails_is_dead_lettered_and_replayed(broker, redis, tmp_path):
+    from isthmus.config import load_pipeline
+
+    with isthmus.Sandbox(records=2000, max_page_size=100, threads=2) as api:
+        slices = isthmus.TimeSlices("2024-01-01", "2025-01-01", every=366 * 86400 / 4)
+        front = _FaultFront(api.url, "updated_since=" + urllib.parse.quote(slices[2]["updated_since"], safe=""))
+        try:
+            path = write_yaml(tmp_path, pipeline_doc(front.url, api.url, broker, redis, tmp_path / "s.db",
+                                                     name="faulty", slices=4, limit=100, max_deliveries=2,
+                                                     attempts=1))
+            pipeline = load_pipeline(path)
+            run_id = pipeline.submit()
+            stats = isthmus.Worker(pipeline, concurrency=2).run(run_id=run_id)
+            assert stats["dead_lettered"] == 1
+            progress = pipeline.progress(run_id)
+            assert progress["done"] == 3 and progress["dead"] == 1
+            # The other partitions finished: a quarter of the year less is all there.
+            others = received(api)["unique"]
+            assert 1000 < others < 2000 and progress["counts"]["read"] == others
+            run = [r for r in pipeline.store.runs("faulty") if r["id"] == run_id][0]
+            assert run["status"] == "failed" and "dead-lettered" in run["error"]
+
+            listed = cli("dlq", "list", path)
+            assert listed.returncode == 0 and "1 dead letter(s)" in listed.stdout
+            assert "source" in listed.stdout and "503" in listed.stdout
+
+            front.failing = False
+            replay = cli("dlq", "replay", path)
+            assert replay.returncode == 0, replay.stderr
+            assert json.loads(replay.stdout.strip().splitlines()[-1])["delivered"] == 1
+        finally:
+            front.close()
+        assert received(api)["unique"] == 2000
+        progress = pipeline.progress(run_id)
+        assert progress["done"] == 4 and progress["counts"]["read"] == 2000
+        run = [r for r in pipeline.store.runs("faulty") if r["id"] == run_id][0]
+        assert run["status"] == "completed" and run["counts"]["reconciled"]
+        assert cli("dlq", "list", path).stdout.strip().endswith("0 dead letter(s)")
+        with queue_of(broker, "faulty", max_deliveries=2) as q:
+            assert q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
+
+
+# --- long waits and idle workers ------------------------------------------------------------
+
+def test_a_long_retry_after_parks_the_task_instead_of_holding_a_worker(broker, redis, tmp_path):
+    with isthmus.Sandbox(records=300, max_page_size=100, rate_limit=0.01, burst=1) as api, \
+            isthmus.Sandbox() as dest:
+        # A server's pause longer than a second fails the call instead of holding it: the
+        # worker then parks the task for as long as the 429 asks.
+        client = isthmus.Client(api.url, rate_limit=isthmus.Limiter(max_wait=1, max_server_wait=1))
+        stream = isthmus.Stream(client, "/v1/contacts", paginator=isthmus.CursorPaginator(), params={"limit": 100},
+                                retry=isthmus.Retry(attempts=1))
+        pipeline = isthmus.Pipeline(stream, sink=isthmus.HttpSink(isthmus.Client(dest.url), "/v1/contacts/batch"),
+                                    state=str(tmp_path / "s.db"), name="parked", queue=broker.url,
+                                    coordination=redis.url)
+        pipeline.submit()
+        worker = isthmus.Worker(pipeline)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            # The second page gets a 429 asking for 100 s: the task waits in a delay queue.
+            wait_until(lambda: worker.stats["parked"] == 1, timeout=30)
+            with queue_of(broker, "parked") as q:
+                wait_until(lambda: q.stats()["delayed"] == 1, timeout=10)
+            assert worker.stats["pages"] == 1 and not worker._in_flight
+        finally:
+            worker.stop()
+            thread.join()
+        assert received(dest)["unique"] == 100
+
+
+def test_an_idle_worker_backs_off_instead_of_spinning(broker, redis, tmp_path):
+    p = isthmus.Pipeline(isthmus.Stream(isthmus.Client("http://127.0.0.1:9"), "/v1/contacts"),
+                         sink=isthmus.JsonlSink(str(tmp_path / "o")), state=str(tmp_path / "s.db"), name="idle",
+                         queue=broker.url, coordination=redis.url)
+    stats = isthmus.Worker(p, idle_wait=0.5).run(until_idle=2.0)
+    # Looks 10 ms apart, doubling up to 0.5 s: about a dozen in 2 s, where a spinning loop
+    # would make thousands.
+    assert stats["tasks"] == 0 and stats["empty_looks"] <= 20
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+def _pipeline(queue, coordination, tmp_path):
+    client = isthmus.Client("http://127.0.0.1:9")
+    return isthmus.Pipeline(isthmus.Stream(client, "/v1/contacts"), sink=isthmus.JsonlSink(str(tmp_path / "o")),
+                            state=str(tmp_path / "s.db"), queue=queue, coordination=coordination)
+
+
+def test_a_wrong_broker_or_redis_url_is_a_typed_error_naming_it_without_the_password(redis, tmp_path):
+    port = free_port()
+    p = _pipeline(f"amqp://guest:hunter2@127.0.0.1:{port}/", redis.url, tmp_path)
+    with pytest.raises(isthmus.ConnectError) as e:
+        p.submit()
+    assert f"127.0.0.1:{port}" in str(e.value) and "hunter2" not in str(e.value)
+    p = _pipeline("amqp://guest:guest@127.0.0.1:9/", f"redis://:hunter2@127.0.0.1:{port}/0", tmp_path)
+    with pytest.raises(isthmus.ConnectError) as e:
+        p.submit()
+    assert f"127.0.0.1:{port}" in str(e.value) and "hunter2" not in str(e.value)
+    with pytest.raises(isthmus.ConfigError, match="queue"):
+        _pipeline("http://broker/", redis.url, tmp_path)
+    with pytest.raises(isthmus.ConfigError, match="coordination: required"):
+        _pipeline("amqp://guest:guest@127.0.0.1/", None, tmp_path)
+
+
+def test_wrong_broker_credentials_are_access_refused(broker, redis, tmp_path):
+    url = broker.url.replace("guest:guest", "guest:hunter2")
+    with pytest.raises(isthmus.AccessRefused) as e:
+        _pipeline(url, redis.url, tmp_path).submit()
+    assert "hunter2" not in str(e.value) and "***" in str(e.value)
