@@ -335,9 +335,11 @@ class Stream:
         """Whether the paginator is a user's own (the core asks it for each next step)."""
         return self.paginator is not None and self.paginator._core_spec() is None
 
-    def _reader(self, todo: List[Tuple[int, Optional[Step]]], inc_value: Any, single_page: bool = False) -> Any:
+    def _reader(self, todo: List[Tuple[int, Optional[Step]]], inc_value: Any, single_page: bool = False,
+                partitions: Optional[List[Dict[str, Any]]] = None) -> Any:
         """The core's reader of the partitions in ``todo`` (index, where it starts), from the
-        incremental value ``inc_value``; with ``single_page``, one page of each (a page task)."""
+        incremental value ``inc_value``; with ``single_page``, one page of each (a page task).
+        ``partitions``: the list the indexes refer to (default: all of the stream's)."""
         if self._http is None:
             # The governor's Retry does the retrying.
             self._http, _ = governed(self.client, self.retry, self.attempts)
@@ -348,7 +350,8 @@ class Stream:
         return _core.PageReader(_transport.core_client(http), {
             "label": f"Stream {self.path}", "base_url": http.base_url or "", "path": self.path,
             "client_query": _encode_params(http.params), "headers": http.headers.multi_items(),
-            "records": self.records_path, "params": self.params, "partitions": self.partitions,
+            "records": self.records_path, "params": self.params,
+            "partitions": self.partitions if partitions is None else partitions,
             "incremental": (self.incremental.param, inc_value)
             if self.incremental is not None and inc_value is not None else None,
             "paginator": spec or None, "todo": todo, "concurrency": self.concurrency,
@@ -362,7 +365,8 @@ class Stream:
         core reader as a whole run, with a budget of one page: (its records, or a MappedBatch
         when fused; the step after it, None when it was the partition's last; the reader's
         counts). A worker's page task reads this way."""
-        reader = self._reader([(p, step)], inc_value, single_page=True)
+        # Only this partition's params go to the core: a task reads one of them.
+        reader = self._reader([(0, step)], inc_value, single_page=True, partitions=[self.partitions[p]])
         try:
             while True:
                 item = reader.next(None, body=self.parser == "python")

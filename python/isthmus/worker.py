@@ -402,10 +402,12 @@ class Worker:
         return bool(task["seq"] <= token.get("seq", -1) or token.get("done"))
 
     def _claim(self, name: str) -> Any:
-        """The partition's claim, or None when another worker holds it. The holder releases it
-        right after its commit, so a few short looks (10 to 160 ms apart) usually find it free."""
-        wait = 0.01
-        for _ in range(5):
+        """The partition's claim, or None when another worker holds it. A task is published
+        just before its predecessor commits and releases the claim, so the next worker often
+        finds it still held for a millisecond or two: it looks again after 1 ms, doubling up
+        to 256 ms (about half a second in all)."""
+        wait = 0.001
+        for _ in range(10):
             claim = self.coordination.claim(name, lease=self.lease)
             if claim:
                 with self._lock:

@@ -118,6 +118,24 @@ def test_a_worker_reads_one_page_per_task_through_the_core_reader(broker, redis,
         records, after, counts = stream._read_page(0, None, None)
         assert len(records) == 100 and after["params"]["cursor"]
         assert counts["requests"] == 1  # the budget of one page: the next is not fetched ahead
+        class Cursor(isthmus.Paginator):
+            """A paginator of the user's own: asked once for the page's next step."""
+
+            def fields(self):
+                return ["meta.next_cursor"]
+
+            def next(self, page):
+                cursor = page.fields["meta.next_cursor"]
+                return {"url": None, "params": {**page.step["params"], "cursor": cursor}} if cursor else None
+
+        custom = isthmus.Stream(client, "/v1/contacts", paginator=Cursor(), params={"limit": 100},
+                                partitions=[{"updated_since": "2024-01-01T00:00:00Z"},
+                                            {"updated_since": "2024-07-01T00:00:00Z"}])
+        records, after, counts = custom._read_page(1, None, None)
+        assert len(records) == 100 and counts["requests"] == 1
+        assert after["params"]["updated_since"] == "2024-07-01T00:00:00Z" and after["params"]["cursor"]
+        more, _, _ = custom._read_page(1, after, None)
+        assert more[0]["id"] > records[-1]["id"]
     with isthmus.Sandbox(records=500, max_page_size=100, pagination="offset") as api:
         offset = isthmus.Stream(isthmus.Client(api.url), "/v1/contacts", paginator=isthmus.OffsetPaginator(limit=100))
         records, after, counts = offset._read_page(0, {"unit": 300}, None)
