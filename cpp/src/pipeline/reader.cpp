@@ -374,7 +374,8 @@ void PageReader::Impl::pump(std::size_t pi, std::vector<Send>& sends) {
   }
   if (p.first) return;  // the first page decides the step and the end
   // At most `window` pages sent ahead of the page handed over next, answered or not: a parsed
-  // page weighs several times its body (the parser's tape), so early answers wait in few.
+  // page weighs one to two times its body (its own copy of the tape and strings), so answers
+  // that arrive early wait in a bounded number.
   while (p.in_flight < pg.window && (p.next_send - p.next_deliver) / p.per < pg.window &&
          (!p.end || p.next_send < *p.end)) {
     ++p.in_flight;
