@@ -307,52 +307,56 @@ def _store(spec: Any, where: str, base: Path) -> TokenStore:
     return result
 
 
-def _coordination(spec: Dict[str, Any], where: str) -> None:
+def _coordination(spec: Dict[str, Any], shared: Dict[str, Coordination]) -> None:
     """A ``coordination:`` Redis URL in ``spec`` becomes the Coordination it names, connected
-    now: a wrong URL or password fails the load with an error naming the URL (password masked)."""
+    now: a wrong URL or password fails the load with an error naming the URL (password masked).
+    Every key of one file naming the same URL shares one connection (``shared``, per load)."""
     if "coordination" in spec:
-        spec["coordination"] = Coordination(spec["coordination"])
+        url = spec["coordination"]
+        if url not in shared:
+            shared[url] = Coordination(url)
+        spec["coordination"] = shared[url]
 
 
-def _auth(spec: Dict[str, Any], where: str, base: Path) -> Any:
+def _auth(spec: Dict[str, Any], where: str, base: Path, shared: Dict[str, Coordination]) -> Any:
     defname, spec = _tag(spec, "auth")
     if "store" in spec:
         spec["store"] = _store(spec["store"], where + ".store", base)
-    _coordination(spec, where)
+    _coordination(spec, shared)
     return _make(defname, spec, where)
 
 
-def _limit(spec: Dict[str, Any], where: str) -> Any:
+def _limit(spec: Dict[str, Any], where: str, shared: Dict[str, Coordination]) -> Any:
     defname, spec = _tag(spec, "limit", "rate")
     if defname == "limit_limiter":
-        limits = [_limit(item, f"{where}.limits[{i}]") for i, item in enumerate(spec.pop("limits", []))]
-        _coordination(spec, where)
+        limits = [_limit(item, f"{where}.limits[{i}]", shared) for i, item in enumerate(spec.pop("limits", []))]
+        _coordination(spec, shared)
         return _make("limiter", spec, where, limits=Limits(limits))
     return _make(defname, spec, where)
 
 
-def _rate_limit(spec: Any, where: str) -> Any:
+def _rate_limit(spec: Any, where: str, shared: Dict[str, Coordination]) -> Any:
     if isinstance(spec, list):
-        return Limits([_limit(item, f"{where}[{i}]") for i, item in enumerate(spec)])
-    return _limit(spec, where)
+        return Limits([_limit(item, f"{where}[{i}]", shared) for i, item in enumerate(spec)])
+    return _limit(spec, where, shared)
 
 
 def _retry(spec: Any, where: str) -> Any:
     return _make("retry", spec, where) if isinstance(spec, dict) else spec
 
 
-def _client(spec: Dict[str, Any], where: str, base: Path) -> Client:
+def _client(spec: Dict[str, Any], where: str, base: Path, shared: Dict[str, Coordination]) -> Client:
     options = dict(spec.get("client", {}))
     if "auth" in spec:
-        options["auth"] = _auth(spec["auth"], where + ".auth", base)
+        options["auth"] = _auth(spec["auth"], where + ".auth", base, shared)
     if "rate_limit" in spec:
-        options["rate_limit"] = _rate_limit(spec["rate_limit"], where + ".rate_limit")
+        options["rate_limit"] = _rate_limit(spec["rate_limit"], where + ".rate_limit", shared)
     result: Client = _make("client", options, where + ".client", built_where=where,
                            base_url=spec["base_url"])
     return result
 
 
-def _source(spec: Dict[str, Any], base: Path) -> Stream:
+def _source(spec: Dict[str, Any], base: Path, shared: Dict[str, Coordination]) -> Stream:
     spec = dict(spec)
     if "paginator" in spec:
         defname, pag = _tag(spec["paginator"], "paginator")
@@ -364,16 +368,16 @@ def _source(spec: Dict[str, Any], base: Path) -> Stream:
                                    "source.partitions.time_slices")
     if "retry" in spec:
         spec["retry"] = _retry(spec["retry"], "source.retry")
-    result: Stream = _make("source", spec, "source", client=_client(spec, "source", base))
+    result: Stream = _make("source", spec, "source", client=_client(spec, "source", base, shared))
     return result
 
 
-def _sink(spec: Dict[str, Any], base: Path) -> Any:
+def _sink(spec: Dict[str, Any], base: Path, shared: Dict[str, Coordination]) -> Any:
     defname, spec = _tag(spec, "sink")
     if defname == "sink_http":
         if "retry" in spec:
             spec["retry"] = _retry(spec["retry"], "sink.retry")
-        return _make(defname, spec, "sink", client=_client(spec, "sink", base))
+        return _make(defname, spec, "sink", client=_client(spec, "sink", base, shared))
     if defname == "sink_callable":
         spec["function"] = _import(spec["function"], "sink.function", base)
     else:
@@ -412,9 +416,10 @@ def pipeline_from_dict(doc: Any, base: Path = Path(".")) -> Pipeline:
     validate_pipeline(doc)
     doc = _expand(doc, "")
     options = {k: v for k, v in doc.items() if k not in ("source", "sink", "map", "state")}
-    source = _source(doc["source"], base)
+    shared: Dict[str, Coordination] = {}  # one connection per Redis URL in the file
+    source = _source(doc["source"], base, shared)
     pipeline: Pipeline = _make("pipeline", options, "", source=source,
-                               sink=_sink(doc["sink"], base), map=_map(doc.get("map"), base),
+                               sink=_sink(doc["sink"], base, shared), map=_map(doc.get("map"), base),
                                state=_state_path(doc.get("state"), base, doc.get("name") or source.name))
     return pipeline
 

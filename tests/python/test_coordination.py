@@ -289,6 +289,9 @@ def test_a_shared_limit_and_token_from_yaml(redis, tmp_path, monkeypatch):
         pipe = pipeline_from_dict(doc(redis.url), tmp_path)
         limiter = pipe.source.client.limiter
         assert isinstance(limiter.coordination, isthmus.Coordination) and limiter.name == "crm"
+        # One connection per Redis URL in the file: the credential and the limiter share it.
+        obs = observer(redis)
+        assert len(obs.client_list()) == 2  # the file's one connection and this observer
         assert pipe.run().counts["written"] == 50
         assert observer(redis).keys("isthmus:*crm*")  # the allowance was counted in Redis
         with pytest.raises(isthmus.AccessRefused) as e:
