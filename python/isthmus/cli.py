@@ -202,9 +202,15 @@ def _submit(args: argparse.Namespace) -> int:
     from isthmus.config import load_pipeline
 
     pipeline = load_pipeline(args.pipeline)
+    from isthmus.worker import halt_of
+
+    halt = halt_of(pipeline)
     run_id = pipeline.submit()
-    print(f"run {run_id} of {pipeline.name}: {len(pipeline.source.partitions)} first-page task(s) on "
-          f"{pipeline.queue_name}", file=sys.stderr)
+    if halt is not None:
+        print(f"run {run_id} of {pipeline.name} resumed after its halt ({halt['error']})", file=sys.stderr)
+    else:
+        print(f"run {run_id} of {pipeline.name}: {len(pipeline.source.partitions)} first-page task(s) on "
+              f"{pipeline.queue_name}", file=sys.stderr)
     print(run_id)
     return EXIT_OK
 
@@ -226,6 +232,10 @@ def _status(args: argparse.Namespace) -> int:
         print(f"    {w['name']}  concurrency {w['concurrency']}  in flight {w['in_flight']}  pages {w['pages']}  "
               f"stale {w['stale']}")
     print(f"  dead letters  {report['dead_letters']} open in {report['state']}")
+    halt = report["halt"]
+    if halt is not None:
+        print(f"  HALTED     run {halt['run']} at partition {halt['partition']} page {halt['seq']}: {halt['error']}")
+        print(f"             fix the cause, then `isthmus submit {args.pipeline}` resumes the run")
     for r in report["runs"]:
         c = r["counts"]
         print(f"  run {r['run_id']} {r['status']}: partitions {r['done']}/{r['partitions']} done, {r['dead']} "

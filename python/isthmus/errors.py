@@ -335,6 +335,32 @@ def in_run(where: str, exc: BaseException) -> BaseException:
     return exc
 
 
+# Answers about the request, not its records (a wrong key, path or method): every other request
+# of the run would get the same.
+REFUSED_STATUS = frozenset({401, 403, 404, 405, 407, 410})
+
+# Failures no retry or redelivery can mend: the setup is wrong (a key, a path, a host name, a
+# certificate, the credentials, the definition itself).
+_SETUP_FAILURES: tuple[type[BaseException], ...] = (ConfigError, InvalidURL, ResolveError, TLSError, AccessRefused)
+
+
+def affects_every_record(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the request itself is refused, so every other
+    request of the run would fail the same way: a refused status (401, 403, 404, 405, 407, 410),
+    a token endpoint refusing the credential (a 4xx answer, e.g. ``invalid_client`` or
+    ``invalid_grant``), a wrong URL, host or certificate, a bad definition.
+    A run meeting one stops instead of filing each page or record as a dead letter."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        status = getattr(seen, "status_code", None)
+        if isinstance(seen, _SETUP_FAILURES) or status in REFUSED_STATUS:
+            return True
+        if isinstance(seen, TokenError) and isinstance(status, int) and 400 <= status < 500:
+            return True
+        seen = seen.__cause__
+    return False
+
+
 class StateError(IsthmusError):
     """A pipeline's state file or a queue file cannot be trusted (empty, damaged, not a file of
     that kind) or used (locked too long, closed). The message names the file."""

@@ -129,6 +129,23 @@ RECORD_COUNTS = ("read", "written", "dead_lettered", "dropped", "skipped")
 COUNT_NAMES = RECORD_COUNTS + NETWORK_COUNTS
 
 
+def all_failed_error(pipeline: str, failed: int, reasons: List[str], held: bool = True) -> errors.PipelineError:
+    """The error a run stops with when its first ``failed`` records all failed and none was
+    written, naming the most common of ``reasons``. They are grouped by kind (the exception's
+    class, or the whole text of an HTTP refusal), since each message names its own record.
+    ``held``: the checkpoint stayed before them (an embedded run); on workers, pages are
+    checkpointed one by one and the records are replayed from their dead letters."""
+    kinds = collections.Counter(e.split(": ", 1)[0] for e in reasons)
+    kind, times = kinds.most_common(1)[0]
+    example = next(e for e in reasons if e.split(": ", 1)[0] == kind)
+    kept = ("without moving the checkpoint past them (they are dead letters)" if held else
+            "they are dead letters, and `isthmus dlq replay` sends them again once the cause is fixed")
+    return errors.PipelineError(
+        f"Pipeline {pipeline}: the first {failed:,} records all failed and none was written; stopping {kept}. "
+        f"Most common reason ({times:,} of {len(reasons):,}): {example}. Pipeline(stop_after_failures=0) turns "
+        "this check off.")
+
+
 class _Newer:
     """Which open dead letters a run has delivered a newer version of, so a replay never sends
     the older one over it. The open keys are loaded once at the start and checked in memory;
@@ -349,10 +366,25 @@ class Pipeline:
 
     def submit(self) -> int:
         """Starts a run on workers: one first-page task per partition of the source, published
-        with confirm. Returns the run id (``runs()`` shows it; ``isthmus status`` its progress)."""
-        from isthmus.worker import first_tasks
+        with confirm. Returns the run id (``runs()`` shows it; ``isthmus status`` its progress).
+
+        When a failure that affects every record halted the pipeline's last run, that run is
+        resumed instead: the halt is cleared, the run is marked running again and every chain
+        still going gets its task at its checkpoint (published again, so a purged queue loses
+        nothing; the copies still in the queue are dropped as stale)."""
+        from isthmus.worker import first_tasks, halt_checkpoint, halt_of, resume_tasks
 
         queue, _ = self._cluster()
+        halt = halt_of(self)
+        if halt is not None:
+            run_id, tasks = resume_tasks(self, halt)
+            if tasks:
+                queue.put(tasks)
+            self.store.commit(halt_checkpoint(self.name), run_id, None)
+            self.store.finish_run(run_id, "running", {}, None)
+            log.info("pipeline %s: run %d resumed after its halt (%s): %d chain(s) going", self.name, run_id,
+                     halt["error"], len(tasks))
+            return run_id
         run_id = self.store.begin_run(self.name)
         queue.put(first_tasks(self, run_id))
         log.info("pipeline %s: run %d submitted to %s", self.name, run_id, self.queue_name)
@@ -620,16 +652,7 @@ class Pipeline:
             early_errors.extend(d["error"] for d in dead)
             if c["dead_lettered"] >= self.stop_after_failures:
                 tripped = True
-                # Grouped by kind (the exception's class, or the whole text of an HTTP refusal),
-                # since each message names its own record.
-                kinds = collections.Counter(e.split(": ", 1)[0] for e in early_errors)
-                kind, times = kinds.most_common(1)[0]
-                example = next(e for e in early_errors if e.split(": ", 1)[0] == kind)
-                raise errors.PipelineError(
-                    f"Pipeline {self.name}: the first {c['dead_lettered']:,} records all failed and none was "
-                    f"written; stopping without moving the checkpoint past them (they are dead letters). "
-                    f"Most common reason ({times:,} of {len(early_errors):,}): {example}. "
-                    "Pipeline(stop_after_failures=0) turns this check off.")
+                raise all_failed_error(self.name, int(c["dead_lettered"]), early_errors)
 
         def commit(final: bool = False) -> None:
             nonlocal pending_dead, since_commit, last_commit, committed, sink_ok, latest

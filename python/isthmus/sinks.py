@@ -23,9 +23,6 @@ __all__ = ["Sink", "Rejection", "HttpSink", "JsonlSink", "SqliteSink", "Callable
 
 # Answers that say nothing about whether a batch was applied: the run stops on them.
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-# Answers about the request, not its records (a wrong key, path or method): every other batch
-# would get the same, so the run stops instead of trying the records one by one.
-_REFUSED_STATUS = frozenset({401, 403, 404, 405, 407, 410})
 
 
 class Rejection:
@@ -207,7 +204,7 @@ class HttpSink(Sink):
     @staticmethod
     def _stop(resp: Any) -> errors.PipelineError:
         status, where = resp.status_code, f"POST {redact_url(resp.request.url)}"
-        if status in _REFUSED_STATUS:
+        if status in errors.REFUSED_STATUS:
             why = (f"HttpSink: {where} answered {status} {resp.reason_phrase}: the destination refuses the "
                    "request itself (check the credentials, the path and the method); stopping without "
                    "moving the checkpoint")

@@ -54,17 +54,50 @@ def partition_checkpoint(pipeline_name: str, partition_key: str) -> str:
     return f"{pipeline_name}/partition/{partition_key}"
 
 
+def halt_checkpoint(pipeline_name: str) -> str:
+    """The name a pipeline's halt is kept under in its state file: set when a failure that
+    affects every record stopped its run on the workers, cleared when the run is resumed."""
+    return f"{pipeline_name}/halt"
+
+
+def halt_of(pipeline: Any) -> Optional[Dict[str, Any]]:
+    """The pipeline's halt (``run``, ``error``, ``partition``, ``seq``, ``worker``, ``at``), or None."""
+    halt = pipeline.store.load(halt_checkpoint(pipeline.name))["position"]
+    return halt if isinstance(halt, dict) else None
+
+
+def _run_incremental(pipeline: Any) -> Optional[Dict[str, Any]]:
+    """What every page of a run of an incremental stream filters on: from where the last run
+    left the cursor, leaving out what that run already delivered at the boundary."""
+    src = pipeline.source
+    if getattr(src, "incremental", None) is None:
+        return None
+    token = pipeline.store.token(pipeline.store.load(pipeline.name)) or {}
+    start = token.get("incremental")
+    return {"value": src.incremental.start_value(start), "start": start}
+
+
 def first_tasks(pipeline: Any, run_id: int) -> List[str]:
     """The first-page task of every partition of a new run, as JSON."""
-    src = pipeline.source
-    incremental = None
-    if getattr(src, "incremental", None) is not None:
-        # Every page of the run filters from where the last run left the cursor, and leaves
-        # out what that run already delivered at the boundary.
-        token = pipeline.store.token(pipeline.store.load(pipeline.name)) or {}
-        start = token.get("incremental")
-        incremental = {"value": src.incremental.start_value(start), "start": start}
-    return [task_json(pipeline, run_id, i, 0, None, incremental, _zero()) for i in range(len(src.partitions))]
+    incremental = _run_incremental(pipeline)
+    return [task_json(pipeline, run_id, i, 0, None, incremental, _zero())
+            for i in range(len(pipeline.source.partitions))]
+
+
+def resume_tasks(pipeline: Any, halt: Dict[str, Any]) -> Tuple[int, List[str]]:
+    """A halted run going again: (its id, the task of every chain still going, at its
+    checkpoint). The run's tasks left in the queue become duplicates the checkpoints drop."""
+    run_id = int(halt["run"])
+    incremental = _run_incremental(pipeline)
+    tasks = []
+    for i, key in enumerate(pipeline.source.partition_keys):
+        token = pipeline.store.load(partition_checkpoint(pipeline.name, key))["position"] or {}
+        if token.get("run") != run_id:
+            tasks.append(task_json(pipeline, run_id, i, 0, None, incremental, _zero()))
+        elif not (token.get("done") or token.get("dead")):
+            tasks.append(task_json(pipeline, run_id, i, token["seq"] + 1, token["next"], incremental,
+                                   {k: token["counts"].get(k, 0) for k in CHAIN_COUNTS}))
+    return run_id, tasks
 
 
 def task_json(pipeline: Any, run_id: int, partition: int, seq: int, step: Any, incremental: Any,
@@ -102,6 +135,15 @@ class _Stop(Exception):
     """The partition's claim was lost to another worker: this task stops before it commits."""
 
 
+class _Halt(Exception):
+    """A failure that affects every record: the run stops on every worker. ``dead``: the page's
+    dead letters, filed with the checkpoint left where it was."""
+
+    def __init__(self, cause: BaseException, dead: Optional[List[Dict[str, Any]]] = None):
+        super().__init__(str(cause))
+        self.cause, self.dead = cause, dead or []
+
+
 class Worker:
     """Takes page tasks of ``pipeline`` from its queue and works them, ``concurrency`` at once.
 
@@ -109,6 +151,15 @@ class Worker:
     renewed every third of it. ``visibility``: seconds a task may take before the queue hands
     it to another worker. ``idle_wait``: the longest pause between looks at an empty queue (the
     pause doubles from 10 ms up to it, so an idle worker never spins).
+
+    A failure that affects every record (the sink or the API refusing the request itself: 401,
+    403, 404 ...; a refused credential; a sink still failing on a task's last delivery; the
+    first ``stop_after_failures`` records all failing) halts the pipeline: the worker that met
+    it files the halt in the state file and marks the run failed, and every worker stops taking
+    tasks; the run's tasks stay in the queue and nothing past the failing page is checkpointed.
+    ``run(run_id=)`` and ``run(until_idle=)`` then raise the ``PipelineError``; a worker
+    running until stopped (``isthmus worker``) waits, looking every ``idle_wait`` seconds, until
+    ``Pipeline.submit()`` (``isthmus submit``) resumes the run.
     """
 
     def __init__(self, pipeline: Any, *, concurrency: int = 1, lease: float = 10.0, visibility: float = 120.0,
@@ -145,6 +196,15 @@ class Worker:
         self._fused = False
         self._local = threading.local()
         self._opened: List[Any] = []
+        # The pipeline's halt as last read from the state file (at most every 0.5 s), and the
+        # failure behind it when this worker met it.
+        self._halt: Optional[Dict[str, Any]] = None
+        self._halt_read = 0.0
+        self._halt_cause: Optional[BaseException] = None
+        self._halt_logged = False
+        # Per run: the open dead letters of the pipeline that a page of it delivered a newer
+        # version of (the checkpoint resolves them as superseded).
+        self._newer: Dict[int, Any] = {}
 
     def __repr__(self) -> str:
         return f"<isthmus.Worker {self.name} of {self.pipeline.name!r} concurrency={self.concurrency}>"
@@ -164,6 +224,7 @@ class Worker:
 
     def stop(self) -> None:
         """Asks the workers' threads to stop after the task each is on."""
+        self._stop_asked = True
         self._stop.set()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -175,6 +236,8 @@ class Worker:
         self._fused = p._fuse(p.source)
         p.sink.open(self._sink_counters)
         self._stop.clear()
+        self._stop_asked = False
+        self._halt_logged = False
         self._idle_since = time.monotonic()
         threads = [threading.Thread(target=self._loop, args=(until_idle, run_id), name=f"isthmus-worker-{i}",
                                     daemon=True) for i in range(self.concurrency)]
@@ -199,6 +262,9 @@ class Worker:
             self._opened.clear()
             p.sink.close()
             self._heartbeat(gone=True)
+        halt = self._halted(fresh=True)
+        if halt is not None and (until_idle is not None or run_id is not None) and not self._stop_asked:
+            raise self._halt_error(halt)
         return dict(self.stats)
 
     def _count(self, what: str, n: float = 1) -> None:
@@ -216,6 +282,14 @@ class Worker:
     def _loop(self, until_idle: Optional[float], run_id: Optional[int]) -> None:
         pause = 0.01
         while not self._stop.is_set():
+            halt = self._halted()
+            if halt is not None:
+                if until_idle is not None or run_id is not None:
+                    self._stop.set()
+                    return
+                self._log_halt(halt)
+                self._stop.wait(self.idle_wait)
+                continue
             try:
                 lease = self._queue().lease(1, visibility=self.visibility)
             except errors.IsthmusError as exc:
@@ -254,6 +328,73 @@ class Worker:
             if run_id is not None and self._finished(None, run_id):
                 self._stop.set()
                 return
+
+    # -- halts -------------------------------------------------------------------------------
+    def _halted(self, fresh: bool = False) -> Optional[Dict[str, Any]]:
+        """The pipeline's halt, read from the state file at most every 0.5 s (or now)."""
+        now = time.monotonic()
+        with self._lock:
+            if not fresh and now - self._halt_read < 0.5:
+                return self._halt
+            self._halt_read = now
+        try:
+            halt = halt_of(self.pipeline)
+        except errors.IsthmusError as exc:
+            log.warning("worker %s: reading the halt: %s", self.name, exc)
+            return self._halt
+        with self._lock:
+            self._halt = halt
+            if halt is None:
+                self._halt_logged = False
+            return halt
+
+    def _log_halt(self, halt: Dict[str, Any]) -> None:
+        with self._lock:
+            if self._halt_logged:
+                return
+            self._halt_logged = True
+        log.error("worker %s: pipeline %s is halted: %s; waiting for `isthmus submit` to resume run %s",
+                  self.name, self.pipeline.name, halt["error"], halt["run"])
+
+    def _halt_error(self, halt: Dict[str, Any]) -> errors.PipelineError:
+        message = (f"Pipeline {self.pipeline.name}: run {halt['run']} stopped on the workers at partition "
+                   f"{halt['partition']} page {halt['seq']}: {halt['error']}. Nothing past the failing page was "
+                   "checkpointed and the run's tasks wait in the queue; fix the cause, then Pipeline.submit() "
+                   "(`isthmus submit`) resumes the run.")
+        cause = self._halt_cause
+        if cause is None:
+            return errors.PipelineError(message)
+        return errors.pipeline_error(message, cause.cause if isinstance(cause, _Halt) else cause)
+
+    def _halt_run(self, message: Any, task: Dict[str, Any], cp_name: str, token: Dict[str, Any],
+                  failure: _Halt) -> None:
+        """Halts the pipeline on a failure that affects every record: files the halt and the
+        page's dead letters (the checkpoint stays), marks the run failed and puts the task back
+        as it was (a fresh copy, so the halt does not count as one of its deliveries)."""
+        p = self.pipeline
+        exc = failure.cause
+        error = f"{type(exc).__name__}: {exc}"
+        halt = {"run": task["run"], "error": error, "partition": task["key"], "seq": task["seq"],
+                "http_status": getattr(exc, "status_code", None), "worker": self.name, "at": time.time()}
+        with self._lock:
+            first = self._halt is None
+            self._halt, self._halt_cause, self._halt_read = halt, failure, time.monotonic()
+        log.error("worker %s: partition %s page %s: %s; halting pipeline %s", self.name, task["key"], task["seq"],
+                  error, p.name)
+        if failure.dead:
+            p.store.commit(cp_name, task["run"], token or None, failure.dead, dead_letters_of=p.name)
+        if first and halt_of(p) is None:
+            p.store.commit(halt_checkpoint(p.name), task["run"], halt)
+            rows = [r for r in p.store.runs(p.name) if r["id"] == task["run"]]
+            started = rows[0]["started_at"] if rows else time.time()
+            p.store.finish_run(task["run"], "failed", run_summary(p, run_progress(p, task["run"]), started),
+                               f"halted: {error}")
+        self._put_back(message)
+
+    def _put_back(self, message: Any) -> None:
+        """Returns a task untouched: a fresh copy is published (confirmed), then the lease acked."""
+        self._put(str(message.body))
+        self._ack(message)
 
     def _finished(self, until_idle: Optional[float], run_id: Optional[int]) -> bool:
         if run_id is not None:
@@ -320,6 +461,10 @@ class Worker:
             log.error("worker %s: task %.200r refused: %s", self.name, message.body, exc)
             self._queue().nack(message, delay=60)
             return
+        if self._halted() is not None:
+            # Leased just as the pipeline halted: back to the queue as it was.
+            self._put_back(message)
+            return
         self._count("tasks")
         began = time.perf_counter()
         cp_name = partition_checkpoint(p.name, key)
@@ -352,11 +497,25 @@ class Worker:
                 log.info("worker %s: partition %s page %s parked for %.0f s: %s", self.name, key, seq, wait, exc)
                 self._queue().nack(message, delay=wait)
                 return
+            except Exception as exc:
+                if errors.affects_every_record(exc):
+                    raise _Halt(exc) from exc
+                raise  # another delivery may fetch it: back to the queue, a dead letter on the last
             delivered = time.perf_counter()
             try:
                 chain_inc = token.get("incremental") if token.get("run") == run_id else None
                 records, skipped, chain_inc = self._incremental(records, inc.get("start"), chain_inc)
-                counts, dead = self._deliver(records, fetch_counts, skipped)
+                try:
+                    counts, dead, superseded = self._deliver(records, fetch_counts, run_id, skipped)
+                except Exception as exc:
+                    # A sink refusing the request, failing in its own code, or still failing on
+                    # the task's last delivery would refuse every page the same way.
+                    if errors.affects_every_record(exc) or not isinstance(exc, errors.IsthmusError) \
+                            or message.deliveries >= self.queue.max_deliveries:
+                        raise _Halt(exc) from exc
+                    raise
+                if dead and not counts["written"] and not counts["dropped"] and p.stop_after_failures:
+                    self._watch(run_id, dead)
                 sunk = time.perf_counter()
                 chain = {k: task["counts"].get(k, 0) + counts.get(k, 0) for k in CHAIN_COUNTS}
                 if after is not None:
@@ -369,7 +528,7 @@ class Worker:
                 if chain_inc is not None:
                     done_token["incremental"] = chain_inc
                 with self._timed("state_s"):
-                    p.store.commit(cp_name, run_id, done_token, dead, dead_letters_of=p.name)
+                    p.store.commit(cp_name, run_id, done_token, dead, dead_letters_of=p.name, superseded=superseded)
             except _Stop as exc:
                 log.warning("worker %s: %s; the task goes back to the queue", self.name, exc)
                 self._queue().nack(message)
@@ -379,6 +538,9 @@ class Worker:
             self._count("sink_s", sunk - delivered)
         except _Stop:
             raise
+        except _Halt as failure:
+            self._halt_run(message, task, cp_name, token, failure)
+            return
         except Exception as exc:
             self._failed_page(message, task, cp_name, token, exc)
             return
@@ -479,13 +641,19 @@ class Worker:
         tracker.observe(kept, [k for k, s in zip(keys, skip) if not s])
         return kept, len(records) - len(kept), tracker.state()
 
-    def _deliver(self, records: Any, fetch_counts: Dict[str, Any],
-                 skipped: int = 0) -> Tuple[Dict[str, float], List[Dict[str, Any]]]:
-        """Maps the page and writes it to the sink, flushed: (its counts, its dead letters)."""
+    def _deliver(self, records: Any, fetch_counts: Dict[str, Any], run_id: int,
+                 skipped: int = 0) -> Tuple[Dict[str, float], List[Dict[str, Any]], List[str]]:
+        """Maps the page and writes it to the sink, flushed: (its counts, its dead letters, the
+        keys of open dead letters it delivered a newer version of)."""
+        from isthmus.pipeline import _Newer
+
         p = self.pipeline
         dead: List[Dict[str, Any]] = []
         counts: Dict[str, float] = {k: fetch_counts.get(k, 0) for k in NETWORK_COUNTS}
         with self._sink_lock:
+            newer = self._newer.get(run_id)
+            if newer is None:
+                newer = self._newer[run_id] = _Newer(p.store.open_dead_letter_keys(p.name))
             before = {k: getattr(self._sink_counters, k) for k in NETWORK_COUNTS}
             if not isinstance(records, list):
                 read = records.read
@@ -494,15 +662,31 @@ class Worker:
                 n = p._file_rejections(flushed, "flush", None, None, dead) if flushed else 0
                 written -= n
                 dropped = 0
+                newer.delivered(records.keys() if newer.open or dead else (), dead)
             else:
                 read = len(records) + skipped
                 keys = p.source.keys(records)
                 mapped, mkeys, dropped = p._apply_map(records, keys, None, dead)
                 written = p._sink(mapped, mkeys, dead, settle=True)
+                newer.delivered(mkeys, dead)
             for k in NETWORK_COUNTS:
                 counts[k] += getattr(self._sink_counters, k) - before[k]
+            superseded = newer.take()
         counts.update(read=read, written=written, dropped=dropped, dead_lettered=len(dead), skipped=skipped)
-        return counts, dead
+        return counts, dead, superseded
+
+    def _watch(self, run_id: int, dead: List[Dict[str, Any]]) -> None:
+        """Halts the run once ``stop_after_failures`` records failed and none was written, over
+        every worker's checkpointed pages and this one."""
+        from isthmus.pipeline import all_failed_error
+
+        p = self.pipeline
+        c = run_progress(p, run_id)["counts"]
+        if c["written"] or c["dropped"]:
+            return
+        failed = int(c["dead_lettered"]) + len(dead)
+        if failed >= p.stop_after_failures:
+            raise _Halt(all_failed_error(p.name, failed, [d["error"] for d in dead], held=False), dead)
 
     def _failed_page(self, message: Any, task: Dict[str, Any], cp_name: str, token: Dict[str, Any],
                      exc: BaseException) -> None:
@@ -563,7 +747,8 @@ class Worker:
 
 def status(pipeline: Any) -> Dict[str, Any]:
     """What ``isthmus status`` shows: the task queue, the workers alive and what they hold, the
-    open dead letters and the runs still going (or the last one)."""
+    open dead letters, the pipeline's halt (None unless a failure that affects every record
+    stopped its run) and the runs still going (or the last one)."""
     queue, coord = pipeline._cluster()
     q = dict(queue.stats())
     prefix = coord._core.key(f"worker:{pipeline.name}:")
@@ -587,7 +772,7 @@ def status(pipeline: Any) -> Dict[str, Any]:
     return {"pipeline": pipeline.name, "queue_name": pipeline.queue_name, "queue_url": queue.url,
             "state": pipeline.store.path, "queue": q, "in_flight": q["leased"],
             "workers": sorted(beats, key=lambda b: b.get("name", "")), "dead_letters": len(dead),
-            "runs": progress}
+            "halt": halt_of(pipeline), "runs": progress}
 
 
 def replay_tasks(pipeline: Any, rows: List[Dict[str, Any]]) -> Dict[str, int]:

@@ -289,3 +289,29 @@ def test_a_sink_that_keeps_failing_raises_the_status_class(tmp_path, fault, cls,
             isthmus.Client(dst.url) as client:
         err = _assert_run_raises(_sink_pipeline(src, client, tmp_path), cls, status=status)
     assert err.request == f"POST {dst.url}/v1/contacts/batch"
+
+
+@pytest.mark.parametrize("status,every", [(401, True), (403, True), (404, True), (410, True), (422, False),
+                                          (429, False), (503, False)])
+def test_which_answers_affect_every_record(status, every):
+    """A refused request (a wrong key, path or method) would be refused for every page; a
+    record's 422 or a transient answer would not. The rule sees through a run's wrapping."""
+    with isthmus.Sandbox(records=5, faults={"GET /v1/contacts": {"error_rate": {str(status): 1.0}}}) as api, \
+            isthmus.Client(api.url) as client:
+        with pytest.raises(errors.HTTPStatusError) as caught:
+            client.get("/v1/contacts").raise_for_status()
+    assert errors.affects_every_record(caught.value) is every
+    wrapped = errors.pipeline_error("Stream /v1/contacts: refused", caught.value)
+    assert errors.affects_every_record(wrapped) is every
+
+
+def test_setup_failures_affect_every_record_and_transport_failures_do_not(closed_port):
+    assert errors.affects_every_record(errors.ConfigError("sink.path: wrong"))
+    with isthmus.Client(f"http://127.0.0.1:{closed_port}") as client:
+        with pytest.raises(errors.ConnectError) as refused:
+            client.get("/")
+    assert not errors.affects_every_record(refused.value)  # a server restarting comes back
+    with isthmus.Client() as client:
+        with pytest.raises(errors.InvalidURL) as bad:
+            client.get("http://exa mple.com/")
+    assert errors.affects_every_record(bad.value)

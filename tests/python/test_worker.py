@@ -235,31 +235,49 @@ def test_four_workers_lose_nothing_through_a_kill_a_broker_restart_and_a_redis_r
 
 # --- a page that always fails ---------------------------------------------------------------
 
-class _FaultFront:
-    """An HTTP front for the sandbox that answers 503 to the first page of one partition (its
-    query names the partition's start) while ``failing`` is set, and forwards everything else."""
+class _Front:
+    """An HTTP front for the sandbox that forwards every request, except: while ``failing``, a
+    GET whose query holds ``marker`` (the first page of one partition) is answered 503; while
+    ``post_status`` is set, every POST is answered with it (and a JSON error)."""
 
-    def __init__(self, upstream: str, marker: str):
-        self.upstream, self.marker, self.failing = upstream, marker, True
+    def __init__(self, upstream: str, marker: str = "", post_status: int = 0):
+        self.upstream, self.marker, self.failing = upstream, marker, bool(marker)
+        self.post_status, self.refused = post_status, 0
         front = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 if front.failing and front.marker in self.path:
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self.answer(503, b"")
                     return
+                self.forward(None)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if front.post_status:
+                    front.refused += 1
+                    self.answer(front.post_status, b'{"error": "refused by the test"}')
+                    return
+                self.forward(body)
+
+            def forward(self, body):
+                kept = ("content-type", "idempotency-key")
+                headers = {k: v for k, v in self.headers.items() if k.lower() in kept}
+                req = urllib.request.Request(front.upstream + self.path, data=body, headers=headers,
+                                             method=self.command)
                 try:
-                    with urllib.request.urlopen(front.upstream + self.path) as r:
-                        body, status = r.read(), r.status
+                    with urllib.request.urlopen(req) as r:
+                        out, status = r.read(), r.status
                 except urllib.error.HTTPError as e:
-                    body, status = e.read(), e.code
+                    out, status = e.read(), e.code
+                self.answer(status, out)
+
+            def answer(self, status, out):
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(len(out)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(out)
 
             def log_message(self, *args):
                 pass
@@ -279,7 +297,7 @@ def test_a_page_that_always_fails_is_dead_lettered_and_replayed(broker, redis, t
 
     with isthmus.Sandbox(records=2000, max_page_size=100, threads=2) as api:
         slices = isthmus.TimeSlices("2024-01-01", "2025-01-01", every=366 * 86400 / 4)
-        front = _FaultFront(api.url, "updated_since=" + urllib.parse.quote(slices[2]["updated_since"], safe=""))
+        front = _Front(api.url, "updated_since=" + urllib.parse.quote(slices[2]["updated_since"], safe=""))
         try:
             path = write_yaml(tmp_path, pipeline_doc(front.url, api.url, broker, redis, tmp_path / "s.db",
                                                      name="faulty", slices=4, limit=100, max_deliveries=2,
@@ -313,6 +331,110 @@ def test_a_page_that_always_fails_is_dead_lettered_and_replayed(broker, redis, t
         assert run["status"] == "completed" and run["counts"]["reconciled"]
         assert cli("dlq", "list", path).stdout.strip().endswith("0 dead letter(s)")
         with queue_of(broker, "faulty", max_deliveries=2) as q:
+            assert q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
+
+
+# --- failures that affect every record -------------------------------------------------------
+
+def test_a_sink_refusing_every_request_halts_every_worker_until_the_run_is_resumed(broker, redis, tmp_path):
+    """A 401 from the destination stops the run on every worker process: no dead letters, no
+    checkpoint past a page the sink did not take, the tasks left in the queue; `isthmus submit`
+    resumes the same run once the cause is fixed."""
+    from isthmus.config import load_pipeline
+
+    with isthmus.Sandbox(records=2000, max_page_size=100, threads=2) as api:
+        front = _Front(api.url, post_status=401)
+        logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+        try:
+            path = write_yaml(tmp_path, pipeline_doc(api.url, front.url, broker, redis, tmp_path / "s.db",
+                                                     name="refused", slices=4, limit=100))
+            workers = [start_worker(path, log) for log in logs]
+            out = cli("submit", path)
+            assert out.returncode == 0, out.stderr
+            run_id = int(out.stdout.strip())
+            pipeline = load_pipeline(path)
+            wait_until(lambda: pipeline.store.runs("refused")[-1]["status"] == "failed", timeout=60, interval=0.05)
+            run = pipeline.store.runs("refused")[-1]
+            assert run["id"] == run_id and "halted: " in run["error"] and "401" in run["error"]
+            # Every partition's task waits in the queue, none is dead, none was checkpointed.
+            with queue_of(broker, "refused") as q:
+                wait_until(lambda: q.stats()["ready"] == 4, timeout=30, interval=0.05)
+                refused = front.refused
+                shown = cli("status", path)
+                assert shown.returncode == 0, shown.stderr
+                assert f"HALTED     run {run_id} at partition" in shown.stdout and "401" in shown.stdout
+                assert q.stats() == {"ready": 4, "leased": 0, "delayed": 0, "dead": 0}
+            assert front.refused == refused  # the halted workers send nothing more
+            assert pipeline.progress(run_id)["pages"] == 0
+            assert pipeline.store.dead_letters("refused") == []
+            assert all(w.poll() is None for w in workers)  # halted, waiting, not gone
+            assert received(api)["unique"] == 0
+
+            front.post_status = 0  # the key is fixed
+            again = cli("submit", path)
+            assert again.returncode == 0, again.stderr
+            assert int(again.stdout.strip()) == run_id and "resumed after its halt" in again.stderr
+            wait_until(lambda: pipeline.store.runs("refused")[-1]["status"] == "completed", timeout=120,
+                       interval=0.05)
+            with queue_of(broker, "refused") as q:
+                wait_until(lambda: q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}, timeout=60,
+                           interval=0.1)
+        finally:
+            for w in workers:
+                w.send_signal(signal.SIGTERM)
+            for w in workers:
+                w.wait(timeout=30)
+            front.close()
+        got = received(api)
+        assert got["unique"] == 2000 and got["duplicate"] == 0
+        row = pipeline.store.runs("refused")[-1]
+        assert row["id"] == run_id and row["counts"]["read"] == row["counts"]["written"] == 2000
+        assert row["counts"]["reconciled"]
+        assert "halting pipeline refused" in "".join(log.read_text() for log in logs)
+
+
+def test_records_all_failing_at_the_sink_halt_the_run_and_the_resumed_run_supersedes_them(broker, redis, tmp_path):
+    """Every record rejected (422) and none written: after stop_after_failures the run halts with
+    the embedded run's error instead of dead-lettering the whole source. Pages are checkpointed
+    one by one on workers: the resumed run re-reads the page that tripped the check (its dead
+    letters are superseded), and the pages before it are replayed from their dead letters."""
+    from isthmus.config import load_pipeline
+
+    with isthmus.Sandbox(records=1000, max_page_size=100, threads=2) as api:
+        front = _Front(api.url, post_status=422)
+        try:
+            doc = pipeline_doc(api.url, front.url, broker, redis, tmp_path / "s.db", name="rejected", slices=2,
+                               limit=100)
+            doc["stop_after_failures"] = 150
+            pipeline = load_pipeline(write_yaml(tmp_path, doc))
+            run_id = pipeline.submit()
+            with pytest.raises(isthmus.PipelineError, match="records all failed and none was written") as caught:
+                isthmus.Worker(pipeline, concurrency=1).run(run_id=run_id)
+            assert "422" in str(caught.value) and f"run {run_id} stopped on the workers" in str(caught.value)
+            dead = pipeline.store.dead_letters("rejected")
+            # Two pages of 100 reached the sink before the second one tripped the check.
+            assert len(dead) == 200 and {d["stage"] for d in dead} == {"sink"}
+            # The first page was checkpointed (its records are dead letters); the second was not.
+            assert pipeline.progress(run_id)["pages"] == 1
+            assert front.refused > 0 and received(api)["unique"] == 0
+
+            front.post_status = 0
+            run = pipeline.run()  # resumes the halted run, then works it here
+            assert run.id == run_id and run.status == "completed"
+            # The page that tripped the check was read again and delivered: superseded.
+            assert len(pipeline.store.dead_letters("rejected")) == 100
+            assert len(pipeline.store.dead_letters("rejected", include_superseded=True)) == 200
+            assert received(api)["unique"] == 900
+            replayed = pipeline.replay_dead_letters()
+            assert replayed == {"replayed": 100, "delivered": 100, "failed": 0, "skipped": 100}
+        finally:
+            front.close()
+        assert received(api)["unique"] == 1000 and received(api)["duplicate"] == 0
+        assert pipeline.store.dead_letters("rejected") == []
+        # The resume published each chain's task again: the copies the halt left are dropped.
+        drained = isthmus.Worker(pipeline).run(until_idle=0.5)
+        assert drained["pages"] == 0 and drained["stale"] >= 1
+        with queue_of(broker, "rejected") as q:
             assert q.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
 
 
