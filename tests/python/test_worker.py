@@ -393,6 +393,24 @@ def test_a_sink_refusing_every_request_halts_every_worker_until_the_run_is_resum
         assert "halting pipeline refused" in "".join(log.read_text() for log in logs)
 
 
+def test_a_wrong_source_path_halts_the_run_with_the_class_a_direct_call_raises(broker, redis, tmp_path):
+    from isthmus.config import load_pipeline
+
+    with isthmus.Sandbox(records=500, max_page_size=100) as api:
+        doc = pipeline_doc(api.url, api.url, broker, redis, tmp_path / "s.db", name="wrongpath", slices=3, limit=100)
+        doc["source"]["path"] = "/v1/contactz"
+        pipeline = load_pipeline(write_yaml(tmp_path, doc))
+        with pytest.raises(isthmus.ClientError) as caught:
+            pipeline.run()
+        assert isinstance(caught.value, isthmus.PipelineError) and caught.value.status_code == 404
+        assert "/v1/contactz" in str(caught.value) and "stopped on the workers" in str(caught.value)
+        # One request per partition at most: no page was tried again, nothing became a dead letter.
+        assert api.stats()["requests"]["total"] <= 3
+        assert pipeline.store.dead_letters("wrongpath") == []
+        with queue_of(broker, "wrongpath") as q:
+            assert q.stats()["ready"] == 3 and q.stats()["dead"] == 0
+
+
 def test_records_all_failing_at_the_sink_halt_the_run_and_the_resumed_run_supersedes_them(broker, redis, tmp_path):
     """Every record rejected (422) and none written: after stop_after_failures the run halts with
     the embedded run's error instead of dead-lettering the whole source. Pages are checkpointed
