@@ -372,6 +372,10 @@ class OAuth2AuthorizationCode(_OAuth2):
     ``http://127.0.0.1:<redirect_port><redirect_path>``, checks ``state``, exchanges the code,
     and from then on behaves as ``OAuth2RefreshToken``. With a ``store`` that already holds
     this credential's tokens, no browser is needed: it is authorized at construction.
+
+    ``coordination``: several processes share the grant through Redis, as with
+    ``OAuth2RefreshToken``: the one that authorized stores it there, the others find it at
+    construction, and they take turns refreshing it (one token request per expiry).
     """
 
     _fields = (("authorize_url", False), ("token_url", False), ("client_id", False),
@@ -383,12 +387,15 @@ class OAuth2AuthorizationCode(_OAuth2):
                  store: Optional[TokenStore] = None, store_id: Optional[str] = None,
                  auth_method: Optional[str] = None, refresh_before: float = 60.0,
                  extra_authorize_params: Optional[Mapping[str, str]] = None,
-                 timeout: float = 30.0, on_token: Optional[Callable[[dict[str, Any]], None]] = None):
+                 timeout: float = 30.0, on_token: Optional[Callable[[dict[str, Any]], None]] = None,
+                 coordination: Optional[Coordination] = None):
         self.authorize_url = _text("authorize_url", authorize_url)
         self.token_url = _text("token_url", token_url)
         self.client_id = _text("client_id", client_id)
         self.client_secret = _text("client_secret", client_secret, required=False) or None
         self.scopes = list(scopes.split() if isinstance(scopes, str) else scopes) if scopes else None
+        if coordination is not None and store is None:
+            store = TokenStore.redis(coordination)
         self.store = store
         if not isinstance(redirect_port, int) or not 0 <= redirect_port <= 65535:
             raise errors.ConfigError(f"redirect_port: {redirect_port!r} is not a port number")
@@ -402,7 +409,7 @@ class OAuth2AuthorizationCode(_OAuth2):
             client_secret=self.client_secret or "",
             auth_method=auth_method or ("client_secret_basic" if self.client_secret else "none"),
             refresh_before=refresh_before, store=store, store_id=store_id, timeout=timeout,
-            on_token=on_token)
+            on_token=on_token, coordination=coordination)
         self._server: Optional[http.server.HTTPServer] = None
         self._state = ""
         self._verifier = ""
@@ -524,7 +531,8 @@ class JWTBearer(_OAuth2):
     ``secret`` (``algorithm="HS256"``). Each token request carries a fresh assertion with
     ``iss``, ``sub`` (default: the issuer), ``aud`` (default: the token URL), ``iat``, ``nbf``,
     ``exp`` (``lifetime`` seconds later) and a random ``jti``. ``client_id``/``client_secret``,
-    when given, authenticate the client with HTTP Basic as well.
+    when given, authenticate the client with HTTP Basic as well. ``coordination``: processes
+    sharing one Redis share the token and make one token request per expiry between them.
     """
 
     _fields = (("token_url", False), ("issuer", False), ("subject", False), ("audience", False),
@@ -539,7 +547,8 @@ class JWTBearer(_OAuth2):
                  client_id: Optional[str] = None, client_secret: Optional[str] = None,
                  refresh_before: float = 60.0, store: Optional[TokenStore] = None,
                  store_id: Optional[str] = None, timeout: float = 30.0,
-                 on_token: Optional[Callable[[dict[str, Any]], None]] = None):
+                 on_token: Optional[Callable[[dict[str, Any]], None]] = None,
+                 coordination: Optional[Coordination] = None):
         if (private_key is None) == (secret is None):
             raise errors.ConfigError("JWTBearer: give private_key= (RS256) or secret= (HS256)")
         algorithm = algorithm or ("RS256" if private_key is not None else "HS256")
@@ -564,7 +573,7 @@ class JWTBearer(_OAuth2):
             auth_method="client_secret_basic" if client_id and client_secret else "none",
             scopes=scopes, jwt=self._signer, refresh_before=refresh_before, store=store,
             store_id=store_id or f"jwt:{self.issuer}@{self.token_url}", timeout=timeout,
-            on_token=on_token)
+            on_token=on_token, coordination=coordination)
 
     def assertion(self) -> str:
         """A freshly signed assertion, as the next token request would send it."""

@@ -588,3 +588,88 @@ def test_an_api_key_header_never_follows_a_redirect_to_another_host():
             assert c.get("/echo").json()["headers"]["x-custom-key"] == "k-SECRET"
             seen = c.get("/redirect-to", params={"url": elsewhere.url + "/echo"}).json()["headers"]
     assert "x-custom-key" not in seen
+
+
+# ---- credentials shared through Redis --------------------------------------------------------
+
+@pytest.fixture
+def redis_server(tmp_path):
+    from servers import Redis, have_redis
+
+    if not have_redis:
+        pytest.skip("redis-server missing")
+    with Redis(tmp_path) as r:
+        yield r
+
+
+def test_an_authorization_code_grant_is_shared_by_processes_through_redis(token_key, redis_server):
+    """The process that authorized stores the grant in Redis; another finds it at construction,
+    with no browser, and the two take turns refreshing a rotating refresh token."""
+    with oauth_sandbox(rotate_refresh_tokens=True, token_lifetime=0.3) as api:
+        first = isthmus.OAuth2AuthorizationCode(api.authorize_url, api.token_url, api.client_id,
+                                                coordination=isthmus.Coordination(redis_server.url))
+        assert not first.authorized
+        requests.get(first.start())  # the "browser" approves at once
+        first.wait(timeout=10)
+        second = isthmus.OAuth2AuthorizationCode(api.authorize_url, api.token_url, api.client_id,
+                                                 coordination=isthmus.Coordination(redis_server.url))
+        assert second.authorized  # the grant came from Redis
+        with isthmus.Client(api.url, auth=first) as a, isthmus.Client(api.url, auth=second) as b:
+            for _ in range(3):
+                assert a.get("/v1/contacts").status_code == 200
+                assert b.get("/v1/contacts").status_code == 200
+                expiry = time.time() + 0.35
+                wait_until(lambda e=expiry: time.time() > e, timeout=5)
+        stats = api.stats()
+    # One token request per expiry between them, and never a refresh token used twice.
+    assert stats["tokens"]["by_grant"]["authorization_code"] == 1
+    assert stats["requests"]["by_endpoint"]["POST /oauth/token"] == {"200": stats["tokens"]["issued"]}
+    assert 2 <= stats["tokens"]["refreshed"] <= 3
+
+
+def test_a_jwt_bearer_token_is_shared_by_processes_through_redis(redis_server):
+    import http.server
+    import threading
+
+    from servers import free_port
+
+    asked, used = [], []
+
+    class TokenEndpoint(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            asked.append(form["grant_type"][0])
+            body = json.dumps({"access_token": f"at-{len(asked)}", "token_type": "Bearer",
+                               "expires_in": 3600}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            used.append(self.headers["Authorization"])
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), TokenEndpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/token"
+    key = isthmus.TokenStore.generate_key()
+    try:
+        with mock.patch.dict(os.environ, {"ISTHMUS_TOKEN_KEY": key}):
+            creds = [isthmus.JWTBearer(url, issuer="svc", secret="jwt-SECRET",
+                                       coordination=isthmus.Coordination(redis_server.url)) for _ in range(3)]
+            for c in creds:
+                with isthmus.Client(url, auth=c) as client:
+                    assert client.get("/data").status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]  # one request for all three
+    assert used == ["Bearer at-1"] * 3
