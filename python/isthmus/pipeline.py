@@ -139,7 +139,7 @@ def all_failed_error(pipeline: str, failed: int, reasons: List[str], held: bool 
     kind, times = kinds.most_common(1)[0]
     example = next(e for e in reasons if e.split(": ", 1)[0] == kind)
     kept = ("without moving the checkpoint past them (they are dead letters)" if held else
-            "they are dead letters, and `isthmus dlq replay` sends them again once the cause is fixed")
+            "(they are dead letters, which `isthmus dlq replay` sends again once the cause is fixed)")
     return errors.PipelineError(
         f"Pipeline {pipeline}: the first {failed:,} records all failed and none was written; stopping {kept}. "
         f"Most common reason ({times:,} of {len(reasons):,}): {example}. Pipeline(stop_after_failures=0) turns "
