@@ -167,8 +167,8 @@ def run_workers(records: int, counts: list[int]) -> list[dict]:
 LIMIT_WORKERS = 4
 LIMIT_CONCURRENCY = 8
 LIMIT_COLUMNS = (("limit/s", "limit", 0), ("achieved/s", "value", 1), ("error %", "error_pct", 2),
-                 ("whole run/s", "whole_run", 1), ("requests", "requests", 0), ("429s", "status_429", 0), ("seconds", "wall_s", 2),
-                 ("redis cmds", "redis_commands", 0))
+                 ("whole run/s", "whole_run", 1), ("requests", "requests", 0), ("429s", "status_429", 0),
+                 ("seconds", "wall_s", 2), ("redis cmds", "redis_commands", 0))
 
 
 def limit_worker(redis_url: str, api_url: str, rate: float, burst: float, n: int) -> None:
