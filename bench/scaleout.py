@@ -50,7 +50,8 @@ LATENCY_MS = 20
 WORKER_COLUMNS = (("pages", "pages", 0), ("seconds", "wall_s", 2), ("worker CPU ms/page", "cpu_ms", 2),
                   ("overhead us/page", "overhead_us", 0),
                   ("broker us", "broker_us", 0), ("redis us", "redis_us", 0), ("checkpoint us", "state_us", 0),
-                  ("stale tasks", "stale", 0), ("unique at dest", "unique", 0))
+                  ("stale tasks", "stale", 0), ("busy", "busy", 0), ("empty looks", "empty_looks", 0),
+                  ("unique at dest", "unique", 0))
 
 
 def _doc(name: str, source_url: str, dest_url: str, state: Path, broker: str | None, redis: str | None) -> dict:
@@ -135,6 +136,7 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
             "pages": pages, "overhead_us": round(1e6 * own / max(pages, 1)), "stale": progress["stale_tasks"],
             "cpu_ms": round(1000 * cpu / max(pages, 1), 2), "broker_us": per_page["queue_s"],
             "redis_us": per_page["redis_s"], "state_us": per_page["state_s"],
+            "busy": sum(s["busy"] for s in stats), "empty_looks": sum(s["empty_looks"] for s in stats),
             "unique": unique, "note": f"{n} x `isthmus worker --concurrency {CONCURRENCY}`"}
 
 

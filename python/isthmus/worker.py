@@ -131,6 +131,15 @@ def run_progress(pipeline: Any, run_id: int) -> Dict[str, Any]:
             "pages": pages, "stale_tasks": stale, "counts": counts}
 
 
+# An idle thread's pauses between looks at the queue: from _FIRST_PAUSE doubling up to
+# idle_wait, or up to _HOT_PAUSE within _HOT_SECONDS of its last task.
+_FIRST_PAUSE = 0.005
+_HOT_PAUSE = 0.025
+_HOT_SECONDS = 2.0
+# The pauses between tries at a claim its predecessor still holds (None: give up).
+_CLAIM_WAITS: Tuple[Optional[float], ...] = (0.001,) * 20 + tuple(0.002 * 2 ** i for i in range(8)) + (None,)
+
+
 class _Stop(Exception):
     """The partition's claim was lost to another worker: this task stops before it commits."""
 
@@ -150,7 +159,8 @@ class Worker:
     ``lease``: seconds a partition claim (and the worker's heartbeat) lives without renewal;
     renewed every third of it. ``visibility``: seconds a task may take before the queue hands
     it to another worker. ``idle_wait``: the longest pause between looks at an empty queue (the
-    pause doubles from 10 ms up to it, so an idle worker never spins).
+    pause doubles from 5 ms up to it, so an idle worker never spins; within 2 s of its last task
+    a thread looks at least every 25 ms, since a chain's next task is due soon).
 
     A failure that affects every record (the sink or the API refusing the request itself: 401,
     403, 404 ...; a refused credential; a sink still failing on a task's last delivery; the
@@ -163,7 +173,7 @@ class Worker:
     """
 
     def __init__(self, pipeline: Any, *, concurrency: int = 1, lease: float = 10.0, visibility: float = 120.0,
-                 idle_wait: float = 1.0, name: Optional[str] = None):
+                 idle_wait: float = 0.25, name: Optional[str] = None):
         from isthmus.pipeline import Pipeline
 
         if not isinstance(pipeline, Pipeline):
@@ -280,7 +290,8 @@ class Worker:
             self._count(what, time.perf_counter() - began)
 
     def _loop(self, until_idle: Optional[float], run_id: Optional[int]) -> None:
-        pause = 0.01
+        pause = _FIRST_PAUSE
+        worked = float("-inf")  # when this thread last finished a task
         while not self._stop.is_set():
             halt = self._halted()
             if halt is not None:
@@ -304,9 +315,10 @@ class Worker:
                     self._stop.set()
                     return
                 self._stop.wait(pause)
-                pause = min(pause * 2, self.idle_wait)
+                hot = time.monotonic() - worked < _HOT_SECONDS
+                pause = min(pause * 2, min(self.idle_wait, _HOT_PAUSE) if hot else self.idle_wait)
                 continue
-            pause = 0.01
+            pause = _FIRST_PAUSE
             for m in lease:
                 self._in_flight[threading.get_ident()] = str(m.body)[:200]
                 try:
@@ -322,8 +334,9 @@ class Worker:
                         pass  # the broker is away: it hands the task out again itself
                 finally:
                     self._in_flight.pop(threading.get_ident(), None)
+                    worked = time.monotonic()
                     with self._lock:
-                        self._idle_since = time.monotonic()
+                        self._idle_since = worked
             # Working for one run (Pipeline.run): stop once it is settled, whatever else waits.
             if run_id is not None and self._finished(None, run_id):
                 self._stop.set()
@@ -566,18 +579,16 @@ class Worker:
     def _claim(self, name: str) -> Any:
         """The partition's claim, or None when another worker holds it. A task is published
         just before its predecessor commits and releases the claim, so the next worker often
-        finds it still held for a millisecond or two: it looks again after 1 ms, doubling up
-        to 256 ms (about half a second in all)."""
-        wait = 0.001
-        for _ in range(10):
+        finds it still held for a millisecond or two: it looks again every millisecond for
+        20 ms, then after 2 ms doubling up to 256 ms (about half a second in all)."""
+        for wait in _CLAIM_WAITS:
             claim = self.coordination.claim(name, lease=self.lease)
             if claim:
                 with self._lock:
                     self._claims[name] = claim
                 return claim
-            if self._stop.wait(wait):
+            if wait is None or self._stop.wait(wait):
                 return None
-            wait *= 2
         return None
 
     def _hold(self, name: str, claim: Any) -> Any:
