@@ -781,3 +781,50 @@ def test_revoking_names_a_bad_tenant():
         assert single.revoke_tokens() == 0
         single.revoke_access()
         assert requests.get(single.url + "/v1/deals", headers={"X-API-Key": single.api_key}).status_code == 401
+
+
+def test_webhooks_are_per_tenant():
+    import http.server
+    import threading
+
+    received = {0: [], 1: []}
+
+    def receiver(tenant):
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received[tenant].append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    servers = [receiver(0), receiver(1)]
+    try:
+        with Sandbox(tenants=2, auth="api_key") as api:
+            for tenant, server in zip(api.tenants, servers):
+                url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+                registered = requests.post(api.url + "/v1/webhooks", json={"url": url}, headers=key_of(tenant))
+                assert registered.status_code == 201
+            listed = requests.get(api.url + "/v1/webhooks", headers=key_of(api.tenants[1])).json()["data"]
+            assert len(listed) == 1 and str(servers[1].server_address[1]) in listed[0]["url"]
+            assert requests.post(api.url + "/v1/contacts", json={"id": "only-0"},
+                                 headers=key_of(api.tenants[0])).status_code == 201
+            deadline = time.time() + 10
+            while time.time() < deadline and api.stats()["webhooks"].get("delivered", 0) < 1:
+                time.sleep(0.05)
+            assert [e["data"]["id"] for e in received[0]] == ["only-0"]
+            assert received[1] == [] and api.stats()["webhooks"] == {"delivered": 1}
+            # Tenant 1 cannot delete tenant 0's webhook.
+            hook0 = requests.get(api.url + "/v1/webhooks", headers=key_of(api.tenants[0])).json()["data"][0]["id"]
+            gone = requests.delete(api.url + "/v1/webhooks/" + hook0, headers=key_of(api.tenants[1]))
+            assert gone.status_code == 404
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
