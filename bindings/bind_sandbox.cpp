@@ -28,7 +28,10 @@ void bind_sandbox(py::module_& m) {
       .def("port", &sandbox::Server::port)
       .def("url", &sandbox::Server::url)
       .def("stats_json", &sandbox::Server::stats_json)
-      .def("reset_stats", &sandbox::Server::reset_stats);
+      .def("reset_stats", &sandbox::Server::reset_stats)
+      .def("tenants_json", &sandbox::Server::tenants_json)
+      .def("revoke_tokens", &sandbox::Server::revoke_tokens, py::arg("tenant"))
+      .def("set_access", &sandbox::Server::set_access, py::arg("tenant"), py::arg("allowed"));
 }
 
 }  // namespace isthmus::bindings

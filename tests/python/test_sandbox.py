@@ -492,3 +492,339 @@ class socket_port:
 
     def __exit__(self, *exc):
         return False
+
+
+# --- tenants: many customers in one sandbox ---------------------------------------------------
+
+def key_of(tenant):
+    return {"X-API-Key": tenant.api_key}
+
+
+def client_token(api, tenant):
+    r = requests.post(api.token_url, data={"grant_type": "client_credentials"},
+                      auth=(tenant.client_id, tenant.client_secret))
+    assert r.status_code == 200, r.text
+    return r.json()["access_token"]
+
+
+def test_without_tenants_the_sandbox_has_one_customer():
+    with Sandbox(auth="api_key") as api:
+        assert api.tenants == ()
+        assert api.api_key == "sandbox-api-key"
+        assert requests.get(api.url + "/v1/contacts", headers={"X-API-Key": api.api_key}).status_code == 200
+        st = api.stats()
+        assert "tenants" not in st and "without_tenant" not in st["requests"]
+
+
+def test_tenants_have_their_own_credentials_and_records():
+    with Sandbox(tenants=3, auth="api_key", records=30, seed=5) as api:
+        assert [t.index for t in api.tenants] == [0, 1, 2]
+        for field in ("client_id", "client_secret", "api_key", "username", "password", "bearer_token"):
+            assert len({getattr(t, field) for t in api.tenants}) == 3, field
+        with pytest.raises(AttributeError, match="tenants"):
+            api.api_key  # noqa: B018 - one key for all would let any tenant read any other
+        pages = [requests.get(api.url + "/v1/contacts?limit=5", headers=key_of(t)).json()["data"] for t in api.tenants]
+        assert [rec["id"] for rec in pages[0]] == [rec["id"] for rec in pages[1]]  # same ids, other records
+        assert pages[0] != pages[1] and pages[1] != pages[2] and pages[0] != pages[2]
+        one = requests.get(api.url + "/v1/contacts/con_0000000002", headers=key_of(api.tenants[2])).json()
+        assert one == pages[2][1]
+        assert requests.get(api.url + "/v1/contacts", headers={"X-API-Key": "nope"}).status_code == 401
+        st = api.stats()
+        assert [t["records_served"]["contacts"] for t in st["tenants"]] == [5, 5, 6]
+        assert st["records_served"]["contacts"] == 16
+
+
+def test_a_token_reads_the_data_of_the_tenant_it_was_issued_to():
+    with Sandbox(tenants=2, auth="oauth2", seed=9) as api, \
+            Sandbox(tenants=2, auth="api_key", seed=9) as same_seed:
+        a, b = api.tenants
+        # Tenant 0's client id with tenant 1's secret is nobody.
+        wrong = requests.post(api.token_url, data={"grant_type": "client_credentials"},
+                              auth=(a.client_id, b.client_secret))
+        assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_client"
+        for i, tenant in enumerate(api.tenants):
+            h = {"Authorization": "Bearer " + client_token(api, tenant)}
+            got = requests.get(api.url + "/v1/deals?limit=3", headers=h).json()["data"]
+            # Records come from (seed, tenant): the same tenant of another sandbox serves the same.
+            expected = requests.get(same_seed.url + "/v1/deals?limit=3",
+                                    headers=key_of(same_seed.tenants[i])).json()["data"]
+            assert got == expected
+        st = api.stats()["tenants"]
+        assert [t["tokens"]["issued"] for t in st] == [1, 1]
+        assert [t["records_served"]["deals"] for t in st] == [3, 3]
+
+
+def test_tenant_records_sizes_each_tenant():
+    with Sandbox(tenants=3, auth="api_key", records=10, pagination="offset", tenant_records={0: 120}) as api:
+        totals = [requests.get(api.url + "/v1/companies", headers=key_of(t)).json()["meta"]["total"]
+                  for t in api.tenants]
+        assert totals == [120, 10, 10] and [t.records for t in api.tenants] == [120, 10, 10]
+        assert requests.get(api.url + "/v1/companies/com_0000000100", headers=key_of(api.tenants[1])).status_code == 404
+    with Sandbox(tenants=2, auth="basic", tenant_records=[0, 4]) as api:
+        counts = [len(requests.get(api.url + "/v1/deals", auth=(t.username, t.password)).json()["data"])
+                  for t in api.tenants]
+        assert counts == [0, 4]
+
+
+def test_imports_are_kept_per_tenant():
+    with Sandbox(tenants=2, auth="bearer") as api:
+        a, b = ({"Authorization": "Bearer " + t.bearer_token} for t in api.tenants)
+        url = api.url + "/v1/contacts"
+        assert requests.post(url, json={"id": "x"}, headers=a).status_code == 201
+        assert requests.post(url, json={"id": "x"}, headers=b).status_code == 201  # another customer's record
+        assert requests.post(url, json={"id": "x"}, headers=a).status_code == 200  # a duplicate for tenant 0
+        # The same Idempotency-Key means nothing across tenants.
+        r1 = requests.post(url, json={"id": "y"}, headers={**a, "Idempotency-Key": "k"})
+        r2 = requests.post(url, json={"id": "z"}, headers={**b, "Idempotency-Key": "k"})
+        r3 = requests.post(url, json={"id": "y"}, headers={**a, "Idempotency-Key": "k"})
+        assert r1.status_code == r2.status_code == 201 and r3.headers["Idempotent-Replayed"] == "true"
+        st = api.stats()
+        first, second = (t["records_received"]["contacts"] for t in st["tenants"])
+        assert first == {"unique": 2, "duplicate": 1, "idempotent_replays": 1}
+        assert second == {"unique": 2, "duplicate": 0, "idempotent_replays": 0}
+        assert st["records_received"]["contacts"] == {"unique": 4, "duplicate": 1, "idempotent_replays": 1}
+
+
+def test_per_tenant_and_app_wide_limits():
+    # Rates so low that nothing refills during the test: the counts follow from the bursts alone.
+    with Sandbox(tenants=3, auth="api_key", rate_limit=0.01, burst=2, app_rate_limit=0.01, app_burst=4) as api:
+        s = requests.Session()
+
+        def get(tenant):
+            return s.get(api.url + "/v1/contacts?limit=1", headers=key_of(api.tenants[tenant]))
+
+        t0 = [get(0) for _ in range(3)]
+        assert [r.status_code for r in t0] == [200, 200, 429]
+        assert t0[2].json()["error"] == "rate_limited"  # tenant 0's own burst; the app's is untouched
+        assert '"app";q=' in t0[0].headers["RateLimit-Policy"] and '"burst";q=' in t0[0].headers["RateLimit-Policy"]
+        t1 = [get(1) for _ in range(2)]
+        assert [r.status_code for r in t1] == [200, 200]  # the app's burst of 4 is now spent
+        refused = get(2)
+        assert refused.status_code == 429 and refused.json()["error"] == "app_rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert refused.headers["X-RateLimit-Remaining"] == "0" and refused.headers["X-RateLimit-Limit"] == "4"
+        assert get(2).json()["error"] == "app_rate_limited"  # tenant 2's own burst is whole, the app's spent
+        assert get(1).json()["error"] == "rate_limited"  # tenant 1 spent its own first
+        st = api.stats()
+        per = st["tenants"]
+        assert [t["rate_limited"] for t in per] == [1, 1, 2]
+        assert [t["app_rate_limited"] for t in per] == [0, 0, 2]
+        assert st["rate_limited"] == 4 and st["app_rate_limited"] == 2
+        assert [t["requests"]["by_status"].get("429", 0) for t in per] == [1, 1, 2]
+        assert [t["requests"]["by_status"].get("200", 0) for t in per] == [2, 2, 0]
+
+
+def test_app_limit_alone_and_without_tenants():
+    with Sandbox(app_rate_limit=0.01, app_burst=2) as api:
+        codes = [requests.get(api.url + "/v1/deals").status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        st = api.stats()
+        assert st["rate_limited"] == 1 and st["app_rate_limited"] == 1
+
+
+def test_per_tenant_stats_sum_to_the_totals():
+    with Sandbox(tenants=3, auth="oauth2", rate_limit=0.01, burst=4) as api:
+        s = requests.Session()
+        for i, tenant in enumerate(api.tenants):
+            h = {"Authorization": "Bearer " + client_token(api, tenant)}
+            s.post(api.url + "/v1/deals/batch", json=[{"id": "d1"}, {"id": f"d{i}"}], headers=h)
+            for _ in range(2 + i):
+                s.get(api.url + "/v1/contacts?limit=2", headers=h)
+        s.get(api.url + "/json")  # nobody's
+        s.get(api.url + "/v1/contacts", headers={"Authorization": "Bearer nope"})  # nobody's
+        s.post(api.token_url, data={"grant_type": "client_credentials"}, auth=("who", "knows"))  # nobody's
+        st = api.stats()
+        per = st["tenants"]
+        assert sum(t["requests"]["total"] for t in per) + st["requests"]["without_tenant"] == st["requests"]["total"]
+        assert st["requests"]["without_tenant"] == 3
+        assert [t["requests"]["total"] for t in per] == [4, 5, 6]  # token, reads, batch
+        for key in ("rate_limited", "app_rate_limited"):
+            assert sum(t[key] for t in per) == st[key]
+        assert [t["rate_limited"] for t in per] == [0, 0, 1]  # burst 4: the third tenant's 5th call
+        assert sum(t["records_served"]["contacts"] for t in per) == st["records_served"]["contacts"] == 16
+        assert sum(t["tokens"]["issued"] for t in per) == st["tokens"]["issued"] == 3
+        for field in ("unique", "duplicate"):
+            assert sum(t["records_received"]["deals"][field] for t in per) == st["records_received"]["deals"][field]
+        assert [t["records_received"]["deals"]["unique"] for t in per] == [2, 1, 2]
+        statuses = {}
+        for t in per:
+            for status, n in t["requests"]["by_status"].items():
+                statuses[status] = statuses.get(status, 0) + n
+        assert statuses["200"] == st["requests"]["by_status"]["200"] - 1  # /json
+        assert {a.get("tenant") for a in st["arrivals"]} == {0, 1, 2, None}
+
+
+def test_revoking_one_tenant_leaves_the_others_alone():
+    with Sandbox(tenants=2, auth="oauth2") as api:
+        a, b = api.tenants
+        ha = {"Authorization": "Bearer " + client_token(api, a)}
+        hb = {"Authorization": "Bearer " + client_token(api, b)}
+        url = api.url + "/v1/contacts?limit=1"
+        assert a.revoke_tokens() == 1
+        refused = requests.get(url, headers=ha)
+        assert refused.status_code == 401 and "revoked" in refused.headers["WWW-Authenticate"]
+        assert requests.get(url, headers=hb).status_code == 200
+        ha = {"Authorization": "Bearer " + client_token(api, a)}  # a client can ask again
+        assert requests.get(url, headers=ha).status_code == 200
+
+        assert a.revoke_access() == 1  # the customer disconnects the app
+        assert requests.get(url, headers=ha).status_code == 401
+        again = requests.post(api.token_url, data={"grant_type": "client_credentials"},
+                              auth=(a.client_id, a.client_secret))
+        assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
+        assert requests.get(url, headers=hb).status_code == 200
+        a.restore_access()
+        assert requests.get(url, headers={"Authorization": "Bearer " + client_token(api, a)}).status_code == 200
+        st = api.stats()["tenants"]
+        assert [t["tokens"]["revoked"] for t in st] == [2, 0]
+        assert [t["tokens"]["issued"] for t in st] == [3, 1]
+
+
+def test_a_refresh_token_of_a_disconnected_tenant_fails_until_it_links_again():
+    with Sandbox(tenants=2, auth="oauth2") as api:
+        redirect = "http://127.0.0.1:1/callback"
+
+        def link(tenant):
+            r = requests.get(api.authorize_url, allow_redirects=False, params={
+                "response_type": "code", "client_id": tenant.client_id, "redirect_uri": redirect})
+            code = urllib.parse.parse_qs(urllib.parse.urlparse(r.headers["Location"]).query)["code"][0]
+            tok = requests.post(api.token_url, data={"grant_type": "authorization_code", "code": code,
+                                                     "redirect_uri": redirect},
+                                auth=(tenant.client_id, tenant.client_secret))
+            assert tok.status_code == 200, tok.text
+            return tok.json()
+
+        def refresh(tenant, token):
+            return requests.post(api.token_url, data={"grant_type": "refresh_token", "refresh_token": token},
+                                 auth=(tenant.client_id, tenant.client_secret))
+
+        a, b = api.tenants
+        ta, tb = link(a), link(b)
+        # A code of tenant 0 cannot be exchanged by tenant 1.
+        r = requests.get(api.authorize_url, allow_redirects=False, params={
+            "response_type": "code", "client_id": a.client_id, "redirect_uri": redirect})
+        code = urllib.parse.parse_qs(urllib.parse.urlparse(r.headers["Location"]).query)["code"][0]
+        stolen = requests.post(api.token_url, data={"grant_type": "authorization_code", "code": code,
+                                                    "redirect_uri": redirect}, auth=(b.client_id, b.client_secret))
+        assert stolen.status_code == 401
+        assert api.revoke_access(0) == 2  # its access and refresh tokens
+        assert refresh(a, ta["refresh_token"]).json()["error"] == "invalid_grant"
+        assert refresh(b, tb["refresh_token"]).status_code == 200
+        fresh = link(a)  # linking again gives the access back
+        assert refresh(a, fresh["refresh_token"]).status_code == 200
+
+
+def test_no_tenant_secret_shows_in_another_tenants_answers_reprs_or_stats():
+    with Sandbox(tenants=2, auth="oauth2") as api:
+        a, b = api.tenants
+        secrets = [a.client_secret, a.api_key, a.password, a.bearer_token]
+        token_a = client_token(api, a)
+        answers = [requests.post(api.token_url, data={"grant_type": "client_credentials"},
+                                 auth=(b.client_id, b.client_secret)).text]
+        hb = {"Authorization": "Bearer " + json.loads(answers[0])["access_token"]}
+        answers.append(requests.get(api.url + "/v1/contacts?limit=50", headers=hb).text)
+        answers.append(requests.get(api.url + "/v1/contacts/con_9999999999", headers=hb).text)
+        answers.append(requests.post(api.token_url, data={"grant_type": "client_credentials"},
+                                     auth=(b.client_id, a.client_secret)).text)
+        answers.append(requests.post(api.url + "/v1/contacts", data="{", headers=hb).text)
+        for text in answers + [repr(api), repr(a), repr(b), json.dumps(api.stats())]:
+            for secret in secrets + [token_a]:
+                assert secret not in text
+        assert b.client_secret not in repr(b) and b.api_key not in repr(api.tenants)
+
+
+@pytest.mark.parametrize("options,field", [
+    ({"tenants": 0, "auth": "api_key"}, "tenants"),
+    ({"tenants": -2, "auth": "api_key"}, "tenants"),
+    ({"tenants": 2.5, "auth": "api_key"}, "tenants"),
+    ({"tenants": 2}, "tenants"),  # auth none: no credential to find the tenant by
+    ({"tenants": 2, "auth": "api_key", "rate_limit": -1}, "rate_limit"),
+    ({"tenants": 2, "auth": "api_key", "app_rate_limit": -5}, "app_rate_limit"),
+    ({"tenants": 2, "auth": "api_key", "app_burst": 0}, "app_burst"),
+    ({"tenants": 2, "auth": "api_key", "tenant_records": [1, 2, 3]}, "tenant_records"),
+    ({"tenants": 2, "auth": "api_key", "tenant_records": {"7": 1}}, "tenant_records"),
+    ({"tenants": 2, "auth": "api_key", "tenant_records": [1, -1]}, "tenant_records"),
+    ({"auth": "api_key", "tenant_records": [1]}, "tenant_records"),
+    ({"tenants": 2, "auth": "oauth2", "client_secret": "s3cr3t-shared"}, "client_secret"),
+])
+def test_bad_tenant_options_name_the_field(options, field):
+    with pytest.raises(isthmus.ConfigError) as err:
+        Sandbox(**options)
+    assert field in str(err.value)
+    assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize("config,field", [
+    ({"tenants": 0, "auth": "api_key"}, "tenants"),
+    ({"tenants": 2, "auth": "api_key", "app_rate_limit": -1}, "app_rate_limit"),
+    ({"tenants": 2, "auth": "api_key", "api_key": "s3cr3t-shared"}, "api_key"),
+    ({"tenants": 2, "auth": "api_key", "tenant_records": {"2": 5}}, "tenant_records"),
+])
+def test_cxx_validates_tenant_options_too(config, field):
+    server = isthmus._core.SandboxServer("127.0.0.1", 0, 1, json.dumps(config))
+    with pytest.raises(isthmus.ConfigError) as err:
+        server.start()
+    assert field in str(err.value) and "s3cr3t" not in str(err.value)
+
+
+def test_revoking_names_a_bad_tenant():
+    api = Sandbox(tenants=2, auth="api_key")
+    with pytest.raises(RuntimeError, match="not running"):
+        api.revoke_tokens(0)
+    with api:
+        for bad in (2, -1, None, "0", True):
+            with pytest.raises(isthmus.ConfigError, match="tenant="):
+                api.revoke_access(bad)
+        with pytest.raises(isthmus.ConfigError, match="tenant=5"):
+            api._server.revoke_tokens(5)  # the core checks too
+    with Sandbox(auth="api_key") as single:
+        assert single.revoke_tokens() == 0
+        single.revoke_access()
+        assert requests.get(single.url + "/v1/deals", headers={"X-API-Key": single.api_key}).status_code == 401
+
+
+def test_webhooks_are_per_tenant():
+    import http.server
+    import threading
+
+    received = {0: [], 1: []}
+
+    def receiver(tenant):
+        class Hook(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                received[tenant].append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    servers = [receiver(0), receiver(1)]
+    try:
+        with Sandbox(tenants=2, auth="api_key") as api:
+            for tenant, server in zip(api.tenants, servers):
+                url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+                registered = requests.post(api.url + "/v1/webhooks", json={"url": url}, headers=key_of(tenant))
+                assert registered.status_code == 201
+            listed = requests.get(api.url + "/v1/webhooks", headers=key_of(api.tenants[1])).json()["data"]
+            assert len(listed) == 1 and str(servers[1].server_address[1]) in listed[0]["url"]
+            assert requests.post(api.url + "/v1/contacts", json={"id": "only-0"},
+                                 headers=key_of(api.tenants[0])).status_code == 201
+            deadline = time.time() + 10
+            while time.time() < deadline and api.stats()["webhooks"].get("delivered", 0) < 1:
+                time.sleep(0.05)
+            assert [e["data"]["id"] for e in received[0]] == ["only-0"]
+            assert received[1] == [] and api.stats()["webhooks"] == {"delivered": 1}
+            # Tenant 1 cannot delete tenant 0's webhook.
+            hook0 = requests.get(api.url + "/v1/webhooks", headers=key_of(api.tenants[0])).json()["data"][0]["id"]
+            gone = requests.delete(api.url + "/v1/webhooks/" + hook0, headers=key_of(api.tenants[1]))
+            assert gone.status_code == 404
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()

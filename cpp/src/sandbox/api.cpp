@@ -16,6 +16,7 @@
 #include <tuple>
 
 #include "isthmus/auth/crypto.hpp"
+#include "isthmus/error.hpp"
 #include "isthmus/http/url.hpp"
 #include "sandbox/records.hpp"
 #include "sandbox/router.hpp"
@@ -92,15 +93,18 @@ struct Token {
   std::string client_id;
   double expires_at = 0;
   bool revoked = false;
+  int tenant = 0;
 };
 struct RefreshToken {
   std::string client_id;
   bool used = false;
   bool revoked = false;
+  int tenant = 0;
 };
 struct AuthCode {
   std::string client_id, redirect_uri, challenge;
   double expires_at = 0;
+  int tenant = 0;
 };
 struct Gcra {
   double tat = 0;  // theoretical arrival time
@@ -120,14 +124,37 @@ struct Change {
 
 class Router::State {
  public:
+  struct Hook {
+    std::string id, url, host, path, secret;  // secret: raw bytes
+    std::uint16_t port = 80;
+  };
+  // What belongs to one tenant: its record changes, its webhooks, its idempotency keys.
+  struct Account {
+    std::map<std::uint64_t, Change> changes[kResourceCount];  // index -> latest change
+    std::atomic<bool> has_changes{false};
+    std::uint64_t update_count = 0;
+    std::vector<Hook> hooks;
+    std::map<std::string, Stored, std::less<>> idempotency;
+    std::atomic<bool> access_revoked{false};
+  };
+
+  explicit State(const std::vector<Tenant>& tenants) : accounts(tenants.size()) {
+    for (std::size_t i = 0; i < tenants.size(); ++i) {
+      const int t = static_cast<int>(i);
+      // Secrets are looked up by their digest: the lookup's timing tells nothing of the secret.
+      api_keys.emplace(sha256(tenants[i].api_key), t);
+      bearer_tokens.emplace(sha256(tenants[i].bearer_token), t);
+      usernames.emplace(tenants[i].username, t);
+      client_ids.emplace(tenants[i].client_id, t);
+    }
+  }
+
   std::mutex mutex;
-  std::map<std::uint64_t, Change> changes[kResourceCount];  // index -> latest change
-  std::atomic<bool> has_changes{false};
+  std::vector<Account> accounts;  // one per tenant
+  std::map<std::string, int, std::less<>> api_keys, bearer_tokens, usernames, client_ids;
   double update_carry = 0;
-  std::uint64_t update_count = 0;
   std::uint64_t last_change_ms = 0;
 
-  std::map<std::string, Stored, std::less<>> idempotency;
   std::map<std::string, Token, std::less<>> tokens;
   std::map<std::string, RefreshToken, std::less<>> refresh_tokens;
   std::map<std::string, AuthCode, std::less<>> codes;
@@ -137,14 +164,16 @@ class Router::State {
   std::map<std::string, Quota, std::less<>> quotas;
   std::int64_t overload_second = 0;
   std::uint64_t overload_count = 0;
+  Gcra app_limit;  // app_rate_limit, across every credential
   std::map<std::string, std::uint64_t, std::less<>> fault_counters;
 
-  struct Hook {
-    std::string id, url, host, path, secret;  // secret: raw bytes
-    std::uint16_t port = 80;
-  };
-  std::vector<Hook> hooks;
   std::uint64_t hook_counter = 0, event_counter = 0;
+
+  // A tenant index from a lookup map, or -1.
+  static int find(const std::map<std::string, int, std::less<>>& map, std::string_view key) {
+    auto it = map.find(key);
+    return it == map.end() ? -1 : it->second;
+  }
 
   std::string new_token(std::uint64_t seed, std::string_view prefix) {
     return std::string(prefix) + hex(sha256(std::to_string(seed) + ":" + std::to_string(++token_counter) + ":" +
@@ -153,13 +182,41 @@ class Router::State {
   }
 };
 
-void Router::init_state() { state_ = std::make_shared<State>(); }
+void Router::init_state() { state_ = std::make_shared<State>(tenants_); }
+
+static void check_tenant(std::size_t tenant, std::size_t count) {
+  if (tenant >= count)
+    throw Error(errc::invalid_argument, "sandbox tenant=" + std::to_string(tenant) +
+                                            " is invalid: expected a tenant index from 0 to " + std::to_string(count - 1));
+}
+
+std::uint64_t Router::revoke_tokens(std::size_t tenant) {
+  check_tenant(tenant, tenants_.size());
+  const int t = static_cast<int>(tenant);
+  std::uint64_t n = 0;
+  {
+    std::lock_guard lock(state_->mutex);
+    for (auto& [_, token] : state_->tokens)
+      if (token.tenant == t && !token.revoked) token.revoked = true, ++n;
+    for (auto& [_, token] : state_->refresh_tokens)
+      if (token.tenant == t && !token.revoked && !token.used) token.revoked = true, ++n;
+  }
+  if (n) stats_.token_revoked(t, n);
+  return n;
+}
+
+std::uint64_t Router::set_access(std::size_t tenant, bool allowed) {
+  check_tenant(tenant, tenants_.size());
+  // Refused first, then revoked: a token issued in between is revoked too.
+  state_->accounts[tenant].access_revoked = !allowed;
+  return allowed ? 0 : revoke_tokens(tenant);
+}
 
 // --- time-driven record changes -------------------------------------------------------------
 
 void Router::tick(double now) {
-  if (config_.updates_per_second <= 0 || config_.records == 0) return;
-  std::vector<std::tuple<int, std::uint64_t, Change>> changed;
+  if (config_.updates_per_second <= 0) return;
+  std::vector<std::tuple<int, int, std::uint64_t, Change>> changed;  // tenant, resource, index, change
   {
   std::lock_guard lock(state_->mutex);
   state_->update_carry += config_.updates_per_second;
@@ -168,32 +225,40 @@ void Router::tick(double now) {
   n = std::min<std::uint64_t>(n, 100000);
   std::uint64_t ms = std::max<std::uint64_t>(static_cast<std::uint64_t>(now * 1000.0), state_->last_change_ms + 1);
   state_->last_change_ms = ms;
-  for (std::uint64_t k = 0; k < n; ++k) {
-    std::uint64_t u = state_->update_count++;
-    int res = static_cast<int>(u % kResourceCount);
-    std::uint64_t index = hash3(config_.seed, 1000 + static_cast<std::uint64_t>(res), u) % config_.records;
-    auto& c = state_->changes[res][index];
-    c.version = c.version + 1;
-    c.updated_ms = ms;
-    if (!state_->hooks.empty() && changed.size() < 1000) changed.emplace_back(res, index, c);
+  // updates_per_second applies to each tenant, over that tenant's records.
+  for (std::size_t t = 0; t < tenants_.size(); ++t) {
+    const Tenant& tenant = tenants_[t];
+    State::Account& account = state_->accounts[t];
+    if (tenant.records == 0) continue;
+    for (std::uint64_t k = 0; k < n; ++k) {
+      std::uint64_t u = account.update_count++;
+      int res = static_cast<int>(u % kResourceCount);
+      std::uint64_t index = hash3(tenant.seed, 1000 + static_cast<std::uint64_t>(res), u) % tenant.records;
+      auto& c = account.changes[res][index];
+      c.version = c.version + 1;
+      c.updated_ms = ms;
+      if (!account.hooks.empty() && changed.size() < 1000) changed.emplace_back(static_cast<int>(t), res, index, c);
+    }
+    if (n) account.has_changes = true;
   }
-  if (n) state_->has_changes = true;
   }
-  for (auto& [res, index, c] : changed) {
+  for (auto& [t, res, index, c] : changed) {
+    const Tenant& tenant = tenants_[static_cast<std::size_t>(t)];
     std::string data;
-    append_record(data, config_.seed, res, index, config_.records, c.version, c.updated_ms);
-    emit(std::string(kResources[res].name) + ".updated", data);
+    append_record(data, tenant.seed, res, index, tenant.records, c.version, c.updated_ms);
+    emit(t, std::string(kResources[res].name) + ".updated", data);
   }
 }
 
-void Router::emit(std::string_view type, const std::string& data_json) {
-  if (!send_webhook_) return;
+void Router::emit(int tenant, std::string_view type, const std::string& data_json) {
+  if (!send_webhook_ || tenant < 0 || static_cast<std::size_t>(tenant) >= tenants_.size()) return;
   std::vector<State::Hook> hooks;
   std::uint64_t event = 0;
   {
     std::lock_guard lock(state_->mutex);
-    if (state_->hooks.empty()) return;
-    hooks = state_->hooks;
+    const auto& registered = state_->accounts[static_cast<std::size_t>(tenant)].hooks;
+    if (registered.empty()) return;
+    hooks = registered;
     event = ++state_->event_counter;
   }
   double now = now_seconds();
@@ -217,8 +282,9 @@ void Router::emit(std::string_view type, const std::string& data_json) {
   }
 }
 
-Reply Router::webhooks(const Request& req, std::string_view tail) {
+Reply Router::webhooks(const Request& req, std::string_view tail, int tenant) {
   State& s = *state_;
+  auto& hooks = s.accounts[static_cast<std::size_t>(tenant)].hooks;
   if (req.method == "POST" && tail.empty()) {
     json body = json::parse(req.body, nullptr, false);
     if (!body.is_object() || !body.contains("url") || !body["url"].is_string())
@@ -246,21 +312,21 @@ Reply Router::webhooks(const Request& req, std::string_view tail) {
       h.host = host;
       h.port = static_cast<std::uint16_t>(port);
       h.path = path;
-      s.hooks.push_back(h);
+      hooks.push_back(h);
     }
     return json_reply(201, json{{"id", h.id}, {"url", url}, {"secret", "whsec_" + auth::base64(h.secret)}});
   }
   if (req.method == "GET" && tail.empty()) {
     json list = json::array();
     std::lock_guard lock(s.mutex);
-    for (const auto& h : s.hooks) list.push_back({{"id", h.id}, {"url", h.url}});
+    for (const auto& h : hooks) list.push_back({{"id", h.id}, {"url", h.url}});
     return json_reply(200, json{{"data", list}});
   }
   if (req.method == "DELETE" && !tail.empty()) {
     std::lock_guard lock(s.mutex);
-    auto before = s.hooks.size();
-    std::erase_if(s.hooks, [&](const State::Hook& h) { return h.id == tail; });
-    if (s.hooks.size() == before) return api_error(404, "not_found", "no such webhook");
+    auto before = hooks.size();
+    std::erase_if(hooks, [&](const State::Hook& h) { return h.id == tail; });
+    if (hooks.size() == before) return api_error(404, "not_found", "no such webhook");
     Reply r;
     r.status = 204;
     r.content_type.clear();
@@ -281,12 +347,31 @@ Reply unauthorized(std::string_view challenge, std::string_view message) {
 
 }  // namespace
 
-// Returns the 401 when the request is not authenticated; sets `credential` otherwise.
-static std::optional<Reply> check_auth(const Config& c, Router::State& s, const Request& req, std::string& credential,
-                                       double now) {
+static constexpr std::string_view kRevokedChallenge =
+    "Bearer realm=\"sandbox\", error=\"invalid_token\", error_description=\"access revoked\"";
+
+// Who sent a request: the credential label limits and stats key on, and its tenant.
+struct Caller {
+  std::string credential;
+  int tenant = -1;
+};
+
+// Returns the 401 when the request is not authenticated; fills `who` otherwise. A credential
+// is looked up among every tenant's; a single-tenant sandbox has one tenant, 0.
+static std::optional<Reply> check_auth(const Config& c, const std::vector<Tenant>& tenants, Router::State& s,
+                                       const Request& req, Caller& who, double now) {
+  // With tenants, the label names the tenant only: it shows in stats, where a secret must not.
+  auto found = [&](int tenant, std::string single_label, std::string_view challenge) -> std::optional<Reply> {
+    if (s.accounts[static_cast<std::size_t>(tenant)].access_revoked)
+      return unauthorized(challenge, "access to this account was revoked");
+    who.tenant = tenant;
+    who.credential = c.tenants ? "tenant:" + std::to_string(tenant) : std::move(single_label);
+    return std::nullopt;
+  };
   switch (c.auth) {
     case AuthMode::none:
-      credential = "anonymous";
+      who.credential = "anonymous";
+      who.tenant = 0;
       return std::nullopt;
     case AuthMode::api_key: {
       std::string_view key;
@@ -299,19 +384,22 @@ static std::optional<Reply> check_auth(const Config& c, Router::State& s, const 
       std::string challenge = c.api_key_in_query ? "ApiKey realm=\"sandbox\", in=\"query\", name=\"api_key\""
                                                  : "ApiKey realm=\"sandbox\", in=\"header\", name=\"X-API-Key\"";
       if (key.empty()) return unauthorized(challenge, "missing API key");
-      if (!auth::constant_time_equal(key, c.api_key)) return unauthorized(challenge, "wrong API key");
-      credential = "api_key:" + c.api_key;
-      return std::nullopt;
+      const int t = Router::State::find(s.api_keys, sha256(key));
+      if (t < 0) return unauthorized(challenge, "wrong API key");
+      return found(t, "api_key:" + tenants[static_cast<std::size_t>(t)].api_key, challenge);
     }
     case AuthMode::basic: {
       auto h = req.header("authorization");
       const char* challenge = "Basic realm=\"sandbox\", charset=\"UTF-8\"";
       if (h.size() < 6 || to_lower(h.substr(0, 6)) != "basic ") return unauthorized(challenge, "missing Basic credentials");
       auto decoded = unbase64(h.substr(6), false);
-      if (!decoded || !auth::constant_time_equal(*decoded, c.username + ":" + c.password))
+      // RFC 7617: the user-id holds no colon, so the first one ends it.
+      const auto colon = decoded ? decoded->find(':') : std::string::npos;
+      const int t = colon == std::string::npos ? -1 : Router::State::find(s.usernames, decoded->substr(0, colon));
+      if (t < 0 || !auth::constant_time_equal(std::string_view(*decoded).substr(colon + 1),
+                                              tenants[static_cast<std::size_t>(t)].password))
         return unauthorized(challenge, "wrong username or password");
-      credential = "basic:" + c.username;
-      return std::nullopt;
+      return found(t, "basic:" + tenants[static_cast<std::size_t>(t)].username, challenge);
     }
     case AuthMode::bearer:
     case AuthMode::oauth2: {
@@ -320,22 +408,25 @@ static std::optional<Reply> check_auth(const Config& c, Router::State& s, const 
         return unauthorized("Bearer realm=\"sandbox\"", "missing bearer token");
       std::string_view token = h.substr(7);
       if (c.auth == AuthMode::bearer) {
-        if (!auth::constant_time_equal(token, c.bearer_token))
+        const int t = Router::State::find(s.bearer_tokens, sha256(token));
+        if (t < 0)
           return unauthorized("Bearer realm=\"sandbox\", error=\"invalid_token\", error_description=\"unknown token\"",
                               "wrong bearer token");
-        credential = "bearer";
-        return std::nullopt;
+        return found(t, "bearer", kRevokedChallenge);
       }
-      std::lock_guard lock(s.mutex);
-      auto it = s.tokens.find(token);
-      if (it == s.tokens.end() || it->second.revoked)
-        return unauthorized("Bearer realm=\"sandbox\", error=\"invalid_token\", error_description=\"unknown or revoked token\"",
-                            "unknown or revoked access token");
-      if (now >= it->second.expires_at)
+      Token tok;
+      {
+        std::lock_guard lock(s.mutex);
+        auto it = s.tokens.find(token);
+        if (it == s.tokens.end() || it->second.revoked)
+          return unauthorized("Bearer realm=\"sandbox\", error=\"invalid_token\", error_description=\"unknown or revoked token\"",
+                              "unknown or revoked access token");
+        tok = it->second;
+      }
+      if (now >= tok.expires_at)
         return unauthorized("Bearer realm=\"sandbox\", error=\"invalid_token\", error_description=\"token expired\"",
                             "access token expired");
-      credential = "client:" + it->second.client_id;
-      return std::nullopt;
+      return found(tok.tenant, "client:" + tok.client_id, kRevokedChallenge);
     }
   }
   return std::nullopt;
@@ -396,14 +487,73 @@ static void add_limit_headers(Reply& r, const Config& c, std::uint64_t remaining
   r.headers.emplace_back("RateLimit", state);
 }
 
-// GCRA plus the daily quota. Returns a 429 when the credential must wait.
-static std::optional<Reply> check_rate(const Config& c, Router::State& s, Stats& stats, const std::string& credential,
-                                       double now, std::vector<std::pair<std::string, std::string>>& ok_headers) {
-  if (c.rate_limit <= 0 && c.daily_quota == 0) return std::nullopt;
-  std::lock_guard lock(s.mutex);
-  double wait = 0;
+// One GCRA decision, not yet taken: the caller stores `tat` only when every limit lets the
+// request go, so a request one limit refuses costs the others nothing.
+struct GcraVerdict {
+  double wait = 0;  // > 0: refused, for this long
+  double tat = 0;   // the theoretical arrival time once the request is let through
   std::uint64_t remaining = 0;
   double reset = 0;
+};
+
+static GcraVerdict gcra(double previous_tat, double rate, std::uint64_t burst, double now) {
+  const double interval = 1.0 / rate;
+  const double tolerance = interval * static_cast<double>(burst - 1);
+  const double tat = std::max(previous_tat, now);
+  GcraVerdict v;
+  if (tat - now > tolerance + 1e-9) {
+    v.wait = v.reset = tat - now - tolerance;
+    v.tat = previous_tat;
+    return v;
+  }
+  v.tat = tat + interval;
+  // In calls: how far the bucket is from refusing; wall-clock doubles, so allow for rounding.
+  const double exact = (tolerance - (v.tat - now)) / interval;
+  const double room = exact + 1e-4;
+  v.remaining = room < 0 ? 0 : std::min<std::uint64_t>(static_cast<std::uint64_t>(std::floor(room)) + 1, burst);
+  // Until one more call may go: the next whole unit of room.
+  v.reset = v.remaining >= burst ? 0 : std::max(0.0, (std::floor(room) + 1 - exact) * interval);
+  return v;
+}
+
+static void set_header(std::vector<std::pair<std::string, std::string>>& headers, std::string_view name, std::string value) {
+  for (auto& [k, v] : headers)
+    if (k == name) {
+      v = std::move(value);
+      return;
+    }
+  headers.emplace_back(std::string(name), std::move(value));
+}
+
+// The app-wide limit as one more item of the IETF fields, and as the X-RateLimit-* fields when
+// it is the only limit or the one that refused.
+static void add_app_headers(Reply& r, const Config& c, const GcraVerdict& app, bool only, bool refused) {
+  auto [q, w] = policy_window(c.app_rate_limit);
+  auto whole = static_cast<std::uint64_t>(std::ceil(std::max(0.0, app.reset) - 1e-9));
+  std::string policy = "\"app\";q=" + std::to_string(q) + ";w=" + std::to_string(w);
+  std::string state = "\"app\";r=" + std::to_string(app.remaining) + ";t=" + std::to_string(whole);
+  if (only || refused) {
+    set_header(r.headers, "X-RateLimit-Limit", std::to_string(c.app_burst));
+    set_header(r.headers, "X-RateLimit-Remaining", std::to_string(app.remaining));
+    set_header(r.headers, "X-RateLimit-Reset", seconds_text(app.reset));
+  }
+  for (auto& [k, v] : r.headers) {
+    if (k == "RateLimit-Policy") v += ", " + policy, policy.clear();
+    if (k == "RateLimit") v += ", " + state, state.clear();
+  }
+  if (!policy.empty()) r.headers.emplace_back("RateLimit-Policy", policy);
+  if (!state.empty()) r.headers.emplace_back("RateLimit", state);
+}
+
+// GCRA per credential, the daily quota and the app-wide GCRA. Returns a 429 when the
+// credential must wait.
+static std::optional<Reply> check_rate(const Config& c, Router::State& s, Stats& stats, const Caller& who,
+                                       double now, std::vector<std::pair<std::string, std::string>>& ok_headers) {
+  const bool app = c.app_rate_limit > 0;
+  if (c.rate_limit <= 0 && c.daily_quota == 0 && !app) return std::nullopt;
+  const std::string& credential = who.credential;
+  std::lock_guard lock(s.mutex);
+  double wait = 0;
   std::optional<std::uint64_t> quota_left;
   bool quota_hit = false;
   if (c.daily_quota) {
@@ -416,35 +566,27 @@ static std::optional<Reply> check_rate(const Config& c, Router::State& s, Stats&
       quota_left = 0;
     }
   }
+  GcraVerdict own, shared;
   if (c.rate_limit > 0) {
-    double interval = 1.0 / c.rate_limit;
-    double tolerance = interval * static_cast<double>(c.burst - 1);
-    auto& g = s.limits[credential];
-    double tat = std::max(g.tat, now);
-    if (!quota_hit && tat - now > tolerance + 1e-9) {
-      wait = tat - now - tolerance;
-      remaining = 0;
-      reset = wait;
-    } else if (!quota_hit) {
-      g.tat = tat + interval;
-      // In calls: how far the bucket is from refusing; wall-clock doubles, so allow for rounding.
-      const double exact = (tolerance - (g.tat - now)) / interval;
-      const double room = exact + 1e-4;
-      remaining = room < 0 ? 0 : std::min<std::uint64_t>(static_cast<std::uint64_t>(std::floor(room)) + 1, c.burst);
-      // Until one more call may go: the next whole unit of room.
-      reset = remaining >= c.burst ? 0 : std::max(0.0, (std::floor(room) + 1 - exact) * interval);
-    } else {
-      reset = wait;
+    if (quota_hit) own.reset = wait;
+    else own = gcra(s.limits[credential].tat, c.rate_limit, c.burst, now);
+  }
+  if (app) shared = gcra(s.app_limit.tat, c.app_rate_limit, c.app_burst, now);
+  const bool own_refused = own.wait > 0;
+  const bool app_refused = !quota_hit && !own_refused && shared.wait > 0;
+  if (!quota_hit) wait = std::max(own.wait, own_refused ? 0.0 : shared.wait);
+  if (wait <= 0) {
+    if (c.rate_limit > 0) s.limits[credential].tat = own.tat;
+    if (app) s.app_limit.tat = shared.tat;
+    if (c.daily_quota) {
+      auto& q = s.quotas[credential];
+      ++q.used;
+      quota_left = c.daily_quota - q.used;
     }
   }
-  if (wait <= 0 && c.daily_quota) {
-    auto& q = s.quotas[credential];
-    ++q.used;
-    quota_left = c.daily_quota - q.used;
-  }
   Reply r;
-  if (c.rate_limit > 0) add_limit_headers(r, c, remaining, reset, quota_left);
-  else {
+  if (c.rate_limit > 0) add_limit_headers(r, c, own.remaining, own.reset, quota_left);
+  else if (c.daily_quota) {
     r.headers.emplace_back("X-RateLimit-Limit", std::to_string(c.daily_quota));
     r.headers.emplace_back("X-RateLimit-Remaining", std::to_string(quota_left.value_or(0)));
     auto day_end = (static_cast<std::uint64_t>(now / 86400) + 1) * 86400;
@@ -453,13 +595,15 @@ static std::optional<Reply> check_rate(const Config& c, Router::State& s, Stats&
     r.headers.emplace_back("RateLimit", "\"daily\";r=" + std::to_string(quota_left.value_or(0)) + ";t=" +
                                             std::to_string(static_cast<std::uint64_t>(std::ceil(day_end - now))));
   }
+  if (app) add_app_headers(r, c, shared, c.rate_limit <= 0 && c.daily_quota == 0, app_refused);
   if (wait <= 0) {
     ok_headers = std::move(r.headers);
     return std::nullopt;
   }
-  stats.rate_limited();
-  Reply limited = api_error(429, quota_hit ? "quota_exceeded" : "rate_limited",
-                            quota_hit ? "daily quota exhausted" : "too many requests: slow down");
+  stats.rate_limited(who.tenant, app_refused);
+  Reply limited = quota_hit   ? api_error(429, "quota_exceeded", "daily quota exhausted")
+                  : app_refused ? api_error(429, "app_rate_limited", "too many requests for this app across all accounts: slow down")
+                                : api_error(429, "rate_limited", "too many requests: slow down");
   limited.headers = std::move(r.headers);
   auto secs = static_cast<std::uint64_t>(std::ceil(wait));
   if (c.retry_after_http_date) {
@@ -528,7 +672,9 @@ bool Router::handle_api(const Request& req, Reply& out) {
 
   // OAuth2 provider.
   if (p == "/oauth/token" || p == "/oauth/authorize" || p == "/oauth/revoke") {
-    out = oauth(req, now);
+    int tenant = -1;
+    out = oauth(req, now, tenant);
+    out.tenant = tenant;
     out.endpoint = (req.method == "GET" ? "GET " : req.method == "POST" ? "POST " : "OTHER ") + p;
     return true;
   }
@@ -585,23 +731,26 @@ bool Router::handle_api(const Request& req, Reply& out) {
     }
   }
 
-  std::string credential;
-  if (auto denied = check_auth(c, s, req, credential, now)) {
+  Caller who;
+  if (auto denied = check_auth(c, tenants_, s, req, who, now)) {
     out = std::move(*denied);
     out.endpoint = endpoint;
     return true;
   }
+  const std::string& credential = who.credential;
   if (auto denied = check_signature(c, req, now)) {
     out = std::move(*denied);
     out.endpoint = endpoint;
     out.credential = credential;
+    out.tenant = who.tenant;
     return true;
   }
   std::vector<std::pair<std::string, std::string>> limit_headers;
-  if (auto limited = check_rate(c, s, stats_, credential, now, limit_headers)) {
+  if (auto limited = check_rate(c, s, stats_, who, now, limit_headers)) {
     out = std::move(*limited);
     out.endpoint = endpoint;
     out.credential = credential;
+    out.tenant = who.tenant;
     return true;
   }
 
@@ -625,6 +774,7 @@ bool Router::handle_api(const Request& req, Reply& out) {
         out = api_error(status, "injected_fault", "injected " + std::to_string(status));
         out.endpoint = endpoint;
         out.credential = credential;
+        out.tenant = who.tenant;
         out.headers.insert(out.headers.end(), limit_headers.begin(), limit_headers.end());
         stats_.fault("status_" + std::to_string(status));
         return true;
@@ -632,16 +782,17 @@ bool Router::handle_api(const Request& req, Reply& out) {
     }
   }
 
-  if (hooks) out = webhooks(req, tail);
-  else if (method == "GET" && tail.empty()) out = list(req, res);
-  else if (method == "GET") out = get_one(res, tail);
-  else if (method == "POST") out = write(req, res, tail == "batch");
+  if (hooks) out = webhooks(req, tail, who.tenant);
+  else if (method == "GET" && tail.empty()) out = list(req, res, who.tenant);
+  else if (method == "GET") out = get_one(res, tail, who.tenant);
+  else if (method == "POST") out = write(req, res, tail == "batch", who.tenant);
   else {
     out = api_error(405, "method_not_allowed", "use GET or POST");
     out.headers.emplace_back("Allow", "GET, POST");
   }
   out.endpoint = endpoint;
   out.credential = credential;
+  out.tenant = who.tenant;
   out.headers.insert(out.headers.end(), limit_headers.begin(), limit_headers.end());
 
   if (fault) {
@@ -680,25 +831,29 @@ bool Router::handle_api(const Request& req, Reply& out) {
   return true;
 }
 
-Reply Router::get_one(int res, std::string_view id) {
+Reply Router::get_one(int res, std::string_view id, int tenant) {
+  const Tenant& t = tenants_[static_cast<std::size_t>(tenant)];
+  State::Account& account = state_->accounts[static_cast<std::size_t>(tenant)];
   std::uint64_t index = 0;
-  if (!parse_record_id(res, id, index) || index >= config_.records)
+  if (!parse_record_id(res, id, index) || index >= t.records)
     return api_error(404, "not_found", "no " + std::string(kResources[res].name) + " record " + std::string(id));
-  Change ch{1, base_updated_ms(index, config_.records)};
-  if (state_->has_changes) {
+  Change ch{1, base_updated_ms(index, t.records)};
+  if (account.has_changes) {
     std::lock_guard lock(state_->mutex);
-    auto it = state_->changes[res].find(index);
-    if (it != state_->changes[res].end()) ch = it->second;
+    auto it = account.changes[res].find(index);
+    if (it != account.changes[res].end()) ch = it->second;
   }
   Reply r;
-  append_record(r.body, config_.seed, res, index, config_.records, ch.version, ch.updated_ms);
-  stats_.records_served(kResources[res].name, 1);
+  append_record(r.body, t.seed, res, index, t.records, ch.version, ch.updated_ms);
+  stats_.records_served(kResources[res].name, 1, tenant);
   return r;
 }
 
-Reply Router::list(const Request& req, int res) {
+Reply Router::list(const Request& req, int res, int tenant) {
   const Config& c = config_;
-  const std::uint64_t N = c.records;
+  const Tenant& t = tenants_[static_cast<std::size_t>(tenant)];
+  State::Account& account = state_->accounts[static_cast<std::size_t>(tenant)];
+  const std::uint64_t N = t.records;
   std::uint64_t limit = c.default_page_size;
   for (const char* name : {"limit", "per_page", "page_size"}) {
     if (const std::string* v = req.query_param(name)) {
@@ -760,9 +915,9 @@ Reply Router::list(const Request& req, int res) {
   Page pg;
   {
     std::unique_lock lock(state_->mutex, std::defer_lock);
-    if (state_->has_changes) {
+    if (account.has_changes) {
       lock.lock();
-      const auto& changes = state_->changes[res];
+      const auto& changes = account.changes[res];
       if (since)
         for (auto it = changes.begin(); it != changes.end() && it->first < first; ++it)
           if (it->second.updated_ms >= since && (!before || it->second.updated_ms < before))
@@ -815,7 +970,7 @@ Reply Router::list(const Request& req, int res) {
   b += "{\"data\":[";
   for (std::size_t i = 0; i < pg.items.size(); ++i) {
     if (i) b += ',';
-    append_record(b, c.seed, res, pg.items[i].first, N, pg.items[i].second.version, pg.items[i].second.updated_ms);
+    append_record(b, t.seed, res, pg.items[i].first, N, pg.items[i].second.version, pg.items[i].second.updated_ms);
   }
   b += ']';
   std::string host(req.header("host"));
@@ -850,13 +1005,14 @@ Reply Router::list(const Request& req, int res) {
       break;
     }
   }
-  stats_.records_served(kResources[res].name, pg.items.size());
+  stats_.records_served(kResources[res].name, pg.items.size(), tenant);
   return r;
 }
 
 // --- writing ----------------------------------------------------------------------------
 
-Reply Router::write(const Request& req, int res, bool batch) {
+Reply Router::write(const Request& req, int res, bool batch, int tenant) {
+  auto& idempotency = state_->accounts[static_cast<std::size_t>(tenant)].idempotency;
   auto name = kResources[res].name;
   json body = json::parse(req.body, nullptr, false);
   if (body.is_discarded()) return api_error(400, "bad_json", "request body is not valid JSON");
@@ -881,13 +1037,13 @@ Reply Router::write(const Request& req, int res, bool batch) {
   std::string body_hash = sha256(req.body);
   if (!key.empty()) {
     std::lock_guard lock(state_->mutex);
-    auto it = state_->idempotency.find(scope);
-    if (it != state_->idempotency.end()) {
+    auto it = idempotency.find(scope);
+    if (it != idempotency.end()) {
       if (it->second.body_hash != body_hash)
         return api_error(422, "idempotency_key_reused", "Idempotency-Key was used with a different request body");
       Reply replay = it->second.reply;
       replay.headers.emplace_back("Idempotent-Replayed", "true");
-      stats_.idempotent_replay(name);
+      stats_.idempotent_replay(name, tenant);
       return replay;
     }
   }
@@ -903,9 +1059,9 @@ Reply Router::write(const Request& req, int res, bool batch) {
       }
     }
     if (id.empty()) id = "sha256:" + hex(sha256(r->dump())).substr(0, 24);
-    if (stats_.record_received(name, id)) {
+    if (stats_.record_received(name, id, tenant)) {
       ++fresh;
-      emit(std::string(name) + ".created", r->dump(-1, ' ', false, json::error_handler_t::replace));
+      emit(tenant, std::string(name) + ".created", r->dump(-1, ' ', false, json::error_handler_t::replace));
     } else {
       ++dup;
     }
@@ -915,14 +1071,14 @@ Reply Router::write(const Request& req, int res, bool batch) {
                     : json_reply(dup ? 200 : 201, json{{"id", ids[0]}, {"created", fresh == 1}, {"duplicate", dup == 1}});
   if (!key.empty()) {
     std::lock_guard lock(state_->mutex);
-    state_->idempotency.emplace(scope, Stored{body_hash, out});
+    idempotency.emplace(scope, Stored{body_hash, out});
   }
   return out;
 }
 
 // --- OAuth2 provider --------------------------------------------------------------------
 
-Reply Router::oauth(const Request& req, double now) {
+Reply Router::oauth(const Request& req, double now, int& tenant) {
   const Config& c = config_;
   State& s = *state_;
   auto oauth_error = [](int status, std::string_view error, std::string_view description) {
@@ -939,7 +1095,8 @@ Reply Router::oauth(const Request& req, double now) {
       return v ? *v : std::string();
     };
     std::string redirect = q("redirect_uri");
-    if (q("client_id") != c.client_id) return oauth_error(400, "invalid_client", "unknown client_id");
+    tenant = State::find(s.client_ids, q("client_id"));
+    if (tenant < 0) return oauth_error(400, "invalid_client", "unknown client_id");
     if (redirect.empty() || redirect.find_first_of("\r\n") != std::string::npos ||
         (redirect.rfind("http://", 0) != 0 && redirect.rfind("https://", 0) != 0))
       return oauth_error(400, "invalid_request", "redirect_uri must be an http(s) URL");
@@ -957,7 +1114,7 @@ Reply Router::oauth(const Request& req, double now) {
     } else {
       std::lock_guard lock(s.mutex);
       std::string code = s.new_token(c.seed, "code_");
-      s.codes[code] = AuthCode{c.client_id, redirect, challenge, now + 60};
+      s.codes[code] = AuthCode{q("client_id"), redirect, challenge, now + 60, tenant};
       location = redirect + sep + "code=" + code;
     }
     if (!q("state").empty()) location += "&state=" + http::percent_encode(q("state"));
@@ -987,24 +1144,35 @@ Reply Router::oauth(const Request& req, double now) {
     std::string token = param("token");
     std::lock_guard lock(s.mutex);
     bool found = false;
-    if (auto it = s.tokens.find(token); it != s.tokens.end()) it->second.revoked = found = true;
-    if (auto it = s.refresh_tokens.find(token); it != s.refresh_tokens.end()) it->second.revoked = found = true;
-    if (found) stats_.token_revoked();
+    if (auto it = s.tokens.find(token); it != s.tokens.end()) it->second.revoked = found = true, tenant = it->second.tenant;
+    if (auto it = s.refresh_tokens.find(token); it != s.refresh_tokens.end())
+      it->second.revoked = found = true, tenant = it->second.tenant;
+    if (found) stats_.token_revoked(tenant);
     Reply r = json_reply(200, json::object());
     return r;
   }
 
   std::string grant = param("grant_type");
-  bool client_ok = client_id == c.client_id && auth::constant_time_equal(client_secret, c.client_secret);
-  auto issue = [&](bool with_refresh) {
+  // The client names its tenant; the secret proves it.
+  const int client_tenant = State::find(s.client_ids, client_id);
+  const bool client_ok = client_tenant >= 0 &&
+                         auth::constant_time_equal(client_secret, tenants_[static_cast<std::size_t>(client_tenant)].client_secret);
+  if (client_ok) tenant = client_tenant;
+  // Checked under the lock revoke_tokens takes: a token is refused, or issued and then revoked.
+  auto issue = [&](bool with_refresh, std::string_view grant_name) {
     std::lock_guard lock(s.mutex);
+    if (s.accounts[static_cast<std::size_t>(tenant)].access_revoked)
+      return oauth_error(400, "invalid_grant", "access to this account was revoked: the app must be authorized again");
+    if (grant_name == "refresh_token") stats_.token_refreshed(tenant);
+    stats_.token_issued(grant_name, tenant);
+    const std::string& issued_to = tenants_[static_cast<std::size_t>(tenant)].client_id;
     std::string access = s.new_token(c.seed, "at_");
-    s.tokens[access] = Token{c.client_id, now + c.token_lifetime, false};
+    s.tokens[access] = Token{issued_to, now + c.token_lifetime, false, tenant};
     json body = {{"access_token", access}, {"token_type", "Bearer"}, {"expires_in", c.token_lifetime}};
     if (c.token_lifetime == std::floor(c.token_lifetime)) body["expires_in"] = static_cast<std::uint64_t>(c.token_lifetime);
     if (with_refresh) {
       std::string refresh = s.new_token(c.seed, "rt_");
-      s.refresh_tokens[refresh] = RefreshToken{c.client_id, false, false};
+      s.refresh_tokens[refresh] = RefreshToken{issued_to, false, false, tenant};
       body["refresh_token"] = refresh;
     }
     Reply r = json_reply(200, body);
@@ -1014,8 +1182,7 @@ Reply Router::oauth(const Request& req, double now) {
 
   if (grant == "client_credentials") {
     if (!client_ok) return oauth_error(401, "invalid_client", "wrong client_id or client_secret");
-    stats_.token_issued("client_credentials");
-    return issue(false);
+    return issue(false, "client_credentials");
   }
   if (grant == "authorization_code") {
     std::string code = param("code"), verifier = param("code_verifier");
@@ -1027,8 +1194,9 @@ Reply Router::oauth(const Request& req, double now) {
       ac = it->second;
       s.codes.erase(it);  // single use
     }
-    if (now > ac.expires_at) return oauth_error(400, "invalid_grant", "authorization code expired");
     if (client_id != ac.client_id) return oauth_error(401, "invalid_client", "code was issued to another client");
+    tenant = ac.tenant;
+    if (now > ac.expires_at) return oauth_error(400, "invalid_grant", "authorization code expired");
     if (param("redirect_uri") != ac.redirect_uri) return oauth_error(400, "invalid_grant", "redirect_uri does not match");
     if (!ac.challenge.empty()) {
       if (verifier.size() < 43 || verifier.size() > 128) return oauth_error(400, "invalid_grant", "code_verifier must be 43-128 characters");
@@ -1036,8 +1204,9 @@ Reply Router::oauth(const Request& req, double now) {
     } else if (!client_ok) {
       return oauth_error(401, "invalid_client", "wrong client_secret (or use PKCE)");
     }
-    stats_.token_issued("authorization_code");
-    return issue(true);
+    // The customer authorized the app again: its access is back.
+    s.accounts[static_cast<std::size_t>(tenant)].access_revoked = false;
+    return issue(true, "authorization_code");
   }
   if (grant == "refresh_token") {
     std::string refresh = param("refresh_token");
@@ -1046,15 +1215,15 @@ Reply Router::oauth(const Request& req, double now) {
       auto it = s.refresh_tokens.find(refresh);
       if (it == s.refresh_tokens.end() || it->second.revoked)
         return oauth_error(400, "invalid_grant", "unknown or revoked refresh token");
-      if (it->second.used) return oauth_error(400, "invalid_grant", "refresh token was already used (rotation)");
       if (!client_id.empty() && client_id != it->second.client_id)
         return oauth_error(401, "invalid_client", "refresh token belongs to another client");
+      tenant = it->second.tenant;
+      if (it->second.used) return oauth_error(400, "invalid_grant", "refresh token was already used (rotation)");
       if (c.rotate_refresh_tokens) it->second.used = true;
     }
-    stats_.token_refreshed();
-    stats_.token_issued("refresh_token");
-    if (c.rotate_refresh_tokens) return issue(true);
-    Reply r = issue(false);
+    if (c.rotate_refresh_tokens) return issue(true, "refresh_token");
+    Reply r = issue(false, "refresh_token");
+    if (r.status != 200) return r;
     auto body = json::parse(r.body);
     body["refresh_token"] = refresh;
     r.body = body.dump();

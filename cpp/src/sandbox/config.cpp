@@ -1,9 +1,12 @@
 #include "sandbox/config.hpp"
 
+#include <charconv>
 #include <cmath>
 #include <nlohmann/json.hpp>
 
+#include "isthmus/auth/crypto.hpp"
 #include "isthmus/error.hpp"
+#include "sandbox/records.hpp"
 
 namespace isthmus::sandbox {
 namespace {
@@ -120,7 +123,61 @@ FaultSpec parse_fault(const std::string& field, const json& spec) {
   return f;
 }
 
+constexpr std::uint64_t kMaxTenants = 10000;
+
+// An array with one count per tenant, or an object of tenant index -> count (the others keep
+// `records`).
+std::vector<std::uint64_t> parse_tenant_records(const json& v, const Config& c) {
+  const std::string field = "tenant_records";
+  if (!c.tenants) invalid(field, v, "no tenant_records without tenants");
+  std::vector<std::uint64_t> out(c.tenants, c.records);
+  if (v.is_array()) {
+    if (v.size() != c.tenants) invalid(field, v, "a list of " + std::to_string(c.tenants) + " counts, one per tenant");
+    for (std::size_t i = 0; i < v.size(); ++i) out[i] = get_uint(field + "[" + std::to_string(i) + "]", v[i], 0, 100000000);
+  } else if (v.is_object()) {
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      std::uint64_t index = 0;
+      auto [p, ec] = std::from_chars(it.key().data(), it.key().data() + it.key().size(), index);
+      if (ec != std::errc() || p != it.key().data() + it.key().size() || index >= c.tenants)
+        invalid(field, v, "tenant indexes from 0 to " + std::to_string(c.tenants - 1) + " as keys");
+      out[index] = get_uint(field + "[" + it.key() + "]", it.value(), 0, 100000000);
+    }
+  } else {
+    invalid(field, v, "a list of counts, one per tenant, or an object of tenant index -> count");
+  }
+  return out;
+}
+
+// A derived credential: unguessable without the seed, different per tenant and per kind.
+std::string derive(std::uint64_t seed, std::uint64_t tenant, std::string_view kind, std::size_t hex_chars) {
+  return auth::hex(auth::sha256("sandbox-tenant:" + std::to_string(seed) + ":" + std::to_string(tenant) + ":" +
+                                std::string(kind)))
+      .substr(0, hex_chars);
+}
+
 }  // namespace
+
+std::vector<Tenant> tenant_list(const Config& c) {
+  if (!c.tenants) {
+    return {Tenant{c.client_id, c.client_secret, c.api_key, c.username, c.password, c.bearer_token, c.seed, c.records}};
+  }
+  std::vector<Tenant> out;
+  out.reserve(c.tenants);
+  for (std::uint64_t i = 0; i < c.tenants; ++i) {
+    const std::string n = std::to_string(i);
+    Tenant t;
+    t.client_id = "tenant-" + n + "-client";
+    t.client_secret = "secret-" + derive(c.seed, i, "client_secret", 32);
+    t.api_key = "key-" + derive(c.seed, i, "api_key", 32);
+    t.username = "tenant-" + n;
+    t.password = "pw-" + derive(c.seed, i, "password", 24);
+    t.bearer_token = "tok-" + derive(c.seed, i, "bearer_token", 32);
+    t.seed = hash3(c.seed, 0x7e4a47, i) & ((1ull << 63) - 1);
+    t.records = c.tenant_records.empty() ? c.records : c.tenant_records[i];
+    out.push_back(std::move(t));
+  }
+  return out;
+}
 
 Config parse_config(const std::string& json_text) {
   json j;
@@ -134,7 +191,9 @@ Config parse_config(const std::string& json_text) {
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
     const json& v = it.value();
-    if (k == "records") c.records = get_uint(k, v, 0, 100000000);
+    if (k == "tenants") c.tenants = get_uint(k, v, 1, kMaxTenants);
+    else if (k == "tenant_records") continue;  // read once `tenants` is known
+    else if (k == "records") c.records = get_uint(k, v, 0, 100000000);
     else if (k == "seed") c.seed = get_uint(k, v, 0, (1ull << 63) - 1);
     else if (k == "updates_per_second") c.updates_per_second = get_number(k, v, 0, 1000000);
     else if (k == "pagination")
@@ -162,6 +221,8 @@ Config parse_config(const std::string& json_text) {
     else if (k == "daily_quota") c.daily_quota = get_uint(k, v, 0, 1000000000000ull);
     else if (k == "retry_after")
       c.retry_after_http_date = get_choice<bool>(k, v, {{"seconds", false}, {"http-date", true}});
+    else if (k == "app_rate_limit") c.app_rate_limit = get_number(k, v, 0, 10000000);
+    else if (k == "app_burst") c.app_burst = get_uint(k, v, 1, 10000000);
     else if (k == "overload_capacity") c.overload_capacity = get_number(k, v, 0, 10000000);
     else if (k == "overload_behavior")
       c.overload_behavior = get_choice<OverloadBehavior>(
@@ -180,6 +241,17 @@ Config parse_config(const std::string& json_text) {
     else if (k == "max_arrivals") c.max_arrivals = get_uint(k, v, 0, 100000000);
     // An unknown option may be a misspelt credential: its value is not shown.
     else throw Error(errc::invalid_argument, "sandbox option " + k + " is unknown: see docs/sandbox.md for the options");
+  }
+  if (j.contains("tenant_records")) c.tenant_records = parse_tenant_records(j["tenant_records"], c);
+  if (c.tenants) {
+    if (c.auth == AuthMode::none)
+      invalid("tenants", j["tenants"], "a sandbox with auth set to api_key, basic, bearer or oauth2 (a request finds "
+                                       "its tenant by its credential)");
+    // Each tenant has its own credentials: one set for all of them would let any tenant read any other.
+    for (const char* field : {"client_id", "client_secret", "api_key", "username", "password", "bearer_token"})
+      if (j.contains(field))
+        throw Error(errc::invalid_argument, std::string("sandbox option ") + field +
+                                                " cannot be set with tenants: every tenant has its own (sandbox.tenants[i])");
   }
   if (c.default_page_size > c.max_page_size) {
     if (!j.contains("default_page_size")) c.default_page_size = c.max_page_size;

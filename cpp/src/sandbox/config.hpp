@@ -26,6 +26,10 @@ struct FaultSpec {
 };
 
 struct Config {
+  // 0: one customer, served with the credentials and seed below. N: N tenants, each with its
+  // own derived credentials, records and limits (tenant_list), behind one app-wide limit.
+  std::uint64_t tenants = 0;
+  std::vector<std::uint64_t> tenant_records;  // per tenant; empty: `records` for each
   std::uint64_t records = 1000;
   std::uint64_t seed = 42;
   double updates_per_second = 0;
@@ -49,6 +53,8 @@ struct Config {
   std::uint64_t burst = 1;
   std::uint64_t daily_quota = 0;  // 0 = none
   bool retry_after_http_date = false;
+  double app_rate_limit = 0;  // requests/s across all credentials and tenants; 0 = unlimited
+  std::uint64_t app_burst = 1;
   double overload_capacity = 0;  // requests/s across all credentials; 0 = off
   OverloadBehavior overload_behavior = OverloadBehavior::errors;
   std::map<std::string, FaultSpec> faults;  // "/v1/contacts", "GET /v1/contacts" or "*"
@@ -59,6 +65,15 @@ struct Config {
   std::size_t max_arrivals = 100000;
 };
 
+// One customer of the sandbox: whom a credential belongs to and which records it reads.
+struct Tenant {
+  std::string client_id, client_secret, api_key, username, password, bearer_token;
+  std::uint64_t seed = 0, records = 0;
+};
+
 Config parse_config(const std::string& json_text);
+// The tenants as served: with `tenants` = 0, the one tenant of the top-level options;
+// otherwise N tenants whose credentials and record seeds are derived from (seed, index).
+std::vector<Tenant> tenant_list(const Config& config);
 
 }  // namespace isthmus::sandbox

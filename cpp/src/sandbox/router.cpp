@@ -150,7 +150,8 @@ static const char* const kJsonDocument =
     R"("title":"Overview","type":"all"},{"title":"Rate limits","type":"all","items":["GCRA","quotas"]},)"
     R"({"title":"Unicode: café, naïve, Zürich, 東京","type":"all"}]},"ok":true,"count":4})";
 
-Router::Router(Config config) : config_(std::move(config)), stats_(config_.max_arrivals) {
+Router::Router(Config config)
+    : config_(std::move(config)), tenants_(tenant_list(config_)), stats_(config_.max_arrivals, config_.tenants) {
   json_body_ = kJsonDocument;
   Reply r;
   json_wire_ = std::make_shared<const std::string>(serialize_head(r, json_body_.size(), true, 11) + json_body_);

@@ -55,6 +55,7 @@ struct Reply {
   // For stats: "GET /status/{code}" rather than the raw path, so keys stay few.
   std::string endpoint;
   std::string credential;
+  int tenant = -1;  // whose request it was: the tenant its credential belongs to; -1 = nobody's
 };
 
 // The head of a response: status line, headers, Content-Length, Connection when needed.
@@ -90,8 +91,17 @@ class Router {
   void tick(double now);
   // Who sends webhook deliveries (the server); called outside the router's locks.
   void set_webhook_sender(std::function<void(WebhookDelivery)> send) { send_webhook_ = std::move(send); }
-  // Queues one event to every registered webhook.
-  void emit(std::string_view type, const std::string& data_json);
+  // Queues one event to every webhook the tenant registered.
+  void emit(int tenant, std::string_view type, const std::string& data_json);
+
+  // The tenants as served (one when the config has no `tenants`).
+  const std::vector<Tenant>& tenants() const { return tenants_; }
+  // Revokes every access and refresh token issued to the tenant; returns how many were live.
+  std::uint64_t revoke_tokens(std::size_t tenant);
+  // Withdraws the tenant's access (its tokens are revoked, its credentials refused and its
+  // token requests answered invalid_grant) or gives it back. An authorization code exchanged
+  // by the tenant gives it back too: the customer linked the app again.
+  std::uint64_t set_access(std::size_t tenant, bool allowed);
 
   class State;
 
@@ -101,13 +111,14 @@ class Router {
   // The API surface (data, auth, limits, faults): api.cpp.
   void init_state();
   bool handle_api(const Request& request, Reply& reply);
-  Reply list(const Request& request, int resource);
-  Reply get_one(int resource, std::string_view id);
-  Reply write(const Request& request, int resource, bool batch);
-  Reply oauth(const Request& request, double now);
-  Reply webhooks(const Request& request, std::string_view tail);
+  Reply list(const Request& request, int resource, int tenant);
+  Reply get_one(int resource, std::string_view id, int tenant);
+  Reply write(const Request& request, int resource, bool batch, int tenant);
+  Reply oauth(const Request& request, double now, int& tenant);  // sets whose request it was
+  Reply webhooks(const Request& request, std::string_view tail, int tenant);
 
   Config config_;
+  std::vector<Tenant> tenants_;
   Stats stats_;
   std::shared_ptr<const std::string> json_wire_;
   std::string json_body_;

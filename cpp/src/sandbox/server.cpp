@@ -22,6 +22,7 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <array>
+#include <nlohmann/json.hpp>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -126,7 +127,7 @@ class Session : public std::enable_shared_from_this<Session> {
     if (!pec) req.peer = remote.address().to_string() + ":" + std::to_string(remote.port());
 
     reply_ = router_.handle(req);
-    router_.stats().request(reply_.endpoint, reply_.status, req.arrival, reply_.credential);
+    router_.stats().request(reply_.endpoint, reply_.status, req.arrival, reply_.credential, reply_.tenant);
     keep_alive_ = req.keep_alive && !reply_.close;
     version_ = req.version;
     head_only_ = req.method == "HEAD";
@@ -363,6 +364,8 @@ class Server::Impl {
     });
   }
 
+  Router& running_router();
+
   Options options;
   std::mutex mutex;
   bool started = false;
@@ -386,6 +389,31 @@ std::string Server::stats_json() const {
 }
 void Server::reset_stats() {
   if (impl_->router) impl_->router->stats().reset();
+}
+
+std::string Server::tenants_json() const {
+  const Config config = parse_config(impl_->options.config_json);
+  nlohmann::json out = nlohmann::json::array();
+  if (!config.tenants) return out.dump();
+  const auto tenants = tenant_list(config);
+  for (std::size_t i = 0; i < tenants.size(); ++i) {
+    const Tenant& t = tenants[i];
+    out.push_back({{"tenant", i}, {"client_id", t.client_id}, {"client_secret", t.client_secret},
+                   {"api_key", t.api_key}, {"username", t.username}, {"password", t.password},
+                   {"bearer_token", t.bearer_token}, {"records", t.records}});
+  }
+  return out.dump();
+}
+
+Router& Server::Impl::running_router() {
+  if (!router) throw Error(errc::invalid_argument, "the sandbox is not started: call start() first");
+  return *router;
+}
+
+std::uint64_t Server::revoke_tokens(std::size_t tenant) { return impl_->running_router().revoke_tokens(tenant); }
+
+std::uint64_t Server::set_access(std::size_t tenant, bool allowed) {
+  return impl_->running_router().set_access(tenant, allowed);
 }
 
 }  // namespace isthmus::sandbox

@@ -14,46 +14,93 @@ void Stats::connection_opened() {
 
 void Stats::connection_closed() { open_.fetch_sub(1, std::memory_order_relaxed); }
 
-void Stats::request(std::string_view endpoint, int status, double when, std::string_view credential) {
-  std::lock_guard lock(mutex_);
-  ++total_;
-  auto it = by_endpoint_.find(endpoint);
-  if (it == by_endpoint_.end()) it = by_endpoint_.emplace(std::string(endpoint), std::map<int, std::uint64_t>{}).first;
+Stats::Stats(std::size_t max_arrivals, std::size_t tenants) : max_arrivals_(max_arrivals), tenants_(tenants) {}
+
+Stats::Counters* Stats::of(int tenant) {
+  return tenant >= 0 && static_cast<std::size_t>(tenant) < tenants_.size() ? &tenants_[static_cast<std::size_t>(tenant)]
+                                                                             : nullptr;
+}
+
+namespace {
+
+template <typename Map>
+std::uint64_t& slot(Map& map, std::string_view key) {
+  auto it = map.find(key);
+  if (it == map.end()) it = map.emplace(std::string(key), typename Map::mapped_type{}).first;
+  return it->second;
+}
+
+}  // namespace
+
+void Stats::count_request(Counters& c, std::string_view endpoint, int status) {
+  ++c.requests;
+  auto it = c.by_endpoint.find(endpoint);
+  if (it == c.by_endpoint.end()) it = c.by_endpoint.emplace(std::string(endpoint), std::map<int, std::uint64_t>{}).first;
   ++it->second[status];
-  ++by_status_[status];
+  ++c.by_status[status];
+}
+
+void Stats::request(std::string_view endpoint, int status, double when, std::string_view credential, int tenant) {
+  std::lock_guard lock(mutex_);
+  count_request(totals_, endpoint, status);
+  if (Counters* t = of(tenant)) count_request(*t, endpoint, status);
+  else if (!tenants_.empty()) ++without_tenant_;
   if (arrivals_.size() < max_arrivals_)
-    arrivals_.push_back({when, std::string(endpoint), status, std::string(credential)});
+    arrivals_.push_back({when, std::string(endpoint), status, std::string(credential), tenant});
   else
     ++arrivals_dropped_;
 }
 
-void Stats::token_issued(std::string_view grant) {
+void Stats::rate_limited(int tenant, bool app) {
   std::lock_guard lock(mutex_);
-  auto it = tokens_issued_.find(grant);
-  if (it == tokens_issued_.end()) it = tokens_issued_.emplace(std::string(grant), 0).first;
-  ++it->second;
+  for (Counters* c : {&totals_, of(tenant)}) {
+    if (!c) continue;
+    ++c->rate_limited;
+    if (app) ++c->app_rate_limited;
+  }
 }
 
-void Stats::records_served(std::string_view resource, std::uint64_t n) {
+void Stats::token_issued(std::string_view grant, int tenant) {
   std::lock_guard lock(mutex_);
-  auto it = served_.find(resource);
-  if (it == served_.end()) it = served_.emplace(std::string(resource), 0).first;
-  it->second += n;
+  for (Counters* c : {&totals_, of(tenant)})
+    if (c) ++slot(c->tokens_issued, grant);
 }
 
-bool Stats::record_received(std::string_view resource, const std::string& id) {
+void Stats::token_refreshed(int tenant) {
   std::lock_guard lock(mutex_);
-  auto it = received_.find(resource);
-  if (it == received_.end()) it = received_.emplace(std::string(resource), Received{}).first;
+  for (Counters* c : {&totals_, of(tenant)})
+    if (c) ++c->tokens_refreshed;
+}
+
+void Stats::token_revoked(int tenant, std::uint64_t n) {
+  std::lock_guard lock(mutex_);
+  for (Counters* c : {&totals_, of(tenant)})
+    if (c) c->tokens_revoked += n;
+}
+
+void Stats::records_served(std::string_view resource, std::uint64_t n, int tenant) {
+  std::lock_guard lock(mutex_);
+  for (Counters* c : {&totals_, of(tenant)})
+    if (c) slot(c->served, resource) += n;
+}
+
+bool Stats::record_received(std::string_view resource, const std::string& id, int tenant) {
+  std::lock_guard lock(mutex_);
+  Counters* t = of(tenant);
+  auto& received = (t ? *t : single_).received;
+  auto it = received.find(resource);
+  if (it == received.end()) it = received.emplace(std::string(resource), Received{}).first;
   bool fresh = it->second.ids.insert(id).second;
   if (!fresh) ++it->second.duplicates;
   return fresh;
 }
 
-void Stats::idempotent_replay(std::string_view resource) {
+void Stats::idempotent_replay(std::string_view resource, int tenant) {
   std::lock_guard lock(mutex_);
-  auto it = received_.find(resource);
-  if (it == received_.end()) it = received_.emplace(std::string(resource), Received{}).first;
+  Counters* t = of(tenant);
+  auto& received = (t ? *t : single_).received;
+  auto it = received.find(resource);
+  if (it == received.end()) it = received.emplace(std::string(resource), Received{}).first;
   ++it->second.replays;
 }
 
@@ -71,46 +118,82 @@ void Stats::webhook(std::string_view outcome) {
   ++it->second;
 }
 
+namespace {
+
+using Json = nlohmann::json;
+
+template <typename Map>
+Json object_of(const Map& map) {
+  Json out = Json::object();
+  for (const auto& [key, n] : map) out[key] = n;
+  return out;
+}
+
+}  // namespace
+
 std::string Stats::json() const {
-  using nlohmann::json;
-  json out;
+  struct Sum {
+    std::uint64_t unique = 0, duplicate = 0, replays = 0;
+  };
+  using Sums = std::map<std::string, Sum>;
+  auto add = [](Sums& into, const Counters& from) {
+    for (const auto& [resource, r] : from.received) {
+      Sum& s = into[resource];
+      s.unique += r.ids.size();  // ids of different tenants are different records
+      s.duplicate += r.duplicates;
+      s.replays += r.replays;
+    }
+  };
+  // The shape of one set of counters, the same at the top level and per tenant.
+  auto fill = [](Json& out, const Counters& c, const Sums& received) {
+    Json by_endpoint = Json::object();
+    for (const auto& [endpoint, statuses] : c.by_endpoint) {
+      Json s = Json::object();
+      for (auto [status, n] : statuses) s[std::to_string(status)] = n;
+      by_endpoint[endpoint] = std::move(s);
+    }
+    Json by_status = Json::object();
+    for (auto [status, n] : c.by_status) by_status[std::to_string(status)] = n;
+    out["requests"] = {{"total", c.requests}, {"by_endpoint", std::move(by_endpoint)}, {"by_status", std::move(by_status)}};
+    out["rate_limited"] = c.rate_limited;
+    out["app_rate_limited"] = c.app_rate_limited;
+    std::uint64_t issued = 0;
+    for (const auto& [grant, n] : c.tokens_issued) issued += n;
+    out["tokens"] = {{"issued", issued}, {"by_grant", object_of(c.tokens_issued)},
+                     {"refreshed", c.tokens_refreshed}, {"revoked", c.tokens_revoked}};
+    out["records_served"] = object_of(c.served);
+    Json rec = Json::object();
+    for (const auto& [resource, r] : received)
+      rec[resource] = {{"unique", r.unique}, {"duplicate", r.duplicate}, {"idempotent_replays", r.replays}};
+    out["records_received"] = std::move(rec);
+  };
+
+  Json out;
   out["connections"] = {{"accepted", accepted_.load()}, {"open", open_.load()}, {"max_open", max_open_.load()}};
   std::lock_guard lock(mutex_);
-  json by_endpoint = json::object();
-  for (const auto& [endpoint, statuses] : by_endpoint_) {
-    json s = json::object();
-    for (auto [status, n] : statuses) s[std::to_string(status)] = n;
-    by_endpoint[endpoint] = std::move(s);
+  Sums all;
+  add(all, single_);
+  Json tenants = Json::array();
+  for (std::size_t i = 0; i < tenants_.size(); ++i) {
+    Sums own;
+    add(own, tenants_[i]);
+    add(all, tenants_[i]);
+    Json one = {{"tenant", i}};
+    fill(one, tenants_[i], own);
+    tenants.push_back(std::move(one));
   }
-  json by_status = json::object();
-  for (auto [status, n] : by_status_) by_status[std::to_string(status)] = n;
-  out["requests"] = {{"total", total_}, {"by_endpoint", std::move(by_endpoint)}, {"by_status", std::move(by_status)}};
-  out["rate_limited"] = rate_limited_.load();
-  std::uint64_t issued = 0;
-  json by_grant = json::object();
-  for (const auto& [grant, n] : tokens_issued_) {
-    issued += n;
-    by_grant[grant] = n;
+  fill(out, totals_, all);
+  if (!tenants_.empty()) {
+    out["requests"]["without_tenant"] = without_tenant_;
+    out["tenants"] = std::move(tenants);
   }
-  out["tokens"] = {{"issued", issued}, {"by_grant", std::move(by_grant)},
-                   {"refreshed", tokens_refreshed_.load()}, {"revoked", tokens_revoked_.load()}};
-  json served = json::object();
-  for (const auto& [resource, n] : served_) served[resource] = n;
-  out["records_served"] = std::move(served);
-  json received = json::object();
-  for (const auto& [resource, r] : received_)
-    received[resource] = {{"unique", r.ids.size()}, {"duplicate", r.duplicates}, {"idempotent_replays", r.replays}};
-  out["records_received"] = std::move(received);
-  json faults = json::object();
-  for (const auto& [kind, n] : faults_) faults[kind] = n;
-  out["faults"] = std::move(faults);
-  json hooks = json::object();
-  for (const auto& [kind, n] : webhooks_) hooks[kind] = n;
-  out["webhooks"] = std::move(hooks);
-  json arrivals = json::array();
+  out["faults"] = object_of(faults_);
+  out["webhooks"] = object_of(webhooks_);
+  Json arrivals = Json::array();
   for (const auto& a : arrivals_) {
-    json one = {{"t", a.when}, {"endpoint", a.endpoint}, {"status", a.status}};
+    Json one = {{"t", a.when}, {"endpoint", a.endpoint}, {"status", a.status}};
     if (!a.credential.empty()) one["credential"] = a.credential;
+    if (!tenants_.empty() && a.tenant >= 0) one["tenant"] = a.tenant;
     arrivals.push_back(std::move(one));
   }
   out["arrivals"] = std::move(arrivals);
@@ -121,16 +204,11 @@ std::string Stats::json() const {
 void Stats::reset() {
   accepted_.store(0);
   max_open_.store(open_.load());
-  rate_limited_.store(0);
-  tokens_refreshed_.store(0);
-  tokens_revoked_.store(0);
   std::lock_guard lock(mutex_);
-  total_ = 0;
-  by_endpoint_.clear();
-  by_status_.clear();
-  tokens_issued_.clear();
-  served_.clear();
-  received_.clear();
+  totals_ = Counters{};
+  single_ = Counters{};
+  for (auto& t : tenants_) t = Counters{};
+  without_tenant_ = 0;
   faults_.clear();
   webhooks_.clear();
   arrivals_.clear();

@@ -35,6 +35,16 @@ class Server {
   std::string stats_json() const;  // counters; see the sandbox docs
   void reset_stats();
 
+  // The tenants as JSON: [{"tenant", "client_id", "client_secret", "api_key", "username",
+  // "password", "bearer_token", "records"}, ...], [] without the `tenants` option. Reads the
+  // config, so it answers before start() and throws as start() does when the config is bad.
+  std::string tenants_json() const;
+  // Once started: revokes every token issued to the tenant (returns how many were live), or
+  // withdraws / restores its access. A bad tenant index or a server not started throws
+  // isthmus::Error(errc::invalid_argument).
+  std::uint64_t revoke_tokens(std::size_t tenant);
+  std::uint64_t set_access(std::size_t tenant, bool allowed);
+
   class Impl;
 
  private:
