@@ -75,6 +75,11 @@ def _add_sandbox(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="hidden capacity in requests/s across all credentials")
     p.add_argument("--overload-behavior", choices=("errors", "stall", "mixed"), dest="overload_behavior",
                    help="what happens above the capacity")
+    p.add_argument("--tenants", type=int, help="serve this many customers, each with its own credentials and "
+                                                "records (needs --auth)")
+    p.add_argument("--app-rate-limit", type=float, dest="app_rate_limit",
+                   help="requests per second across every credential (the app's allowance)")
+    p.add_argument("--app-burst", type=int, dest="app_burst", help="requests the app may send back to back")
     p.add_argument("--config", help="more options as a JSON object (e.g. faults)")
     p.set_defaults(func=_run_sandbox)
 
@@ -110,18 +115,27 @@ def _run_sandbox(args: argparse.Namespace) -> int:
     if o["auth"] == "oauth2":
         print(f"  token_url      {api.token_url}")
         print(f"  authorize_url  {api.authorize_url}")
-        print(f"  client_id      {api.client_id}")
-        print(f"  client_secret  {api.client_secret}")
-    elif o["auth"] == "api_key":
+    if o["auth"] == "api_key":
         where = "header X-API-Key" if o["api_key_in"] == "header" else "query parameter api_key"
-        print(f"  api_key        {api.api_key}  ({where})")
-    elif o["auth"] == "basic":
-        print(f"  username       {api.username}")
-        print(f"  password       {api.password}")
-    elif o["auth"] == "bearer":
-        print(f"  bearer_token   {api.bearer_token}")
+        print(f"  api key in     {where}")
+    for label, who in ([(f"tenant {t.index}", t) for t in api.tenants] if api.tenants else [("", api)]):
+        if label:
+            print(f"  {label}")
+        pad = "    " if label else "  "
+        if o["auth"] == "oauth2":
+            print(f"{pad}client_id      {who.client_id}")
+            print(f"{pad}client_secret  {who.client_secret}")
+        elif o["auth"] == "api_key":
+            print(f"{pad}api_key        {who.api_key}")
+        elif o["auth"] == "basic":
+            print(f"{pad}username       {who.username}")
+            print(f"{pad}password       {who.password}")
+        elif o["auth"] == "bearer":
+            print(f"{pad}bearer_token   {who.bearer_token}")
     if o["rate_limit"]:
-        print(f"  rate limit     {o['rate_limit']}/s burst {o['burst']}")
+        print(f"  rate limit     {o['rate_limit']}/s burst {o['burst']}" + (" per tenant" if api.tenants else ""))
+    if o.get("app_rate_limit"):
+        print(f"  app limit      {o['app_rate_limit']}/s burst {o['app_burst']} across every credential")
     print(f"  stats          {api.url}/stats")
     sys.stdout.flush()
     try:

@@ -209,3 +209,27 @@ def test_cli_parser_and_serving():
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
         proc.stdout.close()
+
+
+def test_cli_sandbox_with_tenants_prints_each_tenants_credentials_and_they_work():
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from isthmus.cli import main; sys.exit(main())",
+                             "sandbox", "--port", "0", "--auth", "api_key", "--records", "5", "--tenants", "2",
+                             "--app-rate-limit", "50", "--app-burst", "10"], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "serving on http://127.0.0.1:" in line
+        url = line.split()[4]
+        out = []
+        while "stats" not in (out[-1] if out else ""):
+            out.append(proc.stdout.readline())
+        text = "".join(out)
+        assert "tenant 0" in text and "tenant 1" in text and "app limit      50.0/s burst 10" in text
+        keys = [o.split()[1] for o in out if o.strip().startswith("api_key ")]
+        assert len(keys) == 2 and keys[0] != keys[1]
+        for key in keys:
+            assert requests.get(url + "/v1/contacts", headers={"X-API-Key": key}).status_code == 200
+        assert requests.get(url + "/v1/contacts").status_code == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+        proc.stdout.close()
