@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <chrono>
+#include <future>
 #include <string>
 #include <vector>
 
@@ -49,6 +50,13 @@ py::object body_of(const std::string& body, bool text) {
   return py::reinterpret_steal<py::object>(s);
 }
 
+py::tuple lease_tuple(const queue::Lease& lease) {
+  py::list messages;
+  for (const auto& msg : lease.messages)
+    messages.append(py::make_tuple(msg.id, body_of(msg.body, msg.text), msg.deliveries));
+  return py::make_tuple(lease.token, lease.expires_at, messages);
+}
+
 // The methods of the queue interface, the same on every backend.
 template <class Q, class Class>
 void def_queue_methods(Class& cls) {
@@ -68,10 +76,7 @@ void def_queue_methods(Class& cls) {
               py::gil_scoped_release release;
               lease = queue::lease(q, n, std::chrono::milliseconds(visibility_ms));
             }
-            py::list messages;
-            for (const auto& msg : lease.messages)
-              messages.append(py::make_tuple(msg.id, body_of(msg.body, msg.text), msg.deliveries));
-            return py::make_tuple(lease.token, lease.expires_at, messages);
+            return lease_tuple(lease);
           },
           py::arg("n"), py::arg("visibility_ms"),
           "(token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.")
@@ -151,10 +156,11 @@ void bind_queue(py::module_& m) {
   py::class_<AmqpQueue, std::shared_ptr<AmqpQueue>> amqp(
       m, "AmqpQueue", "A queue on a RabbitMQ broker (use isthmus.AmqpQueue).");
   amqp.def(py::init([](const std::string& url, const std::string& name, int max_deliveries, int prefetch,
-                       std::int64_t connect_timeout_ms) {
+                       std::int64_t connect_timeout_ms, bool consume) {
              queue::AmqpQueueOptions o;
              o.max_deliveries = max_deliveries;
              o.prefetch = prefetch;
+             o.consume = consume;
              o.connect_timeout = std::chrono::milliseconds(connect_timeout_ms);
              py::gil_scoped_release release;
              // Dropping the queue joins its I/O thread, which may be inside a reconnect attempt
@@ -169,11 +175,44 @@ void bind_queue(py::module_& m) {
              });
            }),
            py::arg("url"), py::arg("name"), py::arg("max_deliveries") = 5, py::arg("prefetch") = 100,
-           py::arg("connect_timeout_ms") = 10000)
+           py::arg("connect_timeout_ms") = 10000, py::arg("consume") = false)
       .def_property_readonly("name", &AmqpQueue::name)
       .def_property_readonly("url", &AmqpQueue::redacted_url, "The broker's URL with its password masked.")
       .def_property_readonly("max_deliveries", &AmqpQueue::max_deliveries)
       .def_property_readonly("prefetch", &AmqpQueue::prefetch)
+      .def_property_readonly("consume", &AmqpQueue::consume)
+      .def(
+          "lease_within",
+          [](AmqpQueue& q, std::size_t n, std::int64_t visibility_ms, std::int64_t wait_ms) {
+            std::promise<std::pair<queue::Status, queue::Lease>> done;
+            auto result = done.get_future();
+            {
+              py::gil_scoped_release release;
+              q.async_lease_within(n, std::chrono::milliseconds(visibility_ms), std::chrono::milliseconds(wait_ms),
+                                   [&done](queue::Status s, queue::Lease l) { done.set_value({std::move(s), std::move(l)}); });
+              result.wait();
+            }
+            auto [status, lease] = result.get();
+            if (!status) throw Error(status.code, status.message);
+            return lease_tuple(lease);
+          },
+          py::arg("n"), py::arg("visibility_ms"), py::arg("wait_ms"),
+          "As lease, waiting up to wait_ms for a message when none is ready (a consuming queue).")
+      .def(
+          "pause",
+          [](AmqpQueue& q) {
+            std::promise<std::pair<queue::Status, std::size_t>> done;
+            auto result = done.get_future();
+            {
+              py::gil_scoped_release release;
+              q.async_pause([&done](queue::Status s, std::size_t n) { done.set_value({std::move(s), n}); });
+              result.wait();
+            }
+            auto [status, n] = result.get();
+            if (!status) throw Error(status.code, status.message);
+            return n;
+          },
+          "A consuming queue cancels its consumer and returns what it held unleased; returns how many.")
       .def_static(
           "delay_steps",
           [] {

@@ -379,7 +379,7 @@ class LocalQueue:
         """
         [(id, body, deliveries, enqueued_at, dead_at, reason), ...], oldest first (limit 0: all).
         """
-    def lease(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple[str, float, list]:
+    def lease(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple:
         """
         (token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.
         """
@@ -410,7 +410,7 @@ class AmqpQueue:
         """
         The delay queues' TTLs in seconds, smallest first.
         """
-    def __init__(self, url: str, name: str, max_deliveries: typing.SupportsInt | typing.SupportsIndex = 5, prefetch: typing.SupportsInt | typing.SupportsIndex = 100, connect_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000) -> None:
+    def __init__(self, url: str, name: str, max_deliveries: typing.SupportsInt | typing.SupportsIndex = 5, prefetch: typing.SupportsInt | typing.SupportsIndex = 100, connect_timeout_ms: typing.SupportsInt | typing.SupportsIndex = 10000, consume: bool = False) -> None:
         ...
     def ack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex]) -> int:
         """
@@ -424,13 +424,21 @@ class AmqpQueue:
         """
         [(id, body, deliveries, enqueued_at, dead_at, reason), ...], oldest first (limit 0: all).
         """
-    def lease(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple[str, float, list]:
+    def lease(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple:
         """
         (token, expires_at, [(id, body, deliveries), ...]) of up to n ready messages.
+        """
+    def lease_within(self, n: typing.SupportsInt | typing.SupportsIndex, visibility_ms: typing.SupportsInt | typing.SupportsIndex, wait_ms: typing.SupportsInt | typing.SupportsIndex) -> tuple:
+        """
+        As lease, waiting up to wait_ms for a message when none is ready (a consuming queue).
         """
     def nack(self, token: str, ids: collections.abc.Sequence[typing.SupportsInt | typing.SupportsIndex], delay_ms: typing.SupportsInt | typing.SupportsIndex) -> int:
         """
         Returns the messages to ready after the delay (or to the dead letters); returns how many.
+        """
+    def pause(self) -> int:
+        """
+        A consuming queue cancels its consumer and returns what it held unleased; returns how many.
         """
     def put(self, items: list) -> int:
         """
@@ -440,6 +448,9 @@ class AmqpQueue:
         """
         {ready, leased, delayed, dead}
         """
+    @property
+    def consume(self) -> bool:
+        ...
     @property
     def max_deliveries(self) -> int:
         ...

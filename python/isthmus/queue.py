@@ -215,24 +215,50 @@ class AmqpQueue(_Queue):
 
     The constructor connects and declares the quorum queue ``name`` (``x-delivery-limit`` =
     ``max_deliveries``), its dead letters ``name.dead`` and its delay queues; ``prefetch`` caps
-    the messages this client holds in live leases at once. A wrong URL raises ``InvalidURL``, an
+    the messages this client holds in live leases at once. With ``consume`` the broker pushes
+    messages to this client (a consumer whose window is ``prefetch``) instead of each lease
+    asking for them, so a lease takes what already arrived without a round trip, and
+    ``lease(wait=)`` blocks until a message arrives; what the consumer holds unleased is no
+    one else's until this connection closes, so a consuming queue suits one lessee taking a
+    task at a time with a small ``prefetch``. A wrong URL raises ``InvalidURL``, an
     unreachable broker ``ConnectError`` or ``TimeoutError`` (within ``connect_timeout``
     seconds), refused credentials ``AccessRefused``, a queue declared before with other
     arguments ``ConfigError``: each names the URL with the password masked.
     """
 
     def __init__(self, url: str, name: str, *, max_deliveries: int = 5, prefetch: int = 100,
-                 connect_timeout: float = 10.0):
+                 connect_timeout: float = 10.0, consume: bool = False):
         if not isinstance(url, str):
             raise errors.ConfigError(f"url: a {type(url).__name__} is not valid; expected an amqp:// URL")
         if not isinstance(name, str):
             raise errors.ConfigError(f"name: {name!r} is not valid; expected the queue's name")
         self.max_deliveries = _count("max_deliveries", max_deliveries)
         self.prefetch = _count("prefetch", prefetch)
+        if not isinstance(consume, bool):
+            raise errors.ConfigError(f"consume: {consume!r} is not valid; expected True or False")
+        self.consume = consume
         timeout_ms = _seconds("connect_timeout", connect_timeout, allow_zero=False)
         self.name = name
         self.url = _core.redact_url(url)  # the password masked: the raw URL stays in the core
-        self._q = _core.AmqpQueue(url, name, self.max_deliveries, self.prefetch, timeout_ms)
+        self._q = _core.AmqpQueue(url, name, self.max_deliveries, self.prefetch, timeout_ms, consume)
+        self._amqp = self._q
+
+    def lease(self, n: int = 1, *, visibility: float = 30.0, wait: float = 0.0) -> Lease:
+        """Up to ``n`` ready messages, held for ``visibility`` seconds. A consuming queue waits
+        up to ``wait`` seconds for one when none is ready (another call on this queue ends the
+        wait early); others answer at once."""
+        wait_ms = _seconds("wait", wait, allow_zero=True)
+        self._open()
+        token, expires_at, rows = self._amqp.lease_within(
+            _count("n", n), _seconds("visibility", visibility, allow_zero=False), wait_ms)
+        return Lease(token, expires_at, [QueueMessage(i, body, d, token) for i, body, d in rows])
+
+    def pause(self) -> int:
+        """A consuming queue stops taking the broker's pushes: what it holds unleased goes
+        back to the queue, its delivery count unchanged, for other clients to lease. The next
+        ``lease`` subscribes again. Returns how many went back (0 when not consuming)."""
+        self._open()
+        return int(self._amqp.pause())
 
     def _closed_message(self) -> str:
         return f"{self.url}: queue {self.name} is closed"
@@ -240,7 +266,7 @@ class AmqpQueue(_Queue):
     def __repr__(self) -> str:
         state = "closed" if self._q is None else "open"
         return (f"<AmqpQueue {self.name!r} on {self.url} max_deliveries={self.max_deliveries} "
-                f"prefetch={self.prefetch} ({state})>")
+                f"prefetch={self.prefetch}{' consume' if self.consume else ''} ({state})>")
 
 
 def open_queue(url_or_path: Union[str, os.PathLike[str]], name: Optional[str] = None,

@@ -222,15 +222,33 @@ class Worker:
     def _queue(self) -> Any:
         """This thread's connection to the broker. One per thread: a confirmed publish holds
         its connection until the broker answers, and the other threads' tasks would queue
-        behind it (the broker also hands a lease's ack only to the connection that leased)."""
+        behind it (the broker also hands a lease's ack only to the connection that leased).
+        It consumes with a window of one: the broker pushes a task the moment the thread has
+        none, instead of the thread asking every few milliseconds."""
         q = getattr(self._local, "queue", None)
         if q is None:
-            q = self.pipeline._open_queue() or self.queue
+            p = self.pipeline
+            if isinstance(p._queue_spec, str):
+                from isthmus.queue import AmqpQueue
+
+                q = AmqpQueue(p._queue_spec, p.queue_name, max_deliveries=p.max_deliveries, prefetch=1,
+                              consume=True)
+            else:
+                q = self.queue
             self._local.queue = q
             if q is not self.queue:
                 with self._lock:
                     self._opened.append(q)
         return q
+
+    def _pause_queue(self) -> None:
+        """A halted thread holds no task: its consumer gives back what the broker pushed."""
+        q = getattr(self._local, "queue", None)
+        if q is not None and getattr(q, "consume", False):
+            try:
+                q.pause()
+            except errors.IsthmusError as exc:
+                log.warning("worker %s: queue: %s", self.name, exc)
 
     def stop(self) -> None:
         """Asks the workers' threads to stop after the task each is on."""
@@ -295,6 +313,7 @@ class Worker:
         while not self._stop.is_set():
             halt = self._halted()
             if halt is not None:
+                self._pause_queue()
                 if until_idle is not None or run_id is not None:
                     self._stop.set()
                     return
@@ -302,7 +321,12 @@ class Worker:
                 self._stop.wait(self.idle_wait)
                 continue
             try:
-                lease = self._queue().lease(1, visibility=self.visibility)
+                q = self._queue()
+                waits = bool(getattr(q, "consume", False))
+                # A consuming queue waits for the broker's push; another one is asked again
+                # after a pause.
+                lease = q.lease(1, visibility=self.visibility, wait=self.idle_wait) if waits \
+                    else q.lease(1, visibility=self.visibility)
             except errors.IsthmusError as exc:
                 # The broker is away: the queue reconnects by itself; wait, do not spin.
                 log.warning("worker %s: queue: %s", self.name, exc)
@@ -314,7 +338,8 @@ class Worker:
                 if self._finished(until_idle, run_id):
                     self._stop.set()
                     return
-                self._stop.wait(pause)
+                if not waits:
+                    self._stop.wait(pause)
                 hot = time.monotonic() - worked < _HOT_SECONDS
                 pause = min(pause * 2, min(self.idle_wait, _HOT_PAUSE) if hot else self.idle_wait)
                 continue

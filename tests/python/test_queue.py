@@ -649,3 +649,115 @@ def test_a_message_the_broker_dead_letters_itself_reaches_the_dead_letters(broke
         assert dead.body == "rejected elsewhere"
         assert dead.reason == "dead-lettered by the broker: rejected"
         assert dead.dead_at > 0
+
+
+# ---- a consuming AmqpQueue: the broker pushes, a lease takes what arrived ----------------------
+
+def _reconnected(call):
+    """call() once the client found the restarted broker (its back-off may refuse a few times)."""
+    def ready():
+        try:
+            call()
+            return True
+        except ConnectionError:
+            return False
+
+    wait_until(ready, timeout=30, interval=0.1)
+
+
+def test_a_consuming_lease_waits_for_a_message_put_meanwhile(broker, request):
+    name = _queue_name(request)
+    with AmqpQueue(broker.url, name, prefetch=1, consume=True) as q, AmqpQueue(broker.url, name) as producer:
+        assert q.consume and "consume" in repr(q)
+        assert not q.lease(1, visibility=60)  # nothing there, no wait asked: answers at once
+        putter = threading.Timer(0.2, producer.put, args=("pushed",))
+        putter.start()
+        try:
+            lease = q.lease(1, visibility=60, wait=30)
+        finally:
+            putter.join()
+        assert [(m.body, m.deliveries) for m in lease] == [("pushed", 1)]
+        assert q.ack(lease) == 1
+        assert producer.stats() == {"ready": 0, "leased": 0, "delayed": 0, "dead": 0}
+
+
+def test_a_consumer_holds_no_more_than_its_prefetch_and_the_rest_stays_for_others(broker, request):
+    name = _queue_name(request)
+    with AmqpQueue(broker.url, name, prefetch=1, consume=True) as q, AmqpQueue(broker.url, name) as other:
+        other.put(["a", "b", "c"])
+        first = q.lease(5, visibility=60, wait=30)
+        assert len(first) == 1
+        # The broker pushes nothing more to it while that one is unacked: the others are free.
+        rest = other.lease(5, visibility=60)
+        assert sorted(m.body for m in [*first, *rest]) == ["a", "b", "c"]
+        assert other.ack(rest) == 2
+        assert q.ack(first) == 1
+        assert not q.lease(1, visibility=60, wait=0.2)
+
+
+def test_what_a_consumer_held_unleased_goes_back_when_it_closes(broker, request):
+    name = _queue_name(request)
+    with AmqpQueue(broker.url, name) as other:
+        q = AmqpQueue(broker.url, name, prefetch=1, consume=True)
+        other.put("held")
+        # Pushed to q's consumer: no longer ready on the broker, though no lease took it.
+        wait_until(lambda: _count(broker, name) == 0, timeout=30, interval=0.05)
+        q.close()
+        wait_until(lambda: _count(broker, name) == 1, timeout=30, interval=0.05)
+        (m,) = other.lease(1, visibility=60)
+        assert m.body == "held"
+        assert other.ack(m) == 1
+
+
+def test_a_consuming_queue_consumes_again_after_a_broker_restart(broker, request):
+    name = _queue_name(request)
+    with AmqpQueue(broker.url, name, prefetch=1, consume=True, connect_timeout=2) as q, \
+            AmqpQueue(broker.url, name, connect_timeout=2) as producer:
+        producer.put("before")
+        (m,) = q.lease(1, visibility=600, wait=30)
+        broker.restart()
+        # The lease died with its connection; the broker returns the message to the new consumer.
+        got: list = []
+
+        def take(wait):
+            lease = q.lease(1, visibility=600, wait=wait)
+            got.extend(x.body for x in lease)
+            assert q.ack(lease) == len(lease)
+            return lease
+
+        _reconnected(lambda: take(0.1))
+        _reconnected(lambda: producer.put("after"))
+        while len(got) < 2:
+            assert take(30), f"only {got} came back"
+        assert sorted(got) == ["after", "before"]
+        assert q.ack(m) == 0
+
+
+@pytest.mark.parametrize("kw, field", [({"consume": "yes"}, "consume"), ({"consume": 1}, "consume")])
+def test_bad_consume_names_the_field(kw, field):
+    with pytest.raises(isthmus.ConfigError, match="^" + field):
+        AmqpQueue("amqp://guest:guest@127.0.0.1:1/", "q", **kw)
+
+
+def test_a_bad_wait_names_the_field(broker, request):
+    with _amqp(broker, request, consume=True) as q:
+        for wait in (-1, float("nan"), "1"):
+            with pytest.raises(isthmus.ConfigError, match="^wait"):
+                q.lease(1, wait=wait)
+
+
+def test_a_paused_consumer_gives_back_what_it_held_uncounted_and_the_next_lease_resumes(broker, request):
+    name = _queue_name(request)
+    with AmqpQueue(broker.url, name, prefetch=1, consume=True) as q, AmqpQueue(broker.url, name) as other:
+        other.put("held")
+        wait_until(lambda: _count(broker, name) == 0, timeout=30, interval=0.05)  # pushed to q
+        assert q.pause() == 1
+        assert q.pause() == 0  # paused already
+        (m,) = other.lease(1, visibility=60)
+        assert (m.body, m.deliveries) == ("held", 1)  # going back was not a delivery
+        other.put("next")
+        lease = q.lease(1, visibility=60, wait=30)  # subscribes again, then waits for the push
+        assert [x.body for x in lease] == ["next"]
+        assert q.ack(lease) == 1 and other.ack(m) == 1
+    with _amqp(broker, request) as plain:
+        assert plain.pause() == 0

@@ -231,6 +231,10 @@ struct AmqpQueue::Impl {
   std::uint64_t published = 0;  // publish sequence number of the work channel
   std::map<std::string, LeaseRecord> leases;
   std::size_t held = 0;
+  // Consuming: what the broker pushed and no lease took yet (unacked on the broker).
+  std::deque<Delivery> inbox;
+  std::string consumer_tag;
+  bool paused = false;  // consuming, but the consumer is cancelled until the next lease
   milliseconds backoff = kFirstBackoff;
   Clock::time_point next_attempt{};
   std::string last_failure;
@@ -295,17 +299,53 @@ struct AmqpQueue::Impl {
   }
 
   void watch_socket() {
-    pollfd p{amqp_get_sockfd(conn), POLLIN, 0};
-    if (::poll(&p, 1, 0) <= 0 && !amqp_data_in_buffer(conn)) return;
+    while (conn && read_frame(milliseconds(0))) {
+    }
+  }
+
+  // Reads one frame when one comes within `wait`: a delivery goes to the inbox, a close ends
+  // the connection, anything else (a late confirm) is dropped. Whether a frame was read.
+  bool read_frame(milliseconds wait) {
+    if (wait.count() == 0 && !amqp_frames_enqueued(conn) && !amqp_data_in_buffer(conn)) {
+      pollfd p{amqp_get_sockfd(conn), POLLIN, 0};
+      if (::poll(&p, 1, 0) <= 0) return false;
+    }
     amqp_frame_t frame;
-    timeval zero{0, 0};
-    const int rc = amqp_simple_wait_frame_noblock(conn, &frame, &zero);
-    if (rc == AMQP_STATUS_TIMEOUT) return;
+    timeval tv = to_timeval(wait);
+    const int rc = amqp_simple_wait_frame_noblock(conn, &frame, &tv);
+    if (rc == AMQP_STATUS_TIMEOUT) return false;
     if (rc != AMQP_STATUS_OK) lost("the connection", rc);
     if (frame.frame_type == AMQP_FRAME_METHOD &&
         (frame.payload.method.id == AMQP_CONNECTION_CLOSE_METHOD ||
          frame.payload.method.id == AMQP_CHANNEL_CLOSE_METHOD))
       lost_with(errc::transport_error, "the broker closed the connection: " + close_text(frame.payload.method));
+    absorb(frame);
+    return true;
+  }
+
+  // A basic.deliver of the consumer: its message, read whole, joins the inbox.
+  bool absorb(const amqp_frame_t& frame) {
+    if (frame.frame_type != AMQP_FRAME_METHOD || frame.payload.method.id != AMQP_BASIC_DELIVER_METHOD) return false;
+    Delivery d;
+    d.tag = static_cast<amqp_basic_deliver_t*>(frame.payload.method.decoded)->delivery_tag;
+    read_delivery(frame.channel, name, d);
+    inbox.push_back(std::move(d));
+    return true;
+  }
+
+  // Consuming: waits up to `wait` for a delivery, returning early when another operation is
+  // posted (it should not queue behind an idle wait) or the queue closes.
+  void await_delivery(milliseconds wait) {
+    const auto deadline = Clock::now() + wait;
+    while (conn && inbox.empty()) {
+      {
+        std::lock_guard lock(m);
+        if (stopping || !jobs.empty()) return;
+      }
+      const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return;
+      read_frame(std::min(left, milliseconds(5)));
+    }
   }
 
   void expire_leases() {
@@ -440,6 +480,11 @@ struct AmqpQueue::Impl {
     amqp_channel_open(conn, kPeek);
     check(amqp_get_rpc_reply(conn), "opening a channel");
     declare();
+    if (options.consume) {
+      amqp_basic_qos(conn, kWork, 0, static_cast<std::uint16_t>(options.prefetch), 0);
+      check(amqp_get_rpc_reply(conn), "setting the prefetch window");
+      if (!paused) subscribe();
+    }
     tv = to_timeval(options.operation_timeout);
     amqp_set_rpc_timeout(conn, &tv);
     backoff = kFirstBackoff;
@@ -486,6 +531,33 @@ struct AmqpQueue::Impl {
                                                            .text("x-overflow", "reject-publish")));
   }
 
+  void subscribe() {
+    auto* ok = amqp_basic_consume(conn, kWork, bytes_of(name), amqp_empty_bytes, 0, 0, 0, amqp_empty_table);
+    check(amqp_get_rpc_reply(conn), "consuming from queue " + name);
+    consumer_tag = ok ? text_of(ok->consumer_tag) : "";
+    paused = false;
+  }
+
+  // Cancels the consumer and returns what it held unleased: republished with the deliveries it
+  // had (an unleased message was not delivered to anyone), then acked. The next lease
+  // subscribes again.
+  std::size_t do_pause() {
+    if (!options.consume || paused) return 0;
+    paused = true;
+    if (!conn) return 0;  // a reconnect leaves it paused
+    amqp_basic_cancel(conn, kWork, bytes_of(consumer_tag));
+    check(amqp_get_rpc_reply(conn), "cancelling the consumer of queue " + name);
+    watch_socket();  // what the broker pushed before the cancel took effect
+    std::vector<Held> back;
+    for (auto& d : inbox) {
+      const int so_far = d.prior + d.broker_count;
+      back.push_back(Held{std::move(d), so_far});
+    }
+    inbox.clear();
+    return_messages(back, milliseconds(0), "its consumer paused");
+    return back.size();
+  }
+
   void attempt() {
     try {
       connect();
@@ -524,6 +596,7 @@ struct AmqpQueue::Impl {
     // The broker requeues what the connection held: those leases are gone.
     leases.clear();
     held = 0;
+    inbox.clear();
     if (!polite) next_attempt = Clock::now() + backoff;
   }
 
@@ -564,7 +637,7 @@ struct AmqpQueue::Impl {
       if (rc != AMQP_STATUS_OK)
         lost_with(errc::transport_error, what + ": the connection to the broker was lost before it confirmed (" +
                                              amqp_error_string2(rc) + "); the items may or may not be in the queue");
-      if (frame.frame_type != AMQP_FRAME_METHOD) continue;
+      if (frame.frame_type != AMQP_FRAME_METHOD || absorb(frame)) continue;
       const auto id = frame.payload.method.id;
       if (id == AMQP_BASIC_ACK_METHOD || id == AMQP_BASIC_NACK_METHOD) {
         std::uint64_t tag;
@@ -604,6 +677,12 @@ struct AmqpQueue::Impl {
     check(r, "basic.get from " + queue);
     if (r.reply.id != AMQP_BASIC_GET_OK_METHOD) return false;
     out.tag = static_cast<amqp_basic_get_ok_t*>(r.reply.decoded)->delivery_tag;
+    read_delivery(channel, queue, out);
+    return true;
+  }
+
+  // The content of the message whose method frame was just read (basic.get-ok or deliver).
+  void read_delivery(amqp_channel_t channel, const std::string& queue, Delivery& out) {
     amqp_message_t msg;
     check(amqp_read_message(conn, channel, &msg, 0), "reading a message from " + queue);
     out.body = text_of(msg.body);
@@ -630,7 +709,6 @@ struct AmqpQueue::Impl {
     if (out.id == 0) out.id = (std::uint64_t{1} << 63) | out.tag;
     amqp_destroy_message(&msg);
     amqp_maybe_release_buffers(conn);
-    return true;
   }
 
   void ack_tag(std::uint64_t tag) {
@@ -680,8 +758,14 @@ struct AmqpQueue::Impl {
     return items.size();
   }
 
-  Lease do_lease(std::size_t n, milliseconds visibility) {
+  Lease do_lease(std::size_t n, milliseconds visibility, milliseconds wait) {
     ensure_connected();
+    if (options.consume) {
+      if (paused) subscribe();
+      watch_socket();
+      if (inbox.empty() && wait.count() > 0) await_delivery(wait);
+      if (!conn) ensure_connected();  // lost while waiting: the caller gets the failure
+    }
     Lease lease;
     lease.token = auth::hex(auth::random_bytes(16));
     lease.expires_at = unix_now() + static_cast<double>(visibility.count()) / 1000.0;
@@ -691,9 +775,16 @@ struct AmqpQueue::Impl {
     LeaseRecord rec;
     rec.expires = Clock::now() + visibility;
     std::vector<Held> too_many;
-    while (lease.messages.size() < std::min(n, room)) {
+    while (lease.messages.size() < (options.consume ? n : std::min(n, room))) {
       Delivery d;
-      if (!get_one(name, kWork, d)) break;
+      if (options.consume) {
+        // The broker keeps what the consumer holds within prefetch: no room to count here.
+        if (inbox.empty()) break;
+        d = std::move(inbox.front());
+        inbox.pop_front();
+      } else if (!get_one(name, kWork, d)) {
+        break;
+      }
       const int deliveries = d.prior + d.broker_count + 1;
       if (deliveries > options.max_deliveries) {
         // Returned by the broker after its last allowed delivery (its lessee's connection was
@@ -918,6 +1009,7 @@ const std::string& AmqpQueue::name() const noexcept { return impl_->name; }
 const std::string& AmqpQueue::redacted_url() const noexcept { return impl_->redacted; }
 int AmqpQueue::max_deliveries() const noexcept { return impl_->options.max_deliveries; }
 int AmqpQueue::prefetch() const noexcept { return impl_->options.prefetch; }
+bool AmqpQueue::consume() const noexcept { return impl_->options.consume; }
 
 void AmqpQueue::async_put(std::vector<Item> items, Handler<std::size_t> done) {
   impl_->submit<std::size_t>(std::move(done), false,
@@ -925,14 +1017,21 @@ void AmqpQueue::async_put(std::vector<Item> items, Handler<std::size_t> done) {
 }
 
 void AmqpQueue::async_lease(std::size_t n, milliseconds visibility, Handler<Lease> done) {
-  if (n == 0 || visibility.count() <= 0) {
+  async_lease_within(n, visibility, milliseconds(0), std::move(done));
+}
+
+void AmqpQueue::async_lease_within(std::size_t n, milliseconds visibility, milliseconds wait, Handler<Lease> done) {
+  if (n == 0 || visibility.count() <= 0 || wait.count() < 0) {
     done({make_error_code(errc::invalid_argument),
           n == 0 ? "n: 0 is not valid; expected an integer >= 1"
-                 : "visibility: " + std::to_string(visibility.count()) + " ms is not valid; expected > 0"},
+          : wait.count() < 0
+              ? "wait: " + std::to_string(wait.count()) + " ms is not valid; expected >= 0"
+              : "visibility: " + std::to_string(visibility.count()) + " ms is not valid; expected > 0"},
          {});
     return;
   }
-  impl_->submit<Lease>(std::move(done), true, [this, n, visibility] { return impl_->do_lease(n, visibility); });
+  impl_->submit<Lease>(std::move(done), true,
+                       [this, n, visibility, wait] { return impl_->do_lease(n, visibility, wait); });
 }
 
 void AmqpQueue::async_ack(std::string token, std::vector<std::uint64_t> ids, Handler<std::size_t> done) {
@@ -952,6 +1051,10 @@ void AmqpQueue::async_nack(std::string token, std::vector<std::uint64_t> ids, mi
   impl_->submit<std::size_t>(std::move(done), false, [this, token = std::move(token), ids = std::move(ids), delay] {
     return impl_->do_nack(token, ids, delay);
   });
+}
+
+void AmqpQueue::async_pause(Handler<std::size_t> done) {
+  impl_->submit<std::size_t>(std::move(done), false, [this] { return impl_->do_pause(); });
 }
 
 void AmqpQueue::async_dead_letters(std::size_t limit, Handler<std::vector<DeadLetter>> done) {
