@@ -115,6 +115,21 @@ def test_shared_waits_follow_the_rate(redis):
         assert later - earlier == pytest.approx(0.1, abs=0.02)
 
 
+def test_calls_at_a_busy_limit_take_their_slots_from_batches_reserved_ahead(redis):
+    # Eight calls in flight at 1,000/s: most slots come from a batch one script call committed,
+    # so Redis sees fewer commands than calls, and the sandbox, enforcing the same limit, still
+    # answers every call with 200.
+    with isthmus.Sandbox(rate_limit=1000, burst=40, records=10) as api:
+        coord = isthmus.Coordination(redis.url)
+        limiter = isthmus.Limiter(isthmus.RateLimit(1000, per="second", burst=20), coordination=coord)
+        with isthmus.Client(api.url, rate_limit=limiter, retry=None, max_connections=8) as c:
+            results = c.get_many(["/v1/contacts?limit=1"] * 600, concurrency=8)
+        stats = api.stats()
+    assert [r.status_code for r in results] == [200] * 600
+    assert stats["rate_limited"] == 0 and stats["requests"]["total"] == 600
+    assert coord.stats()["commands"] < 600
+
+
 def test_noscript_after_a_restart_loads_the_script_again(redis):
     coord = isthmus.Coordination(redis.url)
     limiter = isthmus.Limiter(isthmus.RateLimit(1000, per="second"), coordination=coord)

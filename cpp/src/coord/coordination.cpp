@@ -1,6 +1,7 @@
 // The only translation unit that sees hiredis. One blocking connection per Coordination, driven
-// by the coordination's own thread: commands are short (a script, a SET), so one in flight at
-// a time keeps the code simple and is far from the limits of a loopback round trip.
+// by the coordination's own thread. Commands that queue up while one is out are written together
+// and their replies read in order (a pipeline): under load, reservations arrive faster than one
+// round trip each, and a call must not wait for seven others' round trips before its own.
 #include "isthmus/coord/coordination.hpp"
 
 #include <hiredis/hiredis.h>
@@ -15,6 +16,7 @@
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "isthmus/error.hpp"
@@ -67,16 +69,37 @@ struct ReplyFree {
 };
 using Reply = std::unique_ptr<redisReply, ReplyFree>;
 
-Reply run_argv(redisContext* c, const std::vector<std::string>& argv) {
+struct Argv {
+  explicit Argv(const std::vector<std::string>& argv) {
+    for (const auto& a : argv) {
+      ptrs.push_back(a.data());
+      lens.push_back(a.size());
+    }
+  }
+  int size() const { return static_cast<int>(ptrs.size()); }
   std::vector<const char*> ptrs;
   std::vector<std::size_t> lens;
-  for (const auto& a : argv) {
-    ptrs.push_back(a.data());
-    lens.push_back(a.size());
-  }
-  return Reply(static_cast<redisReply*>(
-      redisCommandArgv(c, static_cast<int>(argv.size()), ptrs.data(), lens.data())));
+};
+
+Reply run_argv(redisContext* c, const std::vector<std::string>& argv) {
+  Argv a(argv);
+  return Reply(static_cast<redisReply*>(redisCommandArgv(c, a.size(), a.ptrs.data(), a.lens.data())));
 }
+
+// Writes `argv` into the connection's output buffer; nothing is sent until a reply is read.
+bool append_argv(redisContext* c, const std::vector<std::string>& argv) {
+  Argv a(argv);
+  return redisAppendCommandArgv(c, a.size(), a.ptrs.data(), a.lens.data()) == REDIS_OK;
+}
+
+Reply next_reply(redisContext* c) {
+  void* r = nullptr;
+  if (redisGetReply(c, &r) != REDIS_OK) return nullptr;
+  return Reply(static_cast<redisReply*>(r));
+}
+
+// The most commands written before their replies are read: bounds the memory of one batch.
+constexpr std::size_t kPipelineMax = 64;
 
 bool timed_out(const redisContext* c) {
   const std::string e = c->errstr;
@@ -120,6 +143,20 @@ class Coordination::Impl {
   bool stopping = false;
   Stats stats;
   std::thread thread;
+
+  // Slots reserved ahead, per set of shared rate buckets (see Coordination::reserve).
+  struct Stock {
+    struct Waiter {
+      double max_wait;
+      limits::TimePoint deadline;
+      std::function<void(limits::SharedGrant)> done;
+    };
+    std::deque<Clock::time_point> slots;
+    std::deque<Waiter> waiting;
+    bool refilling = false;
+  };
+  std::mutex stock_m;
+  std::map<std::string, Stock> stocks;
 
   // Thread-owned.
   Context ctx;
@@ -197,6 +234,20 @@ class Coordination::Impl {
         if (stopping) break;
         job = std::move(jobs.front());
         jobs.pop_front();
+        if (!job.task && ctx) {
+          // The commands queued behind this one go with it, in order, up to the first task.
+          std::vector<Job> batch;
+          while (!jobs.empty() && !jobs.front().task && batch.size() + 1 < kPipelineMax) {
+            batch.push_back(std::move(jobs.front()));
+            jobs.pop_front();
+          }
+          if (!batch.empty()) {
+            batch.insert(batch.begin(), std::move(job));
+            lock.unlock();
+            run_pipelined(batch);
+            continue;
+          }
+        }
       }
       if (job.task) job.task();
       else run(job);
@@ -217,6 +268,62 @@ class Coordination::Impl {
     std::unique_lock lock(m);
     cv.wait_until(lock, until, [&] { return stopping; });
     return !stopping;
+  }
+
+  std::vector<std::string> wire(const Job& job) const {
+    if (!job.script) return job.argv;
+    std::vector<std::string> argv{"EVALSHA", job.script->sha1, std::to_string(job.nkeys)};
+    argv.insert(argv.end(), job.argv.begin(), job.argv.end());
+    return argv;
+  }
+
+  // The connection broke or the server stopped answering: the next command makes a new one.
+  void broken() {
+    last_error = ctx->errstr;
+    ctx.reset();
+    std::lock_guard lock(m);
+    stats.connected = false;
+  }
+
+  // A restarted (or flushed) Redis forgot the script.
+  static bool noscript(const Job& job, const Value& v) {
+    return job.script && v.type == Value::Type::error && v.str.rfind("NOSCRIPT", 0) == 0;
+  }
+
+  // A batch on a live connection: one write, then every reply, in order, before any completion
+  // runs (a completion may issue a command inline, which must not read a reply of this batch).
+  // A job without its plain answer (the connection broke, NOSCRIPT) then goes through run()
+  // alone, which reconnects, reloads the script and keeps the deadline rules.
+  void run_pipelined(std::vector<Job>& batch) {
+    std::size_t written = 0;
+    for (const auto& j : batch) {
+      if (!append_argv(ctx.get(), wire(j))) break;
+      ++written;
+    }
+    std::vector<std::optional<Value>> replies(batch.size());
+    for (std::size_t i = 0; i < written; ++i) {
+      Reply r = next_reply(ctx.get());
+      if (!r) {
+        broken();
+        break;
+      }
+      Value v = from_reply(r.get());
+      if (noscript(batch[i], v)) continue;
+      replies[i] = std::move(v);
+    }
+    {
+      std::lock_guard lock(m);
+      for (const auto& v : replies) stats.commands += v ? 1 : 0;
+    }
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (!replies[i]) {
+        run(batch[i]);
+        continue;
+      }
+      std::error_code ec;
+      if (replies[i]->type == Value::Type::error) ec = make_error_code(errc::internal);
+      batch[i].done(ec, std::move(*replies[i]));
+    }
   }
 
   void run(Job& job) {
@@ -248,24 +355,16 @@ class Coordination::Impl {
         ++stats.connects;
         stats.connected = true;
       }
-      std::vector<std::string> argv;
-      if (job.script) {
-        argv = {"EVALSHA", job.script->sha1, std::to_string(job.nkeys)};
-        argv.insert(argv.end(), job.argv.begin(), job.argv.end());
-      }
-      Reply r = run_argv(ctx.get(), job.script ? argv : job.argv);
+      Reply r = run_argv(ctx.get(), wire(job));
       if (!r) {
         // The connection broke or the server stopped answering: make a new one and send again.
         // A command may then run twice; the ones sent here are safe to (a limit counts a call
         // twice, which only makes it stricter; a lease compares its token).
-        last_error = ctx->errstr;
-        ctx.reset();
-        std::lock_guard lock(m);
-        stats.connected = false;
+        broken();
         continue;
       }
       Value v = from_reply(r.get());
-      if (job.script && v.type == Value::Type::error && v.str.rfind("NOSCRIPT", 0) == 0 && !reloaded) {
+      if (noscript(job, v) && !reloaded) {
         // A restarted (or flushed) Redis forgot the script: load it again and try once more.
         reloaded = true;
         Reply l = run_argv(ctx.get(), {"SCRIPT", "LOAD", job.script->text});
@@ -403,8 +502,46 @@ Value Coordination::call_script(const Script& script, std::vector<std::string> k
   return impl_->wait_for([&](Done d) { eval(script, std::move(keys), std::move(args), in(timeout), std::move(d)); });
 }
 
-void Coordination::reserve(std::vector<limits::SharedRule> rules, double cost, double max_wait,
-                           limits::TimePoint deadline, std::function<void(limits::SharedGrant)> done) {
+namespace {
+
+// A reservation answered by the limit script: {granted, wait, binding rule, resets_at}.
+limits::SharedGrant to_grant(const std::vector<limits::SharedRule>& rules, std::error_code ec, const Value& v) {
+  limits::SharedGrant g;
+  if (ec) {
+    g.error = ec;
+    g.reason = v.str.empty() ? ec.message() : v.str + "; the call was not sent uncounted";
+    return g;
+  }
+  if (v.type != Value::Type::array || v.elements.size() != 4) {
+    g.error = make_error_code(errc::internal);
+    g.reason = "the shared limit script answered something unexpected";
+    return g;
+  }
+  g.granted = v.elements[0].integer == 1;
+  g.wait = std::atof(v.elements[1].str.c_str());
+  const auto binding = v.elements[2].integer;
+  if (binding >= 1 && static_cast<std::size_t>(binding) <= rules.size())
+    g.reason = "shared " + rules[static_cast<std::size_t>(binding) - 1].describe;
+  if (!g.granted) {
+    const bool quota = binding >= 1 && rules[static_cast<std::size_t>(binding) - 1].quota;
+    g.error = make_error_code(quota ? errc::quota_exhausted : errc::rate_limited);
+    g.resets_at = std::atof(v.elements[3].str.c_str());
+  }
+  return g;
+}
+
+// Slots taken from Redis in one reservation, at most: a few milliseconds of a busy limit, so a
+// stock left unused (its process went idle, or Redis restarted and forgot it) stays small.
+constexpr std::size_t kAheadMax = 8;
+// Slots kept in stock beyond the calls already waiting. The slots are one interval of the whole
+// limit apart, but a process uses them at its own share of it: a deeper stock goes stale (and
+// is dropped, capacity lost) before it is used.
+constexpr std::size_t kAheadSpare = 2;
+
+}  // namespace
+
+void Coordination::reserve_once(std::vector<limits::SharedRule> rules, double cost, double max_wait,
+                                limits::TimePoint deadline, std::function<void(limits::SharedGrant)> done) {
   std::vector<std::string> keys, args{std::to_string(cost), std::to_string(max_wait)};
   char buf[64];
   for (const auto& r : rules) {
@@ -415,36 +552,122 @@ void Coordination::reserve(std::vector<limits::SharedRule> rules, double cost, d
     std::snprintf(buf, sizeof buf, "%.9g", r.b);
     args.emplace_back(buf);
   }
-  if (keys.empty()) {
+  eval(gcra_script(), std::move(keys), std::move(args), deadline,
+       [rules = std::move(rules), done = std::move(done)](std::error_code ec, Value v) {
+         done(to_grant(rules, ec, v));
+       });
+}
+
+// Calls of cost 1 under rates alone take their slot from a stock this process reserved ahead:
+// one script call commits k slots, spaced one interval apart, so most calls skip the Redis
+// round trip and its two thread wake-ups (on a busy machine those, not the limit, capped the
+// rate of 32 calls in flight). Each slot was counted in Redis before it is handed out, so
+// nothing goes uncounted and a Redis that cannot be reached still grants nothing new. A slot
+// whose moment passed by more than the rule's slack is dropped, not sent late in a bunch.
+// Quotas, other costs, and any batch that fails or is refused go one reservation per call.
+void Coordination::reserve(std::vector<limits::SharedRule> rules, double cost, double max_wait,
+                           limits::TimePoint deadline, std::function<void(limits::SharedGrant)> done) {
+  if (rules.empty()) {
     limits::SharedGrant g;
     g.granted = true;
     return done(g);
   }
-  eval(gcra_script(), std::move(keys), std::move(args), deadline,
-       [rules = std::move(rules), done = std::move(done)](std::error_code ec, Value v) {
-         limits::SharedGrant g;
-         if (ec) {
-           g.error = ec;
-           g.reason = v.str.empty() ? ec.message() : v.str + "; the call was not sent uncounted";
-           return done(std::move(g));
-         }
-         if (v.type != Value::Type::array || v.elements.size() != 4) {
-           g.error = make_error_code(errc::internal);
-           g.reason = "the shared limit script answered something unexpected";
-           return done(std::move(g));
-         }
-         g.granted = v.elements[0].integer == 1;
-         g.wait = std::atof(v.elements[1].str.c_str());
-         const auto binding = v.elements[2].integer;
-         if (binding >= 1 && static_cast<std::size_t>(binding) <= rules.size())
-           g.reason = "shared " + rules[static_cast<std::size_t>(binding) - 1].describe;
-         if (!g.granted) {
-           const bool quota = binding >= 1 && rules[static_cast<std::size_t>(binding) - 1].quota;
-           g.error = make_error_code(quota ? errc::quota_exhausted : errc::rate_limited);
-           g.resets_at = std::atof(v.elements[3].str.c_str());
-         }
-         done(std::move(g));
-       });
+  const bool ahead = cost == 1 && std::none_of(rules.begin(), rules.end(), [](const auto& r) { return r.quota; });
+  if (!ahead) return reserve_once(std::move(rules), cost, max_wait, deadline, std::move(done));
+  std::string name;
+  for (const auto& r : rules) name += r.bucket + '\n';
+  auto& im = *impl_;
+  std::function<void(limits::SharedGrant)> now_done;
+  limits::SharedGrant g;
+  {
+    std::lock_guard lock(im.stock_m);
+    auto& stock = im.stocks[name];
+    drop_stale(stock.slots, rules);
+    if (stock.waiting.empty() && !stock.slots.empty()) {
+      g.granted = true;
+      g.wait = std::max(0.0, std::chrono::duration<double>(stock.slots.front() - Clock::now()).count());
+      g.reason = "shared " + rules.front().describe;
+      stock.slots.pop_front();
+      now_done = std::move(done);
+    } else {
+      stock.waiting.push_back({max_wait, deadline, std::move(done)});
+    }
+  }
+  if (now_done) now_done(std::move(g));
+  refill(name, std::move(rules), max_wait, deadline);
+}
+
+void Coordination::drop_stale(std::deque<limits::TimePoint>& slots, const std::vector<limits::SharedRule>& rules) {
+  double slack = rules.front().b - rules.front().a;
+  for (const auto& r : rules) slack = std::min(slack, r.b - r.a);
+  const auto oldest = Clock::now() - std::chrono::duration_cast<Clock::duration>(
+                                         std::chrono::duration<double>(std::max(0.0, slack)));
+  while (!slots.empty() && slots.front() < oldest) slots.pop_front();
+}
+
+// Asks Redis for the slots the waiting calls need and a few spare, unless a request is out.
+void Coordination::refill(const std::string& name, std::vector<limits::SharedRule> rules, double max_wait,
+                          limits::TimePoint deadline) {
+  auto& im = *impl_;
+  std::size_t k = 0;
+  {
+    std::lock_guard lock(im.stock_m);
+    auto& stock = im.stocks[name];
+    if (stock.refilling || stock.slots.size() >= stock.waiting.size() + kAheadSpare / 2) return;
+    // No more than the rule's burst can admit at once, whatever the spare.
+    double fits = static_cast<double>(kAheadMax);
+    for (const auto& r : rules) fits = std::min(fits, std::floor(r.b / r.a));
+    k = std::min(stock.waiting.size() + kAheadSpare - std::min(stock.slots.size(), stock.waiting.size() + kAheadSpare),
+                 static_cast<std::size_t>(std::max(1.0, fits)));
+    if (k == 0) return;
+    for (const auto& w : stock.waiting) deadline = std::min(deadline, w.deadline);
+    stock.refilling = true;
+  }
+  double interval = 0;
+  for (const auto& r : rules) interval = std::max(interval, r.a);
+  std::weak_ptr<Coordination> weak = weak_from_this();
+  reserve_once(rules, static_cast<double>(k), max_wait, deadline,
+               [weak, name, rules, k, interval, max_wait, deadline](limits::SharedGrant g) {
+                 auto self = weak.lock();
+                 if (!self) return;
+                 self->stocked(name, rules, k, interval, max_wait, deadline, std::move(g));
+               });
+}
+
+// A batch came back: its slots go to the waiting calls first, in order. A failed or refused
+// batch hands every waiting call to a reservation of its own, with its own deadline.
+void Coordination::stocked(const std::string& name, const std::vector<limits::SharedRule>& rules, std::size_t k,
+                           double interval, double max_wait, limits::TimePoint deadline, limits::SharedGrant batch) {
+  auto& im = *impl_;
+  std::vector<std::pair<std::function<void(limits::SharedGrant)>, limits::SharedGrant>> grants;
+  std::deque<Impl::Stock::Waiter> alone;
+  {
+    std::lock_guard lock(im.stock_m);
+    auto& stock = im.stocks[name];
+    stock.refilling = false;
+    if (!batch.granted) {
+      alone.swap(stock.waiting);
+    } else {
+      const auto first = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(std::max(0.0, batch.wait)));
+      for (std::size_t i = 0; i < k; ++i)
+        stock.slots.push_back(first + std::chrono::duration_cast<Clock::duration>(
+                                          std::chrono::duration<double>(interval * static_cast<double>(i))));
+      const auto now = Clock::now();
+      while (!stock.waiting.empty() && !stock.slots.empty()) {
+        limits::SharedGrant g;
+        g.granted = true;
+        g.wait = std::max(0.0, std::chrono::duration<double>(stock.slots.front() - now).count());
+        g.reason = batch.reason;
+        stock.slots.pop_front();
+        grants.emplace_back(std::move(stock.waiting.front().done), std::move(g));
+        stock.waiting.pop_front();
+      }
+    }
+  }
+  for (auto& [done, g] : grants) done(std::move(g));
+  for (auto& w : alone) reserve_once(rules, 1, w.max_wait, w.deadline, std::move(w.done));
+  if (batch.granted) refill(name, rules, max_wait, deadline);
 }
 
 std::string Coordination::key(std::string_view name) const { return impl_->o.ns + ":" + std::string(name); }

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -97,7 +98,9 @@ class Coordination final : public limits::SharedCounter,
   Value call_script(const Script& script, std::vector<std::string> keys, std::vector<std::string> args,
                     double timeout);
 
-  // limits::SharedCounter: every bucket is a key under "<ns>:".
+  // limits::SharedCounter: every bucket is a key under "<ns>:". Calls of cost 1 under rates
+  // alone are served from slots reserved ahead in batches (then `done` may run at once, on
+  // the caller's thread); the rest take one script call each.
   void reserve(std::vector<limits::SharedRule> rules, double cost, double max_wait,
                limits::TimePoint deadline, std::function<void(limits::SharedGrant)> done) override;
 
@@ -110,6 +113,13 @@ class Coordination final : public limits::SharedCounter,
 
  private:
   Coordination() = default;
+  void reserve_once(std::vector<limits::SharedRule> rules, double cost, double max_wait,
+                    limits::TimePoint deadline, std::function<void(limits::SharedGrant)> done);
+  static void drop_stale(std::deque<limits::TimePoint>& slots, const std::vector<limits::SharedRule>& rules);
+  void refill(const std::string& name, std::vector<limits::SharedRule> rules, double max_wait,
+              limits::TimePoint deadline);
+  void stocked(const std::string& name, const std::vector<limits::SharedRule>& rules, std::size_t k,
+               double interval, double max_wait, limits::TimePoint deadline, limits::SharedGrant batch);
   std::shared_ptr<Impl> impl_;
 };
 
