@@ -241,9 +241,9 @@ class Worker:
                     self._opened.append(q)
         return q
 
-    def _pause_queue(self) -> None:
+    def _pause_queue(self, q: Any = None) -> None:
         """A halted thread holds no task: its consumer gives back what the broker pushed."""
-        q = getattr(self._local, "queue", None)
+        q = q or getattr(self._local, "queue", None)
         if q is not None and getattr(q, "consume", False):
             try:
                 q.pause()
@@ -286,6 +286,9 @@ class Worker:
             self._stop.set()
             keeper.join()
             for q in self._opened:
+                # What a slot's consumer holds unleased goes back uncounted (a close would
+                # count it as a delivery).
+                self._pause_queue(q)
                 q.close()
             self._opened.clear()
             p.sink.close()
