@@ -130,6 +130,18 @@ def test_calls_at_a_busy_limit_take_their_slots_from_batches_reserved_ahead(redi
     assert coord.stats()["commands"] < 600
 
 
+def test_a_limit_with_little_burst_holds_no_slot_ahead(redis):
+    # One call at 10/s with burst 1 commits one interval in Redis, not a spare slot besides:
+    # a spare would make every other process wait an interval more.
+    coord = isthmus.Coordination(redis.url)
+    limiter = isthmus.Limiter(isthmus.RateLimit(10, per="second", burst=1), coordination=coord)
+    assert limiter.reserve() == 0.0
+    r = observer(redis)
+    (key,) = r.keys("isthmus:limit:*")
+    seconds, micros = r.time()
+    assert float(r.get(key)) - (seconds + micros / 1e6) <= 0.1
+
+
 def test_noscript_after_a_restart_loads_the_script_again(redis):
     coord = isthmus.Coordination(redis.url)
     limiter = isthmus.Limiter(isthmus.RateLimit(1000, per="second"), coordination=coord)

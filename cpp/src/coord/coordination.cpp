@@ -613,12 +613,14 @@ void Coordination::refill(const std::string& name, std::vector<limits::SharedRul
   {
     std::lock_guard lock(im.stock_m);
     auto& stock = im.stocks[name];
-    if (stock.refilling || stock.slots.size() >= stock.waiting.size() + kAheadSpare / 2) return;
-    // No more than the rule's burst can admit at once, whatever the spare.
+    // No more than the rule's burst can admit at once. A limit with little burst keeps no
+    // spare: a slot held ahead would delay the other processes by a whole interval.
     double fits = static_cast<double>(kAheadMax);
     for (const auto& r : rules) fits = std::min(fits, std::floor(r.b / r.a));
-    k = std::min(stock.waiting.size() + kAheadSpare - std::min(stock.slots.size(), stock.waiting.size() + kAheadSpare),
-                 static_cast<std::size_t>(std::max(1.0, fits)));
+    const std::size_t spare = fits >= 2 * kAheadSpare ? kAheadSpare : 0;
+    const std::size_t want = stock.waiting.size() + spare;
+    if (stock.refilling || stock.slots.size() >= stock.waiting.size() + spare / 2) return;
+    k = std::min(want - std::min(stock.slots.size(), want), static_cast<std::size_t>(std::max(1.0, fits)));
     if (k == 0) return;
     for (const auto& w : stock.waiting) deadline = std::min(deadline, w.deadline);
     stock.refilling = true;
