@@ -539,7 +539,10 @@ class Worker:
                 self._queue().nack(message, delay=wait)
                 return
             except Exception as exc:
-                if errors.affects_every_record(exc):
+                # A refused request, or on the task's last delivery an API that cannot be
+                # reached at all (no answer is never about one page), stops every page alike.
+                if errors.affects_every_record(exc) or (isinstance(exc, errors.ConnectError)
+                                                       and message.deliveries >= self.queue.max_deliveries):
                     raise _Halt(exc) from exc
                 raise  # another delivery may fetch it: back to the queue, a dead letter on the last
             delivered = time.perf_counter()

@@ -411,6 +411,23 @@ def test_a_wrong_source_path_halts_the_run_with_the_class_a_direct_call_raises(b
             assert q.stats()["ready"] == 3 and q.stats()["dead"] == 0
 
 
+def test_a_source_that_cannot_be_reached_halts_the_run_on_the_last_delivery(broker, redis, tmp_path):
+    from isthmus.config import load_pipeline
+
+    closed = f"http://127.0.0.1:{free_port()}"
+    with isthmus.Sandbox(records=10) as dest:
+        doc = pipeline_doc(closed, dest.url, broker, redis, tmp_path / "s.db", name="unreachable", slices=2,
+                           limit=100, max_deliveries=2, attempts=1)
+        pipeline = load_pipeline(write_yaml(tmp_path, doc))
+        with pytest.raises(isthmus.ConnectError) as caught:
+            pipeline.run()
+    assert isinstance(caught.value, isthmus.PipelineError) and "stopped on the workers" in str(caught.value)
+    # Not one dead letter per partition: the run halted, its tasks wait for the API to come back.
+    assert pipeline.store.dead_letters("unreachable") == []
+    with queue_of(broker, "unreachable", max_deliveries=2) as q:
+        assert q.stats()["dead"] == 0 and q.stats()["ready"] + q.stats()["delayed"] == 2
+
+
 def test_records_all_failing_at_the_sink_halt_the_run_and_the_resumed_run_supersedes_them(broker, redis, tmp_path):
     """Every record rejected (422) and none written: after stop_after_failures the run halts with
     the embedded run's error instead of dead-lettering the whole source. Pages are checkpointed
