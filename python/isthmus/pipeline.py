@@ -356,13 +356,14 @@ class Pipeline:
             self._connected = (self._open_queue() or q, coord)
         return self._connected
 
-    def _open_queue(self) -> Any:
-        """Another connection to the task queue (None when queue= was given as an object)."""
+    def _open_queue(self, **options: Any) -> Any:
+        """Another connection to the task queue (None when queue= was given as an object);
+        ``options`` go to ``AmqpQueue`` (a worker's ``prefetch=1, consume=True``)."""
         if not isinstance(self._queue_spec, str):
             return None
         from isthmus.queue import AmqpQueue
 
-        return AmqpQueue(self._queue_spec, self.queue_name, max_deliveries=self.max_deliveries)
+        return AmqpQueue(self._queue_spec, self.queue_name, max_deliveries=self.max_deliveries, **options)
 
     def submit(self) -> int:
         """Starts a run on workers: one first-page task per partition of the source, published

@@ -227,14 +227,7 @@ class Worker:
         none, instead of the thread asking every few milliseconds."""
         q = getattr(self._local, "queue", None)
         if q is None:
-            p = self.pipeline
-            if isinstance(p._queue_spec, str):
-                from isthmus.queue import AmqpQueue
-
-                q = AmqpQueue(p._queue_spec, p.queue_name, max_deliveries=p.max_deliveries, prefetch=1,
-                              consume=True)
-            else:
-                q = self.queue
+            q = self.pipeline._open_queue(prefetch=1, consume=True) or self.queue
             self._local.queue = q
             if q is not self.queue:
                 with self._lock:
