@@ -64,7 +64,8 @@ class Rejection:
 class Sink:
     """The interface every sink implements; subclass it for a destination of your own.
 
-    - ``open(counters)`` is called once per run (and per replay) before the first write.
+    - ``open(counters)`` is called once per run (and per replay) before the first write, and
+      again after ``close()`` when a worker could not deliver a page: drop what was kept then.
     - ``write(records, keys)`` gets the mapped records of a page and their keys. It returns
       the records it rejected for good, as a list of ``Rejection`` (None or ``[]`` when there
       are none), and raises when it cannot tell whether records were applied.

@@ -690,20 +690,27 @@ class Worker:
             if newer is None:
                 newer = self._newer[run_id] = _Newer(p.store.open_dead_letter_keys(p.name))
             before = {k: getattr(self._sink_counters, k) for k in NETWORK_COUNTS}
-            if not isinstance(records, list):
-                read = records.read
-                written = p._write_mapped(records, dead)
-                flushed = p._at_sink(p.sink.flush)
-                n = p._file_rejections(flushed, "flush", None, None, dead) if flushed else 0
-                written -= n
-                dropped = 0
-                newer.delivered(records.keys() if newer.open or dead else (), dead)
-            else:
-                read = len(records) + skipped
-                keys = p.source.keys(records)
-                mapped, mkeys, dropped = p._apply_map(records, keys, None, dead)
-                written = p._sink(mapped, mkeys, dead, settle=True)
-                newer.delivered(mkeys, dead)
+            try:
+                if not isinstance(records, list):
+                    read = records.read
+                    written = p._write_mapped(records, dead)
+                    flushed = p._at_sink(p.sink.flush)
+                    n = p._file_rejections(flushed, "flush", None, None, dead) if flushed else 0
+                    written -= n
+                    dropped = 0
+                    newer.delivered(records.keys() if newer.open or dead else (), dead)
+                else:
+                    read = len(records) + skipped
+                    keys = p.source.keys(records)
+                    mapped, mkeys, dropped = p._apply_map(records, keys, None, dead)
+                    written = p._sink(mapped, mkeys, dead, settle=True)
+                    newer.delivered(mkeys, dead)
+            except BaseException:
+                # The page is not checkpointed and will be read again: what the sink kept of it
+                # must not go out with the next page (in other batches, under other keys).
+                p.sink.close()
+                p.sink.open(self._sink_counters)
+                raise
             for k in NETWORK_COUNTS:
                 counts[k] += getattr(self._sink_counters, k) - before[k]
             superseded = newer.take()
