@@ -13,9 +13,9 @@ partition, the step to fetch, its sequence number in the partition's chain, the 
 value and the counts of the chain so far. A worker takes a task, claims its partition in
 Redis (a lease, renewed while it works), drops it when the partition's checkpoint is already
 at or past it (a duplicate left by a crash), fetches that one page through the core's reader,
-maps it, writes it to the sink and flushes, publishes the next page's task (confirmed),
-commits the partition's checkpoint with the page's dead letters, releases the claim and
-acks. docs/scaleout.md says what a kill at each step re-runs.
+maps it, writes it to the sink and flushes, commits the partition's checkpoint with the
+page's dead letters, releases the claim, publishes the next page's task (confirmed) and acks.
+docs/scaleout.md says what a kill at each step re-runs.
 """
 
 from __future__ import annotations
@@ -517,7 +517,19 @@ class Worker:
                 self._count("stale")
                 token["stale"] = token.get("stale", 0) + 1
                 p.store.commit(cp_name, int(token["run"]), token)
-                self._queue().ack(message)
+                with self._timed("redis_s"):
+                    self._release(cp_name, claim)
+                claim = None
+                if message.deliveries > 1 and token.get("run") == run_id and token.get("seq") == seq \
+                        and not (token.get("done") or token.get("dead")):
+                    # Handed out again with its page committed: the worker before may have died
+                    # between the commit and the publish, losing the next task. It is published
+                    # again from the checkpoint (a copy already in the queue is dropped as stale
+                    # in its turn). A first delivery is a copy, never the task that went missing.
+                    with self._timed("queue_s"):
+                        self._put(task_json(p, run_id, partition, seq + 1, token["next"], task.get("incremental"),
+                                            {k: token["counts"].get(k, 0) for k in CHAIN_COUNTS}))
+                self._ack(message)
                 return
             fetched = time.perf_counter()
             try:
@@ -555,9 +567,6 @@ class Worker:
                     self._watch(run_id, dead)
                 sunk = time.perf_counter()
                 chain = {k: task["counts"].get(k, 0) + counts.get(k, 0) for k in CHAIN_COUNTS}
-                if after is not None:
-                    with self._timed("queue_s"):
-                        self._put(task_json(p, run_id, partition, seq + 1, after, task.get("incremental"), chain))
                 with self._timed("redis_s"):
                     claim = self._hold(cp_name, claim)
                 done_token = {"run": run_id, "seq": seq, "next": after, "done": after is None, "counts": chain,
@@ -582,9 +591,15 @@ class Worker:
             self._failed_page(message, task, cp_name, token, exc)
             return
         finally:
-            with self._timed("redis_s"):
-                self._release(cp_name, claim)
+            if claim is not None:
+                with self._timed("redis_s"):
+                    self._release(cp_name, claim)
+        # The next page's task goes out once the claim is released, so the slot it lands on
+        # finds the partition free; a kill before it is confirmed is repaired by this task's
+        # redelivery (dropped as stale, it publishes the next task from the checkpoint).
         with self._timed("queue_s"):
+            if after is not None:
+                self._put(task_json(p, run_id, partition, seq + 1, after, task.get("incremental"), chain))
             self._ack(message)
         self._count("task_s", time.perf_counter() - began)
         if after is None:

@@ -111,6 +111,53 @@ def test_a_run_with_a_queue_works_as_page_tasks_and_reconciles(broker, redis, tm
         assert pipeline.progress(run.id)["stale_tasks"] == 1
 
 
+def test_a_kill_between_a_commit_and_the_next_publish_is_repaired_by_the_redelivery(broker, redis, tmp_path):
+    """The next page's task is published after the commit: a worker killed in between leaves a
+    committed page, no next task and its own task unacked. The broker hands that task out again;
+    it is dropped as stale and publishes the next task from the checkpoint, so the chain goes on
+    and nothing is sent twice."""
+    from isthmus.config import load_pipeline
+
+    with isthmus.Sandbox(records=500, max_page_size=100) as api:
+        pipeline = load_pipeline(write_yaml(tmp_path, pipeline_doc(api.url, api.url, broker, redis,
+                                                                   tmp_path / "s.db", name="repair", slices=1,
+                                                                   limit=100)))
+        worker = isthmus.Worker(pipeline)
+        killed = {}
+        put, ack = worker._put, worker._ack
+
+        def lost_publish(body):
+            if json.loads(body)["seq"] == 2 and "put" not in killed:
+                killed["put"] = body  # the kill: this publish never reached the broker
+                return
+            put(body)
+
+        def no_ack(message):
+            if json.loads(message.body)["seq"] == 1 and "ack" not in killed:
+                killed["ack"] = True  # ... nor this ack: the broker hands the task out again
+                worker._queue().nack(message)
+                return
+            ack(message)
+
+        worker._put, worker._ack = lost_publish, no_ack
+        run_id = pipeline.submit()
+        done = []
+        thread = threading.Thread(target=lambda: done.append(worker.run(run_id=run_id)), daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        settled = not thread.is_alive()
+        if not settled:
+            worker.stop()
+            thread.join(timeout=30)
+        assert settled and done, "the chain stopped at the lost publish"
+        assert set(killed) == {"put", "ack"}
+        assert done[0]["stale"] == 1
+        assert pipeline.runs()["status"].iloc[-1] == "completed"
+        assert received(api) == {"unique": 500, "duplicate": 0, "idempotent_replays": 0}
+        progress = pipeline.progress(run_id)
+        assert progress["counts"]["read"] == progress["counts"]["written"] == 500 and progress["stale_tasks"] == 1
+
+
 def test_a_worker_reads_one_page_per_task_through_the_core_reader(broker, redis, tmp_path):
     with isthmus.Sandbox(records=500, max_page_size=100) as api:
         client = isthmus.Client(api.url)
