@@ -6,8 +6,9 @@ Rows, each on its own fresh queue, the same messages (200-byte bodies):
   up to `--window` unconfirmed publishes, tracked by delivery tag (the broker's `multiple`
   acks retire a run of them at once), a nack or a returned message failing the row;
 - take: lease(1) then ack, one message at a time (a worker's loop), and lease(batch) then ack,
-  against pika consuming with basic_consume under a prefetch of `--prefetch`, acking each
-  delivery as it is handled.
+  by basic.get and by a consuming AmqpQueue (the broker pushes under `--prefetch`), against
+  pika consuming with basic_consume under a prefetch of `--prefetch`, acking each delivery as
+  it is handled.
 CPU is the benchmark process's own (the core's threads included; the broker excluded).
 
     python bench/queue/run.py              # 5,000 messages
@@ -67,6 +68,34 @@ def bench_isthmus(q, bodies: list[str], batch: int, label: str) -> list[dict]:
         take_s, take_cpu = clock.stop()
         assert taken == len(bodies), (label, n, taken)
         rows.append(_row(label, f"lease({n}) + ack", len(bodies), take_s, take_cpu))
+    return rows
+
+
+def bench_consuming(url: str, name: str, bodies: list[str], batch: int, prefetch: int) -> list[dict]:
+    """The broker pushing to a consuming AmqpQueue (basic.consume under `prefetch`, as a worker's
+    slots take tasks), leased `batch` at a time and acked, against basic.get above."""
+    import isthmus
+
+    rows = []
+    with isthmus.AmqpQueue(url, name) as q:
+        for i in range(0, len(bodies), batch):
+            q.put(bodies[i:i + batch])
+    for n in (1, batch):
+        with isthmus.AmqpQueue(url, name, consume=True, prefetch=prefetch) as q:
+            if n > 1:
+                for i in range(0, len(bodies), batch):
+                    q.put(bodies[i:i + batch])
+            clock = _Clock()
+            clock.start()
+            taken = 0
+            while taken < len(bodies):
+                lease = q.lease(n, visibility=60, wait=5)
+                if not lease:
+                    raise RuntimeError(f"consuming AmqpQueue: {taken} of {len(bodies)} taken, then nothing for 5 s")
+                taken += q.ack(lease)
+            take_s, take_cpu = clock.stop()
+        rows.append(_row("AmqpQueue", f"consume, prefetch {prefetch}: lease({n}) + ack", len(bodies), take_s,
+                         take_cpu))
     return rows
 
 
@@ -186,7 +215,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--window", type=int, default=500, help="pika: unconfirmed publishes in flight")
-    ap.add_argument("--prefetch", type=int, default=200, help="pika: the consumer's prefetch")
+    ap.add_argument("--prefetch", type=int, default=200, help="pika and the consuming AmqpQueue: the prefetch")
     args = ap.parse_args()
     try:
         import isthmus
@@ -204,6 +233,7 @@ def main() -> int:
         with servers.RabbitMQ(Path(tmp)) as broker:
             with isthmus.AmqpQueue(broker.url, f"bench-{uuid.uuid4().hex[:8]}") as q:
                 rows += bench_isthmus(q, bodies, args.batch, "AmqpQueue")
+            rows += bench_consuming(broker.url, f"bench-{uuid.uuid4().hex[:8]}", bodies, args.batch, args.prefetch)
             rows += bench_pika(broker.url, bodies, args.window, args.prefetch)
         with isthmus.LocalQueue(Path(tmp) / "q.db") as q:
             rows += bench_isthmus(q, bodies, args.batch, "LocalQueue")
