@@ -766,6 +766,7 @@ class Fleet:
     def _pipeline(self, c: Connection, limiter: Limiter, credentials: Dict[str, str], priority: str) -> Pipeline:
         context = _RunContext(c.pipeline_name, self.store, limiter, c.connection_id, credentials, priority)
         try:
+            c.integration.check(c, credentials=credentials)  # the token store may have lost them
             return c.integration._build(c, context)
         except errors.ConfigError as exc:
             # A credential substituted into a field that is not marked secret may be in the message.

@@ -135,6 +135,39 @@ def test_a_revoked_tenant_needs_relinking_while_the_others_complete(tmp_path, ke
         assert got["unique"] == sizes[1] and got["duplicate"] == 0
 
 
+OAUTH2 = """\
+name: contacts
+source:
+  base_url: "${config.base_url}"
+  auth: {type: oauth2_client_credentials, token_url: "${config.base_url}/oauth/token",
+         client_id: "${credentials.client_id}", client_secret: "${credentials.client_secret}"}
+  path: /v1/contacts
+  params: {limit: 100}
+  paginator: {type: cursor, cursor: meta.next_cursor, param: cursor}
+sink: {type: jsonl, path: "${config.out}"}
+"""
+
+
+def test_a_token_endpoint_refusing_the_grant_needs_relinking(tmp_path, key, caplog):
+    caplog.set_level(logging.DEBUG, logger="isthmus")
+    (tmp_path / "crm.yaml").write_text(OAUTH2)
+    with isthmus.Sandbox(tenants=2, auth="oauth2", tenant_records=[150, 150], max_page_size=100) as api:
+        fleet = isthmus.Fleet(str(tmp_path / "fleet.db"))
+        crm = isthmus.Integration(str(tmp_path / "crm.yaml"))
+        for t in api.tenants:
+            fleet.add(isthmus.Connection(f"c{t.index}", crm, config={"base_url": api.url,
+                                                                     "out": str(tmp_path / f"{t.index}.jsonl")},
+                                         credentials={"client_id": t.client_id, "client_secret": t.client_secret}))
+        api.tenants[1].revoke_access()
+        outcomes = fleet.run().outcomes
+        assert outcomes["c0"]["status"] == "completed"
+        assert len((tmp_path / "0.jsonl").read_text().splitlines()) == 150
+        c1 = fleet.get("c1")
+        assert c1.status == "relink_needed" and "invalid_grant" in c1.reason
+        shown = caplog.text + c1.reason + fleet.status().to_string()
+        assert all(t.client_secret not in shown for t in api.tenants)
+
+
 def test_a_connection_whose_api_fails_backs_off_and_the_others_complete(tmp_path, key, definition, closed_port):
     with isthmus.Sandbox(tenants=2, auth="api_key", tenant_records=[300, 300], max_page_size=100) as api:
         fleet = isthmus.Fleet(str(tmp_path / "fleet.db"), failure_backoff=600)
@@ -269,6 +302,8 @@ def test_an_integration_function_shares_the_fleet_allowance_and_a_first_sync_goe
         assert priorities == ["high", "normal"]
         assert received(api, 0)["unique"] == 250
         assert fleet.status().loc[0, "version"] == "2"
+        assert fleet.replay("acme") == {"replayed": 0, "delivered": 0, "failed": 0, "skipped": 0}
+        assert fleet.dead_letters("acme").empty
         with pytest.raises(errors.ConfigError, match="only for the integration function"):
             fleet.get("acme").client(api.url)
 
