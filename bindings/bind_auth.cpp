@@ -27,6 +27,9 @@ namespace {
 
 using auth::Credential;
 
+// The token_type that marks a stored secret (see TokenStore.save_secret).
+constexpr const char* kSecretRecord = "isthmus-secret";
+
 // A Python callable that may be called, copied and destroyed from I/O threads: every touch
 // of the Python object happens with the GIL held.
 class PyHook {
@@ -194,7 +197,27 @@ void bind_auth(py::module_& m) {
       .def("contains", [](auth::TokenStore& s, const std::string& id) {
         return s.load(id).has_value();
       }, py::arg("id"))
-      .def("erase", &auth::TokenStore::erase, py::arg("id"));
+      .def("erase", &auth::TokenStore::erase, py::arg("id"))
+      // Secrets that are not tokens (a connection's credentials, as JSON text) ride in a record
+      // of their own kind, sealed like a token record, so neither is ever read as the other.
+      .def("save_secret", [](auth::TokenStore& s, const std::string& id, const std::string& text) {
+        auth::TokenRecord record;
+        record.token_type = kSecretRecord;
+        record.access_token = text;
+        py::gil_scoped_release release;
+        s.save(id, record);
+      }, py::arg("id"), py::arg("text"))
+      .def("load_secret", [](auth::TokenStore& s, const std::string& id) -> std::optional<std::string> {
+        std::optional<auth::TokenRecord> record;
+        {
+          py::gil_scoped_release release;
+          record = s.load(id);
+        }
+        if (!record) return std::nullopt;
+        if (record->token_type != kSecretRecord)
+          throw Error(errc::token_store_error, "token store: record " + id + " holds tokens, not stored secrets");
+        return record->access_token;
+      }, py::arg("id"));
 
   py::class_<auth::RefreshLock, std::shared_ptr<auth::RefreshLock>>(
       m, "RefreshLock", "Serializes token requests across processes; Coordination.refresh_lock() makes one.");

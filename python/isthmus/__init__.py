@@ -12,6 +12,7 @@ from isthmus import _core
 from isthmus import auth as _auth
 from isthmus import coordination as _coordination
 from isthmus import errors as _errors
+from isthmus import fleet as _fleet
 from isthmus import http as _http
 from isthmus import incremental as _incremental
 from isthmus import limits as _limits
@@ -26,6 +27,7 @@ from isthmus import worker as _worker
 from isthmus.auth import *  # noqa: F401,F403
 from isthmus.coordination import *  # noqa: F401,F403
 from isthmus.errors import *  # noqa: F401,F403
+from isthmus.fleet import *  # noqa: F401,F403
 from isthmus.http import *  # noqa: F401,F403
 from isthmus.incremental import *  # noqa: F401,F403
 from isthmus.limits import *  # noqa: F401,F403
@@ -51,6 +53,7 @@ __all__ = [
     *_incremental.__all__,
     *_pipeline.__all__,
     *_worker.__all__,
+    *_fleet.__all__,
     *_mapping.__all__,
     *_sinks.__all__,
     *_queue.__all__,

@@ -204,6 +204,22 @@ class TokenStore:
         """Deletes what is stored for one credential (its ``store_id``)."""
         self._core.erase(credential_id)
 
+    def save_secret(self, secret_id: str, values: Mapping[str, str]) -> None:
+        """Keeps ``values`` (names to text, such as a customer's API key) under ``secret_id``,
+        sealed like a token record (AES-256-GCM in the SQLite and Redis stores)."""
+        if not isinstance(values, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                      for k, v in values.items()):
+            raise errors.ConfigError(f"{secret_id}: expected a dict of names to text")
+        self._core.save_secret(secret_id, json.dumps(dict(values)))
+
+    def load_secret(self, secret_id: str) -> Optional[dict[str, str]]:
+        """What ``save_secret`` kept under ``secret_id``; None when nothing is."""
+        text = self._core.load_secret(secret_id)
+        if text is None:
+            return None
+        values: dict[str, str] = json.loads(text)
+        return values
+
     def __repr__(self) -> str:
         return self._description
 

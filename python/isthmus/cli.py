@@ -1,6 +1,6 @@
 """The `isthmus` command. Subcommands: `sandbox`, `run pipeline.yaml`, `worker pipeline.yaml`,
 `submit pipeline.yaml`, `status pipeline.yaml`, `dlq list|show|replay`, `schema pipeline`,
-`state backup`.
+`state backup`, `fleet add|list|run|serve|pause|resume|relink|remove`.
 
 Every command runs inside one wrapper in ``main()``: an isthmus error, Ctrl-C or a closed pipe
 becomes one line on stderr and an exit code from ``EXIT_CODES``, never a traceback.
@@ -386,6 +386,156 @@ def _state_backup(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_fleet(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state", default="fleet.db", help="the fleet's state file (default fleet.db)")
+    common.add_argument("--token-key-env", dest="token_key_env", default="ISTHMUS_TOKEN_KEY",
+                        help="environment variable holding the token store's key (default ISTHMUS_TOKEN_KEY)")
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--app-limit", type=float, dest="app_limit",
+                         help="requests per second the API allows the whole app, shared by every connection")
+    running.add_argument("--max-in-flight", type=int, dest="max_in_flight", default=2,
+                         help="pages in flight per connection (default 2)")
+    p = sub.add_parser("fleet", help="many customers of one integration: connections and their runs",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Connections (one customer each: credentials, config, schedule) of "
+                                   "integration definitions, run from one state file. See docs/fleet.md.")
+    fsub = p.add_subparsers(dest="fleet_command", metavar="ACTION", help="what to do")
+    fsub.required = True
+    add = fsub.add_parser("add", parents=[common], help="add a connection", epilog=EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    add.add_argument("connection_id", help="the connection's id (letters, digits, '.', '_', '-')")
+    add.add_argument("--integration", required=True, help="the pipeline file (YAML) or module:function")
+    add.add_argument("--version", default="1", help="the integration's version (default 1)")
+    add.add_argument("--config", action="append", default=[], metavar="NAME=VALUE",
+                     help="a value for ${config.NAME} (repeatable)")
+    add.add_argument("--credential", action="append", default=[], metavar="NAME=ENV_VAR",
+                     help="a credential for ${credentials.NAME}, read from the environment variable ENV_VAR "
+                          "so that it never shows in the process list (repeatable)")
+    add.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE", help="a label (repeatable)")
+    add.add_argument("--weight", type=float, default=1.0, help="its share when connections compete (default 1)")
+    add.add_argument("--limit", type=float, help="its own cap in requests per second")
+    add.add_argument("--schedule", help="'every 15m', 'hourly', 'daily at 02:00' (UTC)")
+    add.set_defaults(func=_fleet_add)
+    ls = fsub.add_parser("list", parents=[common], help="every connection with its status and counts")
+    ls.add_argument("--json", action="store_true", help="print the status as JSON lines")
+    ls.set_defaults(func=_fleet_list)
+    run = fsub.add_parser("run", parents=[common, running], help="run every due connection once", epilog=EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("connection_ids", nargs="*", metavar="ID", help="only these connections")
+    run.add_argument("--all", action="store_true", help="also those not due yet (never paused or relink_needed)")
+    run.set_defaults(func=_fleet_run)
+    serve = fsub.add_parser("serve", parents=[common, running], help="run the schedules until SIGTERM")
+    serve.add_argument("--poll", type=float, default=1.0, help="seconds between looks at the schedules")
+    serve.set_defaults(func=_fleet_serve)
+    for action, helptext in (("pause", "stop scheduling a connection"), ("resume", "schedule it again"),
+                             ("remove", "remove a connection and its credentials (its run history stays)")):
+        a = fsub.add_parser(action, parents=[common], help=helptext)
+        a.add_argument("connection_id", help="the connection's id")
+        if action == "pause":
+            a.add_argument("--reason", help="why, shown by list")
+        a.set_defaults(func=_fleet_manage)
+    relink = fsub.add_parser("relink", parents=[common], help="new credentials for a connection")
+    relink.add_argument("connection_id", help="the connection's id")
+    relink.add_argument("--credential", action="append", default=[], metavar="NAME=ENV_VAR", required=True,
+                        help="as for add (repeatable)")
+    relink.set_defaults(func=_fleet_manage)
+
+
+def _pairs(items: List[str], what: str) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise UsageError(f"--{what} {item.split('=', 1)[0]!r}: expected NAME=VALUE")
+        out[name] = value
+    return out
+
+
+def _credentials_from_env(items: List[str]) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for name, variable in _pairs(items, "credential").items():
+        if variable not in os.environ:
+            raise UsageError(f"--credential {name}: environment variable {variable} is not set")
+        out[name] = os.environ[variable]
+    return out
+
+
+def _fleet(args: argparse.Namespace) -> Any:
+    from isthmus.fleet import Fleet
+    from isthmus.limits import RateLimit
+
+    app_limit = getattr(args, "app_limit", None)
+    return Fleet(args.state, token_key_env=args.token_key_env,
+                 app_limit=RateLimit(app_limit) if app_limit else None,
+                 max_in_flight=getattr(args, "max_in_flight", 2))
+
+
+def _fleet_add(args: argparse.Namespace) -> int:
+    from isthmus.fleet import Connection, Integration
+    from isthmus.limits import RateLimit
+
+    connection = Connection(args.connection_id, Integration(args.integration, version=args.version),
+                            credentials=_credentials_from_env(args.credential), config=_pairs(args.config, "config"),
+                            tags=_pairs(args.tag, "tag"), weight=args.weight,
+                            limit=RateLimit(args.limit) if args.limit else None, schedule=args.schedule)
+    print(_fleet(args).add(connection))
+    return EXIT_OK
+
+
+def _fleet_list(args: argparse.Namespace) -> int:
+    df = _fleet(args).status()
+    if args.json:
+        for row in df.to_dict("records"):
+            print(json.dumps(row, default=str))
+        return EXIT_OK
+    print(f"{'connection':<20} {'integration':<16} {'status':<13} {'runs':>5} {'written':>10} {'requests':>9} "
+          f"{'429s':>6}  next due (UTC)       reason")
+    for r in df.to_dict("records"):
+        due = "-" if r["next_due"] is None or str(r["next_due"]) == "NaT" else str(r["next_due"])[:19]
+        print(f"{r['connection_id']:<20} {r['integration'] + ' v' + r['version']:<16} {r['status']:<13} "
+              f"{r['runs']:>5} {r['written']:>10,.0f} {r['requests']:>9,.0f} {r['status_429']:>6,.0f}  {due:<20} "
+              f"{(r['reason'] or '')[:80]}")
+    print(f"{len(df)} connection(s)")
+    return EXIT_OK
+
+
+def _fleet_run(args: argparse.Namespace) -> int:
+    fleet = _fleet(args)
+    signal.signal(signal.SIGTERM, lambda *_: fleet.stop())
+    result = fleet.run(args.connection_ids or None, due_only=not args.all)
+    for cid, o in sorted(result.outcomes.items()):
+        print(f"{cid}: {o['status']} -> {o['connection_status']}" + (f": {o['error']}" if o["error"] else ""))
+    print(f"{len(result.outcomes)} connection(s) run, {len(result.failed)} not completed")
+    return EXIT_OK if not result.failed else EXIT_FAILED
+
+
+def _fleet_serve(args: argparse.Namespace) -> int:
+    fleet = _fleet(args)
+    # SIGTERM or Ctrl-C: every run finishes the pages it holds and checkpoints them, then exit.
+    signal.signal(signal.SIGTERM, lambda *_: fleet.stop())
+    signal.signal(signal.SIGINT, lambda *_: fleet.stop())
+    print(f"isthmus fleet serve: {fleet!r} (SIGTERM stops)", file=sys.stderr, flush=True)
+    fleet.serve(poll=args.poll)
+    print("isthmus fleet serve: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def _fleet_manage(args: argparse.Namespace) -> int:
+    fleet = _fleet(args)
+    action, cid = args.fleet_command, args.connection_id
+    if action == "pause":
+        fleet.pause(cid, args.reason)
+    elif action == "resume":
+        fleet.resume(cid)
+    elif action == "remove":
+        fleet.remove(cid)
+    else:
+        fleet.relink(cid, _credentials_from_env(args.credential))
+    print(f"connection {cid}: {action} done" if action == "remove" else fleet.get(cid))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from isthmus import __version__
 
@@ -401,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dlq(sub)
     _add_schema(sub)
     _add_state(sub)
+    _add_fleet(sub)
     return parser
 
 
@@ -413,7 +564,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     command = " ".join(c for c in ("isthmus", args.command, getattr(args, "dlq_command", None),
-                                        getattr(args, "state_command", None)) if c)
+                                        getattr(args, "state_command", None),
+                                        getattr(args, "fleet_command", None)) if c)
     try:
         result: int = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the wrapper, not at exit

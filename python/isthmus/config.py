@@ -72,7 +72,7 @@ from isthmus.stream import Stream
 if TYPE_CHECKING:
     import jsonschema
 
-__all__ = ["load_pipeline", "pipeline_from_dict", "pipeline_schema", "validate_pipeline"]
+__all__ = ["load_pipeline", "pipeline_from_dict", "pipeline_schema", "validate_pipeline", "connection_pipeline"]
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "pipeline.schema.json"
 
@@ -345,18 +345,25 @@ def _retry(spec: Any, where: str) -> Any:
     return _make("retry", spec, where) if isinstance(spec, dict) else spec
 
 
-def _client(spec: Dict[str, Any], where: str, base: Path, shared: Dict[str, Coordination]) -> Client:
+def _client(spec: Dict[str, Any], where: str, base: Path, shared: Dict[str, Coordination],
+            fixed: Optional[Dict[str, Any]] = None) -> Client:
     options = dict(spec.get("client", {}))
     if "auth" in spec:
         options["auth"] = _auth(spec["auth"], where + ".auth", base, shared)
     if "rate_limit" in spec:
         options["rate_limit"] = _rate_limit(spec["rate_limit"], where + ".rate_limit", shared)
+    if fixed:
+        # A fleet's connection: its allowance, limit key and priority replace the file's.
+        headers = {**(options.get("headers") or {}), **fixed.get("headers", {})}
+        options.update(fixed)
+        options["headers"] = headers
     result: Client = _make("client", options, where + ".client", built_where=where,
                            base_url=spec["base_url"])
     return result
 
 
-def _source(spec: Dict[str, Any], base: Path, shared: Dict[str, Coordination]) -> Stream:
+def _source(spec: Dict[str, Any], base: Path, shared: Dict[str, Coordination],
+            fixed: Optional[Dict[str, Any]] = None) -> Stream:
     spec = dict(spec)
     if "paginator" in spec:
         defname, pag = _tag(spec["paginator"], "paginator")
@@ -368,16 +375,17 @@ def _source(spec: Dict[str, Any], base: Path, shared: Dict[str, Coordination]) -
                                    "source.partitions.time_slices")
     if "retry" in spec:
         spec["retry"] = _retry(spec["retry"], "source.retry")
-    result: Stream = _make("source", spec, "source", client=_client(spec, "source", base, shared))
+    result: Stream = _make("source", spec, "source", client=_client(spec, "source", base, shared, fixed))
     return result
 
 
-def _sink(spec: Dict[str, Any], base: Path, shared: Dict[str, Coordination]) -> Any:
+def _sink(spec: Dict[str, Any], base: Path, shared: Dict[str, Coordination],
+          fixed: Optional[Dict[str, Any]] = None) -> Any:
     defname, spec = _tag(spec, "sink")
     if defname == "sink_http":
         if "retry" in spec:
             spec["retry"] = _retry(spec["retry"], "sink.retry")
-        return _make(defname, spec, "sink", client=_client(spec, "sink", base, shared))
+        return _make(defname, spec, "sink", client=_client(spec, "sink", base, shared, fixed))
     if defname == "sink_callable":
         spec["function"] = _import(spec["function"], "sink.function", base)
     else:
@@ -413,14 +421,31 @@ def _map(spec: Any, base: Path) -> Any:
 def pipeline_from_dict(doc: Any, base: Path = Path(".")) -> Pipeline:
     """Builds a Pipeline from a document shaped like the YAML file; relative paths in it are
     relative to ``base``."""
+    return _build(doc, base)
+
+
+def connection_pipeline(doc: Any, base: Path, *, name: str, state: StateStore,
+                        client_options: Dict[str, Any]) -> Pipeline:
+    """The pipeline of one connection of a fleet, from its definition ``doc`` (the connection's
+    values already in it): named ``name``, its state in ``state``, and every client built with
+    ``client_options`` (the fleet's limiter, the connection's limit key and priority) in place
+    of the file's ``rate_limit``."""
+    return _build(doc, base, name=name, state=state, fixed=client_options)
+
+
+def _build(doc: Any, base: Path, *, name: Optional[str] = None, state: Optional[StateStore] = None,
+           fixed: Optional[Dict[str, Any]] = None) -> Pipeline:
     validate_pipeline(doc)
     doc = _expand(doc, "")
+    if name is not None:
+        doc["name"] = name
     options = {k: v for k, v in doc.items() if k not in ("source", "sink", "map", "state")}
     shared: Dict[str, Coordination] = {}  # one connection per Redis URL in the file
-    source = _source(doc["source"], base, shared)
+    source = _source(doc["source"], base, shared, fixed)
     pipeline: Pipeline = _make("pipeline", options, "", source=source,
-                               sink=_sink(doc["sink"], base, shared), map=_map(doc.get("map"), base),
-                               state=_state_path(doc.get("state"), base, doc.get("name") or source.name))
+                               sink=_sink(doc["sink"], base, shared, fixed), map=_map(doc.get("map"), base),
+                               state=state if state is not None else
+                               _state_path(doc.get("state"), base, doc.get("name") or source.name))
     return pipeline
 
 

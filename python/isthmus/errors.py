@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import functools
 import json
+import re
 import time
 from typing import Any, Optional, cast
 
@@ -187,7 +188,17 @@ class Cancelled(RequestError):
 class TokenError(RequestError, PermissionError):
     """No access token could be obtained: the token endpoint refused the credentials, answered
     something unusable, or could not be reached. The message says which (with the OAuth2
-    ``error`` code when the server gave one) and never contains a secret."""
+    ``error`` code when the server gave one) and never contains a secret. ``status_code`` is
+    the token endpoint's refusing status (400 for ``invalid_grant``), None when it gave none."""
+
+    def __init__(self, message: str, *, method: Optional[str] = None, url: Optional[str] = None):
+        super().__init__(message, method=method, url=url)
+        # The core's one wording for a refusing answer (cpp/src/auth/oauth2.cpp).
+        refused = _TOKEN_REFUSED.search(message)
+        self.status_code = int(refused.group(1)) if refused else None
+
+
+_TOKEN_REFUSED = re.compile(r" was refused with HTTP (\d{3})\b")
 
 
 class AccessRefused(RequestError, PermissionError):

@@ -673,3 +673,20 @@ def test_a_jwt_bearer_token_is_shared_by_processes_through_redis(redis_server):
         server.server_close()
     assert asked == ["urn:ietf:params:oauth:grant-type:jwt-bearer"]  # one request for all three
     assert used == ["Bearer at-1"] * 3
+
+
+def test_a_stored_secret_is_sealed_and_never_read_as_a_token_record(token_key, tmp_path):
+    db = tmp_path / "tokens.db"
+    store = isthmus.TokenStore.sqlite(db)
+    store.save_secret("connection:acme", {"api_key": "acme-secret-value-1"})
+    assert isthmus.TokenStore.sqlite(db).load_secret("connection:acme") == {"api_key": "acme-secret-value-1"}
+    assert store.load_secret("connection:other") is None
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"acme-secret-value-1" not in raw
+    with pytest.raises(isthmus.ConfigError, match="connection:acme"):
+        store.save_secret("connection:acme", {"api_key": 17})
+    with oauth_sandbox() as api:
+        isthmus.OAuth2ClientCredentials(api.token_url, api.client_id, api.client_secret, store=store,
+                                        store_id="crm").fetch_token()
+    with pytest.raises(isthmus.TokenStoreError, match="holds tokens"):
+        store.load_secret("crm")

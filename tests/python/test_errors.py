@@ -262,7 +262,7 @@ def test_a_token_endpoint_refusing_raises_token_error(tmp_path):
         with isthmus.Client(src.url, auth=auth) as client:
             pipe = isthmus.Pipeline(_stream(client), sink=isthmus.CallableSink(list),
                                     state=str(tmp_path / "s.db"))
-            err = _assert_run_raises(pipe, errors.TokenError)
+            err = _assert_run_raises(pipe, errors.TokenError, status=401)
     assert isinstance(err, PermissionError)
 
 
@@ -315,3 +315,13 @@ def test_setup_failures_affect_every_record_and_transport_failures_do_not(closed
         with pytest.raises(errors.InvalidURL) as bad:
             client.get("http://exa mple.com/")
     assert errors.affects_every_record(bad.value)
+
+
+def test_a_token_error_carries_the_refusing_status_and_affects_every_record():
+    refused = errors.TokenError("token request to http://h/oauth/token was refused with HTTP 400 "
+                                "(invalid_grant: revoked)")
+    assert refused.status_code == 400 and errors.affects_every_record(refused)
+    lost = errors.TokenError("token request to http://h/oauth/token failed: Timeout was reached")
+    assert lost.status_code is None and not errors.affects_every_record(lost)
+    server = errors.TokenError("token request to http://h/oauth/token was refused with HTTP 503")
+    assert server.status_code == 503 and not errors.affects_every_record(server)

@@ -4,7 +4,8 @@
 with: dollars, API calls and 429s per 1,000 records, the share of the API quota used and the
 share of the run spent waiting on rate limits.
 
-A finished `isthmus.Pipeline` run feeds it: `RunEconomics.from_run(run, cost_per_request=...)`.
+A finished `isthmus.Pipeline` run feeds it: `RunEconomics.from_run(run, cost_per_request=...)`;
+a fleet's connections each get one: `RunEconomics.from_fleet(fleet)`.
 It can also be built from plain numbers, or from any dict with the summary keys below
 (`from_summary`). An `IntegrationCase` takes it (with `records_per_year`) to price its running
 cost from measurements instead of guesses.
@@ -130,6 +131,33 @@ class RunEconomics:
                    responses_429=s.get("status_429", 0), wait_seconds=wait,
                    duration_seconds=duration, cost_per_request=cost_per_request,
                    cost_per_hour=cost_per_hour, quota=quota)
+
+    @classmethod
+    def from_fleet(cls, fleet: Any, *, cost_per_request: float = 0.0, cost_per_hour: float = 0.0,
+                   quota: Optional[float] = None) -> dict[str, RunEconomics]:
+        """One `RunEconomics` per connection of an `isthmus.Fleet`, keyed by connection id,
+        from the totals of all its runs (`fleet.status()`): ``written``, ``requests``,
+        ``status_429``, ``wait_seconds`` (at most its ``duration_s``) and ``duration_s``.
+
+        Connections that have written nothing yet have no per-record rates and are left out.
+        Each connection's machine time is its own runs' wall-clock time, so with connections
+        running side by side ``cost_per_hour`` counts the shared machine once per connection:
+        price it per connection (the machine's cost divided by the connections it serves).
+        ``quota``: the requests the API allows one connection in the period covered.
+        """
+        status_of = getattr(fleet, "status", None)
+        if not callable(status_of):
+            raise ValueError(f"fleet: expected an isthmus.Fleet, got {type(fleet).__name__}")
+        out: dict[str, RunEconomics] = {}
+        for row in status_of().to_dict("records"):
+            if row["written"] <= 0:
+                continue
+            duration = float(row["duration_s"])
+            out[row["connection_id"]] = cls(
+                records_written=row["written"], requests=row["requests"], responses_429=row["status_429"],
+                wait_seconds=min(float(row["wait_seconds"]), duration), duration_seconds=duration,
+                cost_per_request=cost_per_request, cost_per_hour=cost_per_hour, quota=quota)
+        return out
 
     @property
     def cost(self) -> float:
