@@ -16,6 +16,9 @@ The peer is what a capable engineer writes instead: asyncio and aiohttp, one sha
 as chains at once with at most 2 requests in flight per customer, a 429 waiting out its
 Retry-After, each page's records appended to the customer's JSONL file as they come.
 
+`revoked`: the same fleet again, one small customer revoking the app's access a second in:
+it goes `relink_needed` and the others' records/s changes by less than 5% (target).
+
 `capped`: 10 connections with plenty of records, one of them capped at 10/s inside the app's
 100/s (`Connection(limit=RateLimit(10))`), run for `--cap-seconds`: over the steady window
 (the first 20% and the last 10% left out) the capped one stays within 1% of 10/s and the
@@ -37,6 +40,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -51,7 +55,8 @@ START, END = "2024-01-01", "2025-01-01"
 IN_FLIGHT = 2
 COLUMNS = (("fairness", "fairness", 3), ("small done s", "small_done_s", 1), ("all done s", "done_s", 1),
            ("rate / limit", "rate_share", 3), ("429s", "status_429", 0), ("requests", "requests", 0),
-           ("CPU ms/request", "cpu_ms", 3), ("capped /s", "capped_rate", 2), ("others /s", "others_rate", 1))
+           ("CPU ms/request", "cpu_ms", 3), ("capped /s", "capped_rate", 2), ("others /s", "others_rate", 1),
+           ("others' change %", "others_change_pct", 2))
 
 
 # -- the measured sides, each run as a child process -----------------------------------------
@@ -87,8 +92,6 @@ def child_fleet(spec: dict) -> dict:
         fleet.add(isthmus.Connection(f"customer-{i:03d}", integration, credentials={"api_key": key},
                                      config={"base_url": spec["url"]}, limit=limit))
     if spec.get("seconds"):
-        import threading
-
         threading.Timer(spec["seconds"], fleet.stop).start()
     c0, t0 = _cpu(), time.time()
     result = fleet.run()
@@ -201,6 +204,21 @@ def fairness_row(tool: str, api, run: dict, records: list[int], limit: float) ->
             "lost": lost, "note": f"{n} connections: 1 x {records[0]:,} records, {n - 1} x {records[1]:,}"}
 
 
+def revoked_row(api, run: dict, baseline: dict, records: list[int], revoked: int, limit: float) -> dict:
+    """The others' throughput (records/s over the time they took) beside the fleet's first run."""
+    arr = _arrivals(api, run["t0"], run["t0"] + run["wall_s"] + 1)
+    first = min(a["t"] for a in arr)
+    done = max(a["t"] for a in arr if a.get("tenant", revoked) != revoked) - first
+    others = sum(r for i, r in enumerate(records) if i != revoked)
+    rate = others / done
+    base = others / baseline["done_s"]
+    return {"tool": "isthmus Fleet, one revoked", "value": round(len(arr) / done, 1), "done_s": round(done, 2),
+            "status_429": sum(1 for a in arr if a["status"] == 429), "requests": len(arr),
+            "cpu_ms": round(1000 * run["cpu_s"] / max(len(arr), 1), 3),
+            "others_change_pct": round(100 * (rate - base) / base, 2),
+            "note": f"customer-{revoked:03d} revoked after 1 s: relink_needed; the others' records/s vs the first run"}
+
+
 def capped_row(api, run: dict, n: int, cap: float, limit: float) -> dict:
     arr = _arrivals(api, run["t0"], run["t0"] + run["wall_s"] + 1)
     first = min(a["t"] for a in arr)
@@ -261,6 +279,15 @@ def main() -> int:
                     raise RuntimeError(f"{tool}: connections did not complete: {run['failed']}")
                 rows.append(fairness_row(tool, api, run, records, args.limit))
                 time.sleep(1.0)  # the app bucket refills between the rows
+            # The same fleet again, one small customer revoking the app's access a second in.
+            revoked = args.connections - 1
+            (tmp / "revoked").mkdir()
+            print(f"isthmus Fleet: customer-{revoked:03d} revoked after 1 s ...", flush=True)
+            threading.Timer(1.0, api.tenants[revoked].revoke_access).start()
+            run = _child("fleet", {**spec, "out": str(tmp / "revoked")}, tmp)
+            if run["failed"] != [f"customer-{revoked:03d}"]:
+                raise RuntimeError(f"revoked: expected customer-{revoked:03d} alone to fail, got {run['failed']}")
+            rows.append(revoked_row(api, run, rows[0], records, revoked, args.limit))
         n = 10
         per = int(args.limit * args.cap_seconds * PAGE)  # more than any connection can read in the time
         with isthmus.Sandbox(tenants=n, auth="api_key", tenant_records=[per] * n, app_rate_limit=args.limit,
@@ -284,9 +311,10 @@ def main() -> int:
                                 fairness=fleet_row["fairness"])
     print(f"results: {path}")
     capped = rows[-1]
+    revoked = rows[2]
     met = (fleet_row["fairness"] >= 0.9 and fleet_row["rate_share"] >= 0.95 and not fleet_row["status_429"]
-           and not fleet_row["lost"] and abs(capped["capped_error_pct"]) <= 1 and capped["others_rate"] >= 88
-           * args.limit / 100)
+           and not fleet_row["lost"] and abs(revoked["others_change_pct"]) < 5
+           and abs(capped["capped_error_pct"]) <= 1 and capped["others_rate"] >= 0.88 * args.limit)
     return 0 if met else 1
 
 
