@@ -51,6 +51,7 @@ WORKER_COLUMNS = (("pages", "pages", 0), ("seconds", "wall_s", 2), ("worker CPU 
                   ("overhead us/page", "overhead_us", 0),
                   ("broker us", "broker_us", 0), ("redis us", "redis_us", 0), ("checkpoint us", "state_us", 0),
                   ("stale tasks", "stale", 0), ("busy", "busy", 0), ("empty looks", "empty_looks", 0),
+                  ("machine CPU %", "machine_busy", 0),
                   ("unique at dest", "unique", 0))
 
 
@@ -111,11 +112,13 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
                 raise RuntimeError(f"{n} workers did not start")
             time.sleep(0.05)
         cpu0 = sum(common.process_tree_cpu_s(p.pid) for p in procs)
+        machine0 = _machine_cpu()
         t0 = time.monotonic()
         run_id = pipeline.submit()
         while pipeline.progress(run_id)["going"]:
             time.sleep(0.02)
         wall = time.monotonic() - t0
+        machine1 = _machine_cpu()
         cpu = sum(common.process_tree_cpu_s(p.pid) for p in procs) - cpu0
         progress = pipeline.progress(run_id)
     finally:
@@ -137,7 +140,15 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
             "cpu_ms": round(1000 * cpu / max(pages, 1), 2), "broker_us": per_page["queue_s"],
             "redis_us": per_page["redis_s"], "state_us": per_page["state_s"],
             "busy": sum(s["busy"] for s in stats), "empty_looks": sum(s["empty_looks"] for s in stats),
+            "machine_busy": round(100 * (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1)),
             "unique": unique, "note": f"{n} x `isthmus worker --concurrency {CONCURRENCY}`"}
+
+
+def _machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of every core, from /proc/stat: how loaded the machine was."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
 
 
 def run_workers(records: int, counts: list[int]) -> list[dict]:
