@@ -660,11 +660,6 @@ double Limiter::weight(const std::string& tenant) const {
   return it == shares_.end() ? 1 : it->second->spec.weight;
 }
 
-bool Limiter::has_shares() const {
-  std::lock_guard lock(mutex_);
-  return !shares_.empty();
-}
-
 std::vector<ShareStats> Limiter::share_stats() const {
   std::lock_guard lock(mutex_);
   std::map<std::string, ShareStats> by_tenant;

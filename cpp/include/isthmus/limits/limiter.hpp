@@ -192,7 +192,6 @@ class Limiter {
   void set_share(const std::string& tenant, ShareSpec share);
   bool remove_share(const std::string& tenant);  // false: it had none
   double weight(const std::string& tenant) const;  // 1 without a share
-  bool has_shares() const;
   std::vector<ShareStats> share_stats() const;  // configured shares and every tenant seen
 
   // The shared buckets a call for `key` takes from (empty without options().shared).
