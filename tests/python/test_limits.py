@@ -388,20 +388,20 @@ def test_tenants_sharing_one_limiter_split_the_allowance_by_weight():
     # The weight-2 customer gets half of what the sandbox counts while all three are busy.
     rate, calls = 100, 200
     with isthmus.Sandbox(tenants=3, auth="api_key", app_rate_limit=rate, app_burst=20, records=10) as api:
-        app = isthmus.Limiter(isthmus.RateLimit(rate, burst=10), shares={"t0": isthmus.Share(weight=2)})
+        app = isthmus.Limiter(isthmus.RateLimit(rate, burst=5), shares={"t0": isthmus.Share(weight=2)})
         clients = [isthmus.Client(api.url, auth=isthmus.ApiKey(t.api_key), rate_limit=app,
                                   limit_key={"tenant": f"t{t.index}"}) for t in api.tenants]
         results = get_many_together(clients, "/v1/contacts?limit=1", calls, concurrency=12)
         stats = api.stats()
         got = arrivals(api, "GET /v1/contacts")
-    assert [r.count(200) for r in results] == [calls] * 3
-    assert stats["rate_limited"] == 0 and stats["app_rate_limited"] == 0
-    assert [stats["tenants"][i]["requests"]["total"] for i in range(3)] == [calls] * 3
+    assert [r.count(200) for r in results] == [calls] * 3, [sorted(set(r)) for r in results]
+    assert stats["rate_limited"] == 0 and stats["app_rate_limited"] == 0, stats["requests"]["by_status"]
+    assert [stats["tenants"][i]["requests"]["total"] for i in range(3)] == [calls] * 3, stats["requests"]["by_status"]
     # While all three were busy: up to the weight-2 tenant's last call.
     end = max(a["t"] for a in got if a["tenant"] == 0)
     busy = [a["tenant"] for a in got if a["t"] <= end]
     counts = [busy.count(i) for i in range(3)]
     assert counts[0] == calls
     for i in (1, 2):
-        assert 0.45 < counts[i] / counts[0] < 0.55, counts
+        assert 0.4 < counts[i] / counts[0] < 0.6, counts  # 1.0 without weights
     assert app.shares()["t0"]["granted"] == calls
