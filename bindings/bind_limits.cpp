@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include <future>
+#include <tuple>
 
 #include "bindings.hpp"
 #include "isthmus/error.hpp"
@@ -98,6 +99,13 @@ py::dict stats_to_dict(const KeyStats& s) {
   return d;
 }
 
+ShareSpec share_from(double weight, const py::list& rules) {
+  ShareSpec s;
+  s.weight = weight;
+  for (auto r : rules) s.rules.push_back(rule_from(r.cast<py::dict>()));
+  return s;
+}
+
 retry::Policy policy_from(const py::dict& d) {
   retry::Policy p;
   p.attempts = d["attempts"].cast<int>();
@@ -171,9 +179,10 @@ void bind_limits(py::module_& m) {
       "A limiter shared by the clients given it; isthmus.Limiter wraps it.")
       .def(py::init([](const py::list& rules, const std::vector<std::pair<std::string, double>>& costs,
                        double max_wait, double max_server_wait, std::shared_ptr<coord::Coordination> shared,
-                       std::string name) {
+                       std::string name, const std::vector<std::tuple<std::string, double, py::list>>& shares) {
              LimiterOptions o;
              for (auto r : rules) o.rules.push_back(rule_from(r.cast<py::dict>()));
+             for (const auto& [tenant, weight, share_rules] : shares) o.shares[tenant] = share_from(weight, share_rules);
              o.costs = costs;
              o.max_wait = max_wait;
              o.max_server_wait = max_server_wait;
@@ -182,7 +191,8 @@ void bind_limits(py::module_& m) {
              return std::make_shared<Governor>(Engine::shared(), std::make_shared<Limiter>(std::move(o)));
            }),
            py::arg("rules"), py::arg("costs"), py::arg("max_wait"), py::arg("max_server_wait"),
-           py::arg("coordination") = py::none(), py::arg("name") = "")
+           py::arg("coordination") = py::none(), py::arg("name") = "",
+           py::arg("shares") = std::vector<std::tuple<std::string, double, py::list>>{})
       .def("reserve",
            [](Governor& g, const py::object& key, double cost, const std::string& priority) {
              const Priority p = priority_from(priority);
@@ -216,6 +226,26 @@ void bind_limits(py::module_& m) {
            },
            py::arg("cost") = 1.0)
       .def("release", [](Governor& g, std::uint64_t ticket) { g.release(ticket); })
+      .def("set_share",
+           [](Governor& g, const std::string& tenant, double weight, const py::list& rules) {
+             g.limiter().set_share(tenant, share_from(weight, rules));
+           },
+           py::arg("tenant"), py::arg("weight"), py::arg("rules"))
+      .def("remove_share", [](Governor& g, const std::string& tenant) { return g.limiter().remove_share(tenant); },
+           py::arg("tenant"))
+      .def("shares", [](Governor& g) {
+        py::dict out;
+        for (const auto& s : g.limiter().share_stats()) {
+          py::dict d;
+          d["weight"] = s.weight;
+          d["configured"] = s.configured;
+          d["granted"] = s.granted;
+          d["waited"] = s.waited;
+          d["wait_seconds"] = s.wait_seconds;
+          out[py::str(s.tenant)] = d;
+        }
+        return out;
+      })
       .def("pause", [](Governor& g, const py::object& key, double seconds) { g.limiter().pause(key_from(key), seconds); })
       .def("observe",
            [](Governor& g, const py::object& key, int status, double latency, py::object retry_after, bool timeout) {

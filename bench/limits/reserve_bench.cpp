@@ -42,6 +42,19 @@ void BM_ReserveManyKeys(benchmark::State& state) {
 }
 BENCHMARK(BM_ReserveManyKeys);
 
+// A tenant with a share nested in the app's rate: its own rate and in-flight cap, with release().
+void BM_ReserveWithShare(benchmark::State& state) {
+  LimiterOptions o = options({Rule{RateSpec{1e12, 1, 1e6}, kProvider | kCredential}});
+  o.shares["tenant-1"] = ShareSpec{2, {Rule{RateSpec{1e12, 1, 1e6}}, Rule{ConcurrencySpec{8}}}};
+  Limiter limiter(std::move(o));
+  const Key key{"api.example.com", "app", "tenant-1", ""};
+  for (auto _ : state) {
+    auto r = limiter.reserve(key, 1);
+    limiter.release(r.ticket);
+  }
+}
+BENCHMARK(BM_ReserveWithShare);
+
 void BM_ReserveContended(benchmark::State& state) {
   static Limiter* limiter = nullptr;
   if (state.thread_index() == 0) limiter = new Limiter(options({Rule{RateSpec{1e12, 1, 1e6}}}));

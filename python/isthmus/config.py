@@ -55,7 +55,7 @@ from isthmus.auth import (
 from isthmus.coordination import Coordination
 from isthmus.http import Client
 from isthmus.incremental import Incremental, TimeSlices
-from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry
+from isthmus.limits import Adaptive, Concurrency, Limiter, Limits, Quota, RateLimit, Retry, Share
 from isthmus.mapping import FieldMap
 from isthmus.paginators import (
     CursorPaginator,
@@ -98,7 +98,9 @@ FACTORIES: Dict[str, Callable[..., Any]] = {
 }
 # Schema keys that build the section's client instead of going to the section's factory.
 CLIENT_KEYS = frozenset({"base_url", "auth", "rate_limit", "client"})
-ROUTED: Dict[str, FrozenSet[str]] = {"source": CLIENT_KEYS, "sink_http": CLIENT_KEYS}
+# A rate's `shares` make the rate_limit it belongs to a Limiter divided between tenants.
+ROUTED: Dict[str, FrozenSet[str]] = {"source": CLIENT_KEYS, "sink_http": CLIENT_KEYS,
+                                     "limit_rate": frozenset({"shares"})}
 # Factory parameters the schema has no key for: built by the loader from other keys, or
 # only meaningful from Python (functions). A section's `retry` goes to its stream or sink,
 # which retries every call the pipeline makes through that client.
@@ -326,19 +328,60 @@ def _auth(spec: Dict[str, Any], where: str, base: Path, shared: Dict[str, Coordi
     return _make(defname, spec, where)
 
 
-def _limit(spec: Dict[str, Any], where: str, shared: Dict[str, Coordination]) -> Any:
+def _shares(spec: Dict[str, Any], where: str) -> Dict[str, Share]:
+    """``shares: {tenant: {weight, rate, per, burst, concurrency}}`` as Share objects."""
+    out: Dict[str, Share] = {}
+    for tenant, fields in spec.items():
+        at = _join(where, tenant)
+        try:
+            limit: List[Any] = []
+            if "rate" in fields:
+                limit.append(RateLimit(fields["rate"], fields.get("per", "second"), burst=fields.get("burst")))
+            if "concurrency" in fields:
+                limit.append(Concurrency(fields["concurrency"]))
+            out[tenant] = Share(fields.get("weight", 1.0), limit or None)
+        except errors.ConfigError as exc:  # the schema checked the types; this is a value
+            raise errors.ConfigError(f"{at}: {exc}") from None
+    return out
+
+
+def _limit(spec: Dict[str, Any], where: str, shared: Dict[str, Coordination],
+           shares: List[Dict[str, Share]]) -> Any:
+    """One limit; the ``shares`` of a rate are added to ``shares`` for the rate_limit's Limiter."""
     defname, spec = _tag(spec, "limit", "rate")
     if defname == "limit_limiter":
-        limits = [_limit(item, f"{where}.limits[{i}]", shared) for i, item in enumerate(spec.pop("limits", []))]
+        own: List[Dict[str, Share]] = []
+        limits = [_limit(item, f"{where}.limits[{i}]", shared, own)
+                  for i, item in enumerate(spec.pop("limits", []))]
+        if "shares" in spec:
+            own.append(_shares(spec.pop("shares"), where + ".shares"))
         _coordination(spec, shared)
-        return _make("limiter", spec, where, limits=Limits(limits))
+        return _make("limiter", spec, where, limits=Limits(limits), shares=_merged(own, where))
+    if defname == "limit_rate" and "shares" in spec:
+        shares.append(_shares(spec.pop("shares"), where + ".shares"))
     return _make(defname, spec, where)
 
 
+def _merged(shares: List[Dict[str, Share]], where: str) -> Optional[Dict[str, Share]]:
+    if not shares:
+        return None
+    out: Dict[str, Share] = {}
+    for part in shares:
+        for tenant, share in part.items():
+            if tenant in out:
+                raise errors.ConfigError(f"{where}: shares[{tenant!r}] is given twice; give each tenant one share")
+            out[tenant] = share
+    return out
+
+
 def _rate_limit(spec: Any, where: str, shared: Dict[str, Coordination]) -> Any:
+    shares: List[Dict[str, Share]] = []
     if isinstance(spec, list):
-        return Limits([_limit(item, f"{where}[{i}]", shared) for i, item in enumerate(spec)])
-    return _limit(spec, where, shared)
+        limit: Any = Limits([_limit(item, f"{where}[{i}]", shared, shares) for i, item in enumerate(spec)])
+    else:
+        limit = _limit(spec, where, shared, shares)
+    divided = _merged(shares, where)
+    return limit if divided is None else Limiter(limit, shares=divided)
 
 
 def _retry(spec: Any, where: str) -> Any:

@@ -13,6 +13,10 @@ the same object to each.
 The limiter lives in the C++ core and never sleeps: it answers how long a call must wait,
 and the core arms a timer. Calls wait in a queue per key, ``priority="high"`` first.
 
+Tenants share an allowance by weight: ``Limiter(RateLimit(100), shares={"acme": Share(weight=2)})``
+gives a tenant (the ``tenant`` part of a client's ``limit_key``) twice the grants of a tenant
+without a share while both wait, and a share's ``limit`` nests inside the app's (docs/limits.md).
+
 Processes share an allowance through Redis: ``Limiter(limits, coordination=coord)`` counts its
 rates and quotas there, so every process with the same limits (and ``name``) draws from one
 allowance (see docs/scaleout.md).
@@ -32,7 +36,7 @@ from isthmus import _core, errors
 from isthmus.coordination import Coordination
 from isthmus.coordination import _core_of as _coordination_core
 
-__all__ = ["RateLimit", "Quota", "Concurrency", "Adaptive", "Limits", "Limiter", "Retry"]
+__all__ = ["RateLimit", "Quota", "Concurrency", "Adaptive", "Limits", "Share", "Limiter", "Retry"]
 
 _UNITS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 _SCOPES = ("provider", "credential", "tenant", "endpoint")
@@ -240,6 +244,58 @@ class Limits:
         return " & ".join(repr(r) for r in self.rules) or "Limits()"
 
 
+class Share:
+    """A tenant's part of a shared allowance: its ``weight`` against the other tenants waiting
+    for the same limits (a tenant without a share weighs 1), and an optional ``limit`` of its
+    own, nested inside the app's: a ``RateLimit``, a ``Concurrency`` or both (``&``). A call then
+    needs a slot of both; it takes from neither unless it gets both."""
+
+    def __init__(self, weight: float = 1.0, limit: Any = None):
+        self.weight = _number("weight", weight)
+        rules = [] if limit is None else _rules_of(limit)
+        for rule in rules:
+            if not isinstance(rule, (RateLimit, Concurrency)):
+                raise _bad("limit", rule, "RateLimit, Concurrency or both (a share counts per tenant)")
+            if rule.scope is not None:
+                raise _bad("limit", rule, "a limit without scope (a share counts per tenant)")
+        self.limit: Optional[Limits] = Limits(rules) if rules else None
+
+    def _specs(self) -> list[dict[str, Any]]:
+        return [r._spec() for r in self.limit] if self.limit is not None else []
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Share) and (self.weight, self._specs()) == (other.weight, other._specs())
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+    def __repr__(self) -> str:
+        limit = f", limit={self.limit!r}" if self.limit is not None else ""
+        return f"Share(weight={self.weight:g}{limit})"
+
+
+def _share(tenant: Any, share: Any) -> Share:
+    """``share`` for ``tenant``: a Share, or a dict of its fields. A ConfigError names the
+    tenant and the field."""
+    if not isinstance(tenant, str) or not tenant:
+        raise _bad("shares", tenant, "a non-empty str naming a tenant (the tenant of a limit_key)")
+    if isinstance(share, Share):
+        return share
+    if isinstance(share, Mapping):
+        unknown = sorted(set(share) - {"weight", "limit"}, key=str)
+        if unknown:
+            raise _bad(f"shares[{tenant!r}]", unknown[0], "a Share field: weight, limit")
+        return _share_of(tenant, share.get("weight", 1.0), share.get("limit"))
+    raise _bad(f"shares[{tenant!r}]", share, "an isthmus.Share(weight=..., limit=...) or a dict of its fields")
+
+
+def _share_of(tenant: str, weight: Any, limit: Any) -> Share:
+    try:
+        return Share(weight, limit)
+    except errors.ConfigError as exc:
+        raise errors.ConfigError(f"shares[{tenant!r}].{exc}") from None
+
+
 class Limiter:
     """A governed allowance, shareable: every client (or stream) given this object counts
     against the same limits.
@@ -254,12 +310,23 @@ class Limiter:
     stay per process. While Redis cannot be reached no call goes out uncounted: calls wait
     (the connection is re-made with back-off) and go on by themselves once it is back, or fail
     with ``ConnectError`` after ``max_wait``.
+
+    ``shares``: tenant -> ``Share`` (or a dict of its fields). A Limiter given ``shares`` (even
+    ``{}``) is divided between tenants: its limits without a ``scope`` count per provider and
+    credential, across tenants, and the tenants waiting for them are let go by weighted fair
+    queuing (``divided`` is then True). Change them at run time with ``set_share`` and
+    ``remove_share``; ``shares()`` gives each tenant's figures.
     """
 
     def __init__(self, limits: Any = (), *, costs: Optional[Mapping[str, float]] = None,
                  max_wait: float = 600.0, max_server_wait: float = 900.0,
-                 coordination: Optional[Coordination] = None, name: str = "limits"):
+                 coordination: Optional[Coordination] = None, name: str = "limits",
+                 shares: Optional[Mapping[str, Union[Share, Mapping[str, Any]]]] = None):
         self.limits = Limits(_rules_of(limits) if not isinstance(limits, Limits) else limits.rules)
+        if shares is not None and not isinstance(shares, Mapping):
+            raise _bad("shares", shares, "a dict of tenant -> isthmus.Share")
+        self._shares = {tenant: _share(tenant, share) for tenant, share in (shares or {}).items()}
+        self.divided = shares is not None
         cost_items: list[tuple[str, float]] = []
         for pattern, cost in (costs or {}).items():
             if not isinstance(pattern, str) or not pattern.strip():
@@ -274,10 +341,42 @@ class Limiter:
         self.coordination = coordination
         shared = _coordination_core(coordination)
         try:
-            self._core = _core.Limiter([r._spec() for r in self.limits], cost_items, self.max_wait,
-                                       self.max_server_wait, shared, name)
+            self._core = _core.Limiter([self._rule_spec(r) for r in self.limits], cost_items, self.max_wait,
+                                       self.max_server_wait, shared, name,
+                                       [(t, s.weight, s._specs()) for t, s in self._shares.items()])
         except ValueError as exc:  # the core names the field too; keep one error class
             raise errors.ConfigError(str(exc)) from None
+
+    def _rule_spec(self, rule: _Rule) -> dict[str, Any]:
+        spec = rule._spec()
+        if self.divided and spec["scope"] is None:
+            spec["scope"] = ["provider", "credential"]  # one allowance for all the tenants
+        return spec
+
+    def set_share(self, tenant: str, weight: float = 1.0, limit: Any = None) -> None:
+        """Gives ``tenant`` a weight (and a ``limit`` of its own) from now on. Calls already
+        waiting are let go by the new weight; a changed limit starts with fresh buckets. (On a
+        Limiter built without ``shares`` every tenant has buckets of its own, so a weight
+        changes nothing there; the share's limit still applies.)"""
+        if not isinstance(tenant, str) or not tenant:
+            raise _bad("tenant", tenant, "a non-empty str naming a tenant")
+        share = _share_of(tenant, weight, limit)
+        try:
+            self._core.set_share(tenant, share.weight, share._specs())
+        except ValueError as exc:
+            raise errors.ConfigError(str(exc)) from None
+        self._shares[tenant] = share
+
+    def remove_share(self, tenant: str) -> bool:
+        """Back to weight 1 and no limit of its own; False if ``tenant`` had no share."""
+        self._shares.pop(tenant, None)
+        return bool(self._core.remove_share(tenant))
+
+    def shares(self) -> dict[str, dict[str, Any]]:
+        """Per tenant (configured or seen in a key): ``weight``, ``granted``, ``waited``,
+        ``wait_seconds`` (summed over its keys) and ``configured`` (it has a Share)."""
+        result: dict[str, dict[str, Any]] = self._core.shares()
+        return result
 
     def reserve(self, cost: float = 1.0, *, key: Optional[Mapping[str, str]] = None,
                 priority: str = "normal") -> float:
@@ -310,7 +409,8 @@ class Limiter:
 
     def __repr__(self) -> str:
         shared = f" shared as {self.name!r} in {self.coordination.url}" if self.coordination else ""
-        return f"<Limiter {self.limits!r}{shared}>"
+        shares = f" shares={self._shares!r}" if self.divided else ""
+        return f"<Limiter {self.limits!r}{shared}{shares}>"
 
     def _repr_html_(self) -> str:
         cols = ["granted", "waited", "wait_seconds", "status_429", "status_5xx", "retries", "in_flight",

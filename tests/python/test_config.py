@@ -305,6 +305,34 @@ def test_rate_limits_retries_and_client_options_from_yaml(tmp_path):
         assert api.stats()["requests"]["by_status"].get("429", 0) == 0
 
 
+def test_rate_limit_shares_from_yaml(tmp_path):
+    doc = base_doc(rate_limit={"rate": 100, "shares": {"acme": {"weight": 2, "rate": 10, "concurrency": 4},
+                                                       "big": {"weight": 0.5}}})
+    limiter = pipeline_from_dict(doc, tmp_path).source.client.limiter
+    assert isinstance(limiter, isthmus.Limiter) and limiter.divided
+    assert limiter.shares()["acme"]["weight"] == 2.0 and limiter.shares()["big"]["weight"] == 0.5
+    assert [type(r).__name__ for r in limiter.limits] == ["RateLimit"]
+    # On a list of limits, and on a limiter, the same.
+    doc = base_doc(rate_limit=[{"rate": 100, "shares": {"acme": {"weight": 3}}}, {"type": "concurrency", "n": 8}])
+    limiter = pipeline_from_dict(doc, tmp_path).source.client.limiter
+    assert limiter.shares()["acme"]["weight"] == 3.0 and len(limiter.limits) == 2
+    doc = base_doc(rate_limit={"type": "limiter", "limits": [{"rate": 100}], "shares": {"acme": {"weight": 4}}})
+    assert pipeline_from_dict(doc, tmp_path).source.client.limiter.shares()["acme"]["weight"] == 4.0
+
+
+@pytest.mark.parametrize("shares, message", [
+    ({"acme": {"weight": 0}}, "source.rate_limit.shares.acme.weight"),
+    ({"acme": {"weight": "heavy"}}, "source.rate_limit.shares.acme.weight"),
+    ({"acme": {"wieght": 2}}, "source.rate_limit.shares.acme.wieght: unknown key"),
+    ({"acme": {"quota": 5}}, "source.rate_limit.shares.acme.quota: unknown key"),
+    ({"acme": {"burst": 5}}, "source.rate_limit.shares.acme"),
+])
+def test_bad_shares_in_a_file_name_the_tenant_and_the_field(shares, message, tmp_path):
+    with pytest.raises(isthmus.ConfigError) as info:
+        pipeline_from_dict(base_doc(rate_limit={"rate": 100, "shares": shares}), tmp_path)
+    assert str(info.value).startswith(message), str(info.value)
+
+
 # ---- the schema ---------------------------------------------------------------------------------
 
 def test_the_schema_is_draft_2020_12_and_every_object_is_closed():

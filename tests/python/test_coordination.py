@@ -105,6 +105,19 @@ def test_a_quota_is_one_count_for_every_limiter_sharing_it(redis):
     assert isthmus.Limiter(isthmus.Quota(10, per="hour"), coordination=coord, name="other").reserve() == 0.0
 
 
+def test_a_tenants_share_is_one_count_for_every_limiter_sharing_it(redis):
+    def limiter():
+        return isthmus.Limiter(isthmus.RateLimit(1000, burst=50), coordination=isthmus.Coordination(redis.url),
+                               shares={"acme": isthmus.Share(limit=isthmus.RateLimit(1, per="hour"))}, max_wait=5)
+
+    a, b = limiter(), limiter()
+    assert a.reserve(key={"tenant": "acme"}) == 0.0
+    with pytest.raises(isthmus.Throttled, match="share 'acme'"):
+        b.reserve(key={"tenant": "acme"})  # the other process's call counted against acme's 1/hour
+    assert b.reserve(key={"tenant": "other"}) == 0.0  # the app's allowance has room
+    assert any(b"share 'acme'" in k for k in observer(redis).keys("*"))
+
+
 def test_shared_waits_follow_the_rate(redis):
     coord = isthmus.Coordination(redis.url)
     limiter = isthmus.Limiter(isthmus.RateLimit(10, per="second", burst=1), coordination=coord)

@@ -24,6 +24,24 @@ def arrivals(api, endpoint=None):
     return [a for a in out if endpoint is None or a["endpoint"] == endpoint]
 
 
+def get_many_together(clients, path, n, concurrency):
+    """Each client's get_many of `n` calls to `path`, all clients at once (a thread each); the
+    clients are closed after. Returns the status codes, per client."""
+    results: list[list[int]] = [[] for _ in clients]
+
+    def run(i):
+        results[i] = [r.status_code for r in clients[i].get_many([path] * n, concurrency=concurrency)]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in clients:
+        c.close()
+    return results
+
+
 # --- configuration --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make, field", [
@@ -153,18 +171,7 @@ def test_three_clients_sharing_one_limiter_never_exceed_it():
     with isthmus.Sandbox(rate_limit=50, burst=5) as api:
         shared = isthmus.Limiter(isthmus.RateLimit(50, burst=5))
         clients = [isthmus.Client(api.url, rate_limit=shared) for _ in range(3)]
-        results: list[list[int]] = [[] for _ in clients]
-
-        def run(i):
-            results[i] = [r.status_code for r in clients[i].get_many(["/v1/deals?limit=1"] * 100, concurrency=8)]
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for c in clients:
-            c.close()
+        results = get_many_together(clients, "/v1/deals?limit=1", 100, concurrency=8)
         stats = api.stats()
         got = arrivals(api)
     assert sum(r.count(200) for r in results) == 300
@@ -319,3 +326,82 @@ def test_a_rate_limit_shared_and_combined_anew_is_refused_with_a_way_out():
 
 
 # --- the adaptive limit against a real leaky bucket -------------------------------------------
+
+
+# --- fair share between tenants ----------------------------------------------------------------
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares={"acme": {"weight": 0}}), r"shares\['acme'\]\.weight"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares={"acme": {"weight": -2}}), r"shares\['acme'\]\.weight"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares={"acme": {"weight": "2"}}), r"shares\['acme'\]\.weight"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares={"acme": {"wieght": 2}}), r"shares\['acme'\].*wieght"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares={"acme": {"limit": isthmus.Quota(5)}}),
+     r"shares\['acme'\]\.limit"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares={"acme": 2}), r"shares\['acme'\]"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares={"": isthmus.Share()}), "shares"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10), shares=[("acme", 2)]), "shares"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10)).set_share("acme", weight=float("nan")),
+     r"shares\['acme'\]\.weight"),
+    (lambda: isthmus.Limiter(isthmus.RateLimit(10)).set_share("acme", limit=isthmus.Adaptive(1, 5)),
+     r"shares\['acme'\]\.limit"),
+    (lambda: isthmus.Share(weight=0), "weight"),
+    (lambda: isthmus.Share(limit=isthmus.RateLimit(5, scope=["provider"])), "limit"),
+])
+def test_bad_shares_name_the_tenant_and_the_field(make, message):
+    with pytest.raises(isthmus.ConfigError, match=message):
+        make()
+
+
+def test_shares_are_set_changed_and_counted_per_tenant():
+    limiter = isthmus.Limiter(isthmus.RateLimit(1000, burst=100),
+                              shares={"acme": isthmus.Share(weight=2, limit=isthmus.Concurrency(4))})
+    assert repr(isthmus.Share(2, isthmus.RateLimit(10))) == (
+        "Share(weight=2, limit=RateLimit(10, per='second', burst=1))")
+    for tenant in ("acme", "acme", "big"):
+        assert limiter.reserve(key={"tenant": tenant}) == 0.0
+    shares = limiter.shares()
+    assert shares["acme"] == {"weight": 2.0, "configured": True, "granted": 2, "waited": 0, "wait_seconds": 0.0}
+    assert shares["big"]["weight"] == 1.0 and not shares["big"]["configured"] and shares["big"]["granted"] == 1
+    limiter.set_share("big", weight=3, limit=isthmus.RateLimit(1, per="hour"))
+    assert limiter.reserve(key={"tenant": "big"}) == 0.0
+    with pytest.raises(isthmus.Throttled, match="share 'big'"):
+        limiter.reserve(key={"tenant": "big"})  # its own 1/hour, far past max_wait
+    assert limiter.reserve(key={"tenant": "acme"}) == 0.0  # the others are not held back
+    assert limiter.shares()["big"]["weight"] == 3.0
+    assert limiter.remove_share("big") and not limiter.remove_share("big")
+    assert limiter.reserve(key={"tenant": "big"}) == 0.0
+    assert limiter.shares()["big"]["weight"] == 1.0
+
+
+def test_a_limiter_with_shares_is_one_allowance_across_tenants():
+    divided = isthmus.Limiter(isthmus.RateLimit(1, per="hour"), shares={}, max_wait=60)
+    assert divided.reserve(key={"tenant": "a"}) == 0.0
+    with pytest.raises(isthmus.Throttled):
+        divided.reserve(key={"tenant": "b"})
+    # Without shares a limit's default scope includes the tenant: one allowance each.
+    apart = isthmus.Limiter(isthmus.RateLimit(1, per="hour"), max_wait=60)
+    assert apart.reserve(key={"tenant": "a"}) == 0.0 and apart.reserve(key={"tenant": "b"}) == 0.0
+
+
+def test_tenants_sharing_one_limiter_split_the_allowance_by_weight():
+    # Three customers of one app, each with its own API key and tenant key, one app-wide 100/s.
+    # The weight-2 customer gets half of what the sandbox counts while all three are busy.
+    rate, calls = 100, 200
+    with isthmus.Sandbox(tenants=3, auth="api_key", app_rate_limit=rate, app_burst=20, records=10) as api:
+        app = isthmus.Limiter(isthmus.RateLimit(rate, burst=5), shares={"t0": isthmus.Share(weight=2)})
+        clients = [isthmus.Client(api.url, auth=isthmus.ApiKey(t.api_key), rate_limit=app,
+                                  limit_key={"tenant": f"t{t.index}"}) for t in api.tenants]
+        results = get_many_together(clients, "/v1/contacts?limit=1", calls, concurrency=12)
+        stats = api.stats()
+        got = arrivals(api, "GET /v1/contacts")
+    assert [r.count(200) for r in results] == [calls] * 3, [sorted(set(r)) for r in results]
+    assert stats["rate_limited"] == 0 and stats["app_rate_limited"] == 0, stats["requests"]["by_status"]
+    assert [stats["tenants"][i]["requests"]["total"] for i in range(3)] == [calls] * 3, stats["requests"]["by_status"]
+    # While all three were busy: up to the weight-2 tenant's last call.
+    end = max(a["t"] for a in got if a["tenant"] == 0)
+    busy = [a["tenant"] for a in got if a["t"] <= end]
+    counts = [busy.count(i) for i in range(3)]
+    assert counts[0] == calls
+    for i in (1, 2):
+        assert 0.4 < counts[i] / counts[0] < 0.6, counts  # 1.0 without weights
+    assert app.shares()["t0"]["granted"] == calls

@@ -7,12 +7,11 @@
 #include <boost/asio/steady_timer.hpp>
 #include <cmath>
 #include <ctime>
-#include <map>
 #include <random>
-#include <set>
 #include <unordered_map>
 
 #include "isthmus/error.hpp"
+#include "isthmus/limits/fair_queue.hpp"
 #include "runtime/engine_impl.hpp"
 
 namespace isthmus::limits {
@@ -41,30 +40,7 @@ std::pair<std::string, std::string> host_and_path(std::string_view url) {
 class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
  public:
   Impl(std::shared_ptr<Engine> engine, std::shared_ptr<Limiter> limiter)
-      : engine_(std::move(engine)), limiter_(std::move(limiter)) {}
-
-  struct Waiter {
-    std::uint64_t id;
-    Key key;
-    double cost;
-    Priority priority;
-    std::optional<TimePoint> deadline;
-    Granted granted;
-    TimePoint enqueued;
-  };
-  // High priority first; FIFO within a priority.
-  struct Order {
-    bool operator()(const std::pair<int, std::uint64_t>& a, const std::pair<int, std::uint64_t>& b) const {
-      return a.first != b.first ? a.first > b.first : a.second < b.second;
-    }
-  };
-  struct Queue {
-    explicit Queue(asio::io_context& io) : timer(io) {}
-    std::map<std::pair<int, std::uint64_t>, Waiter, Order> waiting;
-    asio::steady_timer timer;
-    std::optional<TimePoint> armed_for;
-    bool blocked = false;  // an in-flight cap is full: a release will pump it
-  };
+      : engine_(std::move(engine)), limiter_(std::move(limiter)), queue_(limiter_), timer_(engine_->impl().io()) {}
 
   using Fire = std::function<void()>;
 
@@ -75,14 +51,9 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
     {
       std::lock_guard lock(mutex_);
       id = next_id_++;
-      const std::string name = key.str();
-      auto it = queues_.find(name);
-      if (it == queues_.end())
-        it = queues_.emplace(name, std::make_unique<Queue>(engine_->impl().io())).first;
-      it->second->waiting.emplace(std::pair{static_cast<int>(priority), id},
-                                  Waiter{id, key, cost, priority, deadline, std::move(granted), clock_now()});
-      where_[id] = {name, static_cast<int>(priority)};
-      pump(name, *it->second, fire);
+      waiting_[id] = std::move(granted);
+      queue_.push(FairQueue::Call{id, key, cost, priority, deadline});
+      pump(fire);
     }
     for (auto& f : fire) f();
     return id;
@@ -92,10 +63,11 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
     Fire fire;
     {
       std::lock_guard lock(mutex_);
-      auto w = where_.find(id);
-      if (w == where_.end()) {
-        auto p = pending_.find(id);
-        if (p == pending_.end()) return;
+      if (queue_.cancel(id)) {
+        auto w = waiting_.find(id);
+        fire = [g = std::move(w->second)] { g(make_error_code(errc::cancelled), Reservation{}); };
+        waiting_.erase(w);
+      } else if (auto p = pending_.find(id); p != pending_.end()) {
         if (p->second.timer) p->second.timer->cancel();
         fire = [self = shared_from_this(), g = std::move(p->second.granted), ticket = p->second.r.ticket] {
           self->release(ticket);
@@ -103,19 +75,6 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
         };
         pending_.erase(p);
       }
-    }
-    if (fire) return fire();
-    {
-      std::lock_guard lock(mutex_);
-      auto w = where_.find(id);
-      if (w == where_.end()) return;
-      auto& q = *queues_.at(w->second.first);
-      auto it = q.waiting.find({w->second.second, id});
-      if (it != q.waiting.end()) {
-        fire = [g = std::move(it->second.granted)] { g(make_error_code(errc::cancelled), Reservation{}); };
-        q.waiting.erase(it);
-      }
-      where_.erase(w);
     }
     if (fire) fire();
   }
@@ -126,19 +85,20 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
     std::vector<Fire> fire;
     {
       std::lock_guard lock(mutex_);
-      for (auto& [name, q] : queues_)
-        if (q->blocked || (probed && !q->waiting.empty())) {
-          q->armed_for.reset();  // the head may go sooner than the armed timer says
-          q->timer.cancel();
-          pump(name, *q, fire);
+      if (queue_.blocked() || (probed && queue_.size())) {
+        if (probed) {
+          armed_for_.reset();  // the head may go sooner than the armed timer says
+          timer_.cancel();
         }
+        pump(fire);
+      }
     }
     for (auto& f : fire) f();
   }
 
   std::size_t waiting() const {
     std::lock_guard lock(mutex_);
-    return where_.size() + pending_.size();
+    return queue_.size() + pending_.size();
   }
 
   // A call the local rules let go, waiting for the shared counter (and then for the wait it
@@ -204,61 +164,44 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
     p.granted(ec, r);
   }
 
-  // Lets every call at the head of the queue go that may go now; arms the queue's timer for
-  // the next one. Callbacks are collected and run after the lock is dropped.
-  void pump(const std::string& name, Queue& q, std::vector<Fire>& fire) {
-    q.blocked = false;
-    while (!q.waiting.empty()) {
-      auto it = q.waiting.begin();
-      Waiter& w = it->second;
-      Reservation r = limiter_->try_acquire(w.key, w.cost, w.priority);
-      if (r.blocked) {
-        q.blocked = true;
-        return;
-      }
-      std::error_code ec = r.error;
-      if (!ec && !r.granted && w.deadline && clock_now() + r.wait > *w.deadline)
-        ec = make_error_code(errc::retry_deadline);
-      if (!ec && !r.granted) {
-        arm(name, q, clock_now() + r.wait);
-        return;
-      }
-      if (!ec) {
-        const auto waited = clock_now() - w.enqueued;
-        if (waited > Duration::zero()) limiter_->note_wait(w.key, to_seconds(waited));
-      }
-      if (!ec && limiter_->options().shared) {
+  // Lets go every waiting call the fair queue says may go now; arms the timer for the next.
+  // Callbacks are collected and run after the lock is dropped.
+  void pump(std::vector<Fire>& fire) {
+    auto pass = queue_.pump();
+    for (auto& done : pass.done) {
+      auto w = waiting_.find(done.call.id);
+      Granted g = std::move(w->second);
+      waiting_.erase(w);
+      if (!done.error && limiter_->options().shared) {
         // The local rules agree; the shared ones are asked next, and the call stays cancellable.
-        pending_[w.id] = Pending{std::move(w.granted), r, nullptr};
-        fire.push_back([self = shared_from_this(), id = w.id, key = w.key, cost = w.cost, deadline = w.deadline] {
+        pending_[done.call.id] = Pending{std::move(g), done.reservation, nullptr};
+        fire.push_back([self = shared_from_this(), id = done.call.id, key = std::move(done.call.key),
+                        cost = done.call.cost, deadline = done.call.deadline] {
           self->reserve_shared(id, key, cost, deadline);
         });
       } else {
-        fire.push_back([g = std::move(w.granted), ec, r] { g(ec, r); });
+        fire.push_back([g = std::move(g), ec = done.error, r = std::move(done.reservation)] { g(ec, r); });
       }
-      where_.erase(w.id);
-      q.waiting.erase(it);
     }
+    if (pass.next) arm(*pass.next);
   }
 
   TimePoint clock_now() const { return limiter_->clock().now(); }
 
-  void arm(const std::string& name, Queue& q, TimePoint when) {
-    if (q.armed_for && *q.armed_for <= when) return;  // an earlier wake-up will re-check
-    q.armed_for = when;
+  void arm(TimePoint when) {
+    if (armed_for_ && *armed_for_ <= when) return;  // an earlier wake-up will re-check
+    armed_for_ = when;
     // The limiter's clock may be a test clock; the timer always runs on real time.
-    q.timer.expires_after(when - clock_now());
-    q.timer.async_wait([weak = weak_from_this(), name](const boost::system::error_code& ec) {
+    timer_.expires_after(when - clock_now());
+    timer_.async_wait([weak = weak_from_this()](const boost::system::error_code& ec) {
       if (ec) return;  // re-armed or shut down
       auto self = weak.lock();
       if (!self) return;
       std::vector<Fire> fire;
       {
         std::lock_guard lock(self->mutex_);
-        auto it = self->queues_.find(name);
-        if (it == self->queues_.end()) return;
-        it->second->armed_for.reset();
-        self->pump(name, *it->second, fire);
+        self->armed_for_.reset();
+        self->pump(fire);
       }
       for (auto& f : fire) f();
     });
@@ -266,7 +209,7 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
 
   void shutdown() {
     std::lock_guard lock(mutex_);
-    for (auto& [name, q] : queues_) q->timer.cancel();
+    timer_.cancel();
     for (auto& [id, p] : pending_)
       if (p.timer) p.timer->cancel();
   }
@@ -274,8 +217,10 @@ class Governor::Impl : public std::enable_shared_from_this<Governor::Impl> {
   std::shared_ptr<Engine> engine_;
   std::shared_ptr<Limiter> limiter_;
   mutable std::mutex mutex_;
-  std::unordered_map<std::string, std::unique_ptr<Queue>> queues_;
-  std::unordered_map<std::uint64_t, std::pair<std::string, int>> where_;
+  FairQueue queue_;
+  std::unordered_map<std::uint64_t, Granted> waiting_;  // the callbacks of the calls in queue_
+  asio::steady_timer timer_;
+  std::optional<TimePoint> armed_for_;
   std::unordered_map<std::uint64_t, Pending> pending_;
   std::uint64_t next_id_ = 1;
 };
@@ -288,7 +233,7 @@ Governor::~Governor() {
   std::vector<std::uint64_t> ids;
   {
     std::lock_guard lock(impl_->mutex_);
-    for (auto& [id, _] : impl_->where_) ids.push_back(id);
+    for (auto& [id, _] : impl_->waiting_) ids.push_back(id);
     for (auto& [id, _] : impl_->pending_) ids.push_back(id);
   }
   for (auto id : ids) impl_->cancel(id);

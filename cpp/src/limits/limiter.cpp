@@ -69,9 +69,9 @@ std::string Key::str() const {
   return s;
 }
 
-void validate(const LimiterOptions& o) {
-  for (std::size_t i = 0; i < o.rules.size(); ++i) {
-    const std::string at = "rules[" + std::to_string(i) + "]";
+namespace {
+
+void validate_rule(const std::string& at, const Rule& rule) {
     std::visit(
         [&](const auto& s) {
           using T = std::decay_t<decltype(s)>;
@@ -94,8 +94,28 @@ void validate(const LimiterOptions& o) {
               bad(at + ".latency_factor", std::to_string(s.latency_factor) + " must be 0 (off) or greater than 1");
           }
         },
-        o.rules[i].spec);
+        rule.spec);
+}
+
+}  // namespace
+
+void validate(const std::string& tenant, const ShareSpec& share) {
+  if (tenant.empty()) bad("shares", "a tenant name is empty");
+  const std::string at = "shares[" + tenant + "]";
+  if (!finite_positive(share.weight))
+    bad(at + ".weight", std::to_string(share.weight) + " must be a number greater than 0");
+  for (std::size_t i = 0; i < share.rules.size(); ++i) {
+    const std::string where = at + ".limit[" + std::to_string(i) + "]";
+    const auto& spec = share.rules[i].spec;
+    if (!std::holds_alternative<RateSpec>(spec) && !std::holds_alternative<ConcurrencySpec>(spec))
+      bad(where, describe(share.rules[i]) + " is not valid in a share: a rate or a concurrency rule is");
+    validate_rule(where, share.rules[i]);
   }
+}
+
+void validate(const LimiterOptions& o) {
+  for (std::size_t i = 0; i < o.rules.size(); ++i) validate_rule("rules[" + std::to_string(i) + "]", o.rules[i]);
+  for (const auto& [tenant, share] : o.shares) validate(tenant, share);
   for (const auto& [pattern, cost] : o.costs) {
     if (pattern.empty()) bad("costs", "an endpoint pattern is empty");
     if (!finite_positive(cost)) bad("costs[" + pattern + "]", std::to_string(cost) + " must be greater than 0");
@@ -136,6 +156,7 @@ struct Limiter::ServerPace {
 
 struct Limiter::KeyState {
   KeyStats stats;
+  std::string tenant;
   std::vector<std::pair<std::size_t, Bucket*>> adaptive;  // (rule, bucket) this key feeds
   ServerPace* server = nullptr;                            // shared by the key's server scope
 };
@@ -144,10 +165,41 @@ struct Limiter::Ticket {
   std::vector<Bucket*> in_flight;
   std::vector<std::pair<Bucket*, Duration>> probes;  // bucket, the call's share of its interval
   KeyState* key = nullptr;
+  std::shared_ptr<ShareState> share;  // keeps the share's buckets while the call is in flight
 };
+
+struct Limiter::ShareState {
+  ShareSpec spec;
+  std::vector<std::unique_ptr<Bucket>> buckets;  // one per rule of spec
+};
+
+namespace {
+
+bool same_rules(const std::vector<Rule>& a, const std::vector<Rule>& b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const auto* ra = std::get_if<RateSpec>(&a[i].spec);
+    const auto* rb = std::get_if<RateSpec>(&b[i].spec);
+    const auto* ca = std::get_if<ConcurrencySpec>(&a[i].spec);
+    const auto* cb = std::get_if<ConcurrencySpec>(&b[i].spec);
+    if (ra && rb) {
+      if (ra->rate != rb->rate || ra->per != rb->per || ra->burst != rb->burst) return false;
+    } else if (ca && cb) {
+      if (ca->n != cb->n) return false;
+    } else {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
 
 Limiter::Limiter(LimiterOptions options) : options_(std::move(options)) {
   validate(options_);
+  auto shares = std::move(options_.shares);
+  options_.shares.clear();
+  for (auto& [tenant, share] : shares) set_share(tenant, std::move(share));
   clock_ = options_.clock ? options_.clock : SteadyClock::shared();
   buckets_.resize(options_.rules.size());
   for (const auto& r : options_.rules) {
@@ -167,8 +219,18 @@ bool Limiter::counted_elsewhere(const RuleSpec& spec) const {
 std::vector<SharedRule> Limiter::shared_rules(const Key& key) const {
   std::vector<SharedRule> out;
   if (!options_.shared) return out;
-  for (std::size_t i = 0; i < options_.rules.size(); ++i) {
-    const Rule& r = options_.rules[i];
+  std::vector<const Rule*> rules;
+  for (const auto& r : options_.rules) rules.push_back(&r);
+  std::shared_ptr<ShareState> share;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = shares_.find(key.tenant); it != shares_.end()) share = it->second;
+  }
+  // A share's rules are named after its tenant, so their buckets are the tenant's everywhere.
+  if (share)
+    for (const auto& r : share->spec.rules) rules.push_back(&r);
+  for (const Rule* rp : rules) {
+    const Rule& r = *rp;
     SharedRule s;
     if (auto* rs = std::get_if<RateSpec>(&r.spec)) {
       // The same margin as a local rate: arrivals at the server bunch up more than sends.
@@ -213,6 +275,7 @@ Limiter::KeyState& Limiter::key_state(const Key& key) {
   if (!slot) {
     slot = std::make_unique<KeyState>();
     slot->stats.key = key.str();
+    slot->tenant = key.tenant;
     for (std::size_t r = 0; r < options_.rules.size(); ++r)
       if (std::holds_alternative<AdaptiveSpec>(options_.rules[r].spec))
         slot->adaptive.emplace_back(r, &bucket(r, key));
@@ -270,20 +333,27 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   const TimePoint now = clock_->now();
   const double unix_now = clock_->unix_now();
   KeyState& ks = key_state(key);
-  const std::size_t n = options_.rules.size();
-  std::vector<Bucket*> b(n);
-  for (std::size_t i = 0; i < n; ++i) b[i] = &bucket(i, key);
+  // The app's rules, then those of the tenant's share: a call needs a slot of every one, and
+  // takes from none unless it gets all (two-level GCRA).
+  ShareState* share = nullptr;
+  if (!shares_.empty())
+    if (auto it = shares_.find(key.tenant); it != shares_.end()) share = it->second.get();
+  const std::size_t n_app = options_.rules.size();
+  const std::size_t n = n_app + (share ? share->spec.rules.size() : 0);
+  std::vector<std::pair<const Rule*, Bucket*>> rb(n);
+  for (std::size_t i = 0; i < n_app; ++i) rb[i] = {&options_.rules[i], &bucket(i, key)};
+  for (std::size_t i = n_app; i < n; ++i) rb[i] = {&share->spec.rules[i - n_app], share->buckets[i - n_app].get()};
 
   // In-flight caps first: when one is full no time can be promised.
   for (std::size_t i = 0; i < n; ++i) {
-    const auto& spec = options_.rules[i].spec;
+    const auto& spec = rb[i].first->spec;
     int cap = 0;
     if (auto* c = std::get_if<ConcurrencySpec>(&spec)) cap = c->n;
     else if (auto* a = std::get_if<AdaptiveSpec>(&spec); a && a->target == AdaptiveSpec::Target::concurrency)
-      cap = std::max(1, static_cast<int>(std::floor(b[i]->value)));
-    if (cap > 0 && b[i]->in_flight >= cap) {
+      cap = std::max(1, static_cast<int>(std::floor(rb[i].second->value)));
+    if (cap > 0 && rb[i].second->in_flight >= cap) {
       r.blocked = true;
-      r.reason = describe(options_.rules[i]);
+      r.reason = describe(*rb[i].first);
       return r;
     }
   }
@@ -303,7 +373,7 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   for (int round = 0; round < 8; ++round) {
     bool moved = false;
     for (std::size_t i = 0; i < n; ++i) {
-      const auto& spec = options_.rules[i].spec;
+      const auto& spec = rb[i].first->spec;
       TimePoint e = t;
       if (auto* q = std::get_if<QuotaSpec>(&spec); q && cost > q->n) {
         impossible = true;
@@ -315,21 +385,21 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
         const double interval = rs->per / rs->rate;  // seconds per unit
         const double tolerance = (rs->burst - std::min(cost, rs->burst)) * interval;
         const double slack = tolerance - std::min(std::max(options_.margin, options_.margin_fraction * tolerance), tolerance / 2);
-        e = std::max(t, b[i]->tat - seconds(slack));
-        if (b[i]->probe_out && now < b[i]->probe_until) e = std::max(e, b[i]->probe_until);
+        e = std::max(t, rb[i].second->tat - seconds(slack));
+        if (rb[i].second->probe_out && now < rb[i].second->probe_until) e = std::max(e, rb[i].second->probe_until);
       } else if (auto* a = std::get_if<AdaptiveSpec>(&spec); a && a->target == AdaptiveSpec::Target::rate) {
-        const double interval = 1.0 / b[i]->value;
-        const double burst = std::max(1.0, b[i]->value / 50.0);
+        const double interval = 1.0 / rb[i].second->value;
+        const double burst = std::max(1.0, rb[i].second->value / 50.0);
         const double tolerance = (burst - std::min(cost, burst)) * interval;
         const double slack = tolerance - std::min(std::max(options_.margin, options_.margin_fraction * tolerance), tolerance / 2);
-        e = std::max(t, b[i]->tat - seconds(slack));
+        e = std::max(t, rb[i].second->tat - seconds(slack));
       } else if (auto* q = std::get_if<QuotaSpec>(&spec)) {
         const double unix_t = unix_now + to_seconds(t - now);
         auto idx = static_cast<std::int64_t>(std::floor(unix_t / q->window));
-        double used = b[i]->window_index == idx ? b[i]->used : 0;
-        if (b[i]->window_index > idx) {  // slots of a later window are already promised
-          idx = b[i]->window_index;
-          used = b[i]->used;
+        double used = rb[i].second->window_index == idx ? rb[i].second->used : 0;
+        if (rb[i].second->window_index > idx) {  // slots of a later window are already promised
+          idx = rb[i].second->window_index;
+          used = rb[i].second->used;
           e = now + seconds(static_cast<double>(idx) * q->window - unix_now);
         }
         if (used + cost > q->n) {
@@ -347,16 +417,16 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
     }
     if (!moved) break;
   }
-  if (binding < n) r.reason = describe(options_.rules[binding]);
+  if (binding < n) r.reason = describe(*rb[binding].first);
   r.wait = t - now;
   if (impossible) {
     r.error = make_error_code(errc::invalid_argument);
-    r.reason = "cost " + std::to_string(cost) + " exceeds " + describe(options_.rules[binding]);
+    r.reason = "cost " + std::to_string(cost) + " exceeds " + describe(*rb[binding].first);
     ++ks.stats.refused;
     return r;
   }
   if (to_seconds(r.wait) > options_.max_wait) {
-    const bool quota = binding < n && std::holds_alternative<QuotaSpec>(options_.rules[binding].spec);
+    const bool quota = binding < n && std::holds_alternative<QuotaSpec>(rb[binding].first->spec);
     r.error = make_error_code(quota ? errc::quota_exhausted : errc::rate_limited);
     r.resets_at = quota ? resets_at : unix_now + to_seconds(r.wait);
     ++ks.stats.refused;
@@ -371,8 +441,8 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   auto ticket = std::make_unique<Ticket>();
   ticket->key = &ks;
   for (std::size_t i = 0; i < n; ++i) {
-    const auto& spec = options_.rules[i].spec;
-    Bucket& bk = *b[i];
+    const auto& spec = rb[i].first->spec;
+    Bucket& bk = *rb[i].second;
     if (counted_elsewhere(spec)) continue;
     if (auto* rs = std::get_if<RateSpec>(&spec)) {
       const Duration share = seconds(cost * rs->per / rs->rate);
@@ -404,6 +474,7 @@ Reservation Limiter::acquire(const Key& key, double cost, bool commit_if_waiting
   r.granted = true;
   // Only in-flight caps need to hear when a call ends; without one, no ticket is kept.
   if (!ticket->in_flight.empty() || !ticket->probes.empty()) {
+    if (share) ticket->share = shares_.at(key.tenant);
     r.ticket = next_ticket_++;
     tickets_.emplace(r.ticket, std::move(ticket));
     ++ks.stats.in_flight;
@@ -557,6 +628,59 @@ void Limiter::observe(const Key& key, const Observation& o) {
     }
   }
   if (pause_for > 0) pause(key, pause_for);
+}
+
+void Limiter::set_share(const std::string& tenant, ShareSpec share) {
+  validate(tenant, share);
+  for (auto& r : share.rules) {
+    r.scope = kTenant;
+    if (r.name.empty()) r.name = "share '" + tenant + "': " + describe(r);
+  }
+  std::lock_guard lock(mutex_);
+  auto& slot = shares_[tenant];
+  if (slot && same_rules(slot->spec.rules, share.rules)) {
+    slot->spec.weight = share.weight;  // the buckets (and what they count) stay
+    return;
+  }
+  auto state = std::make_shared<ShareState>();
+  state->spec = std::move(share);
+  for (std::size_t i = 0; i < state->spec.rules.size(); ++i) state->buckets.push_back(std::make_unique<Bucket>());
+  slot = std::move(state);
+}
+
+bool Limiter::remove_share(const std::string& tenant) {
+  std::lock_guard lock(mutex_);
+  return shares_.erase(tenant) > 0;
+}
+
+double Limiter::weight(const std::string& tenant) const {
+  std::lock_guard lock(mutex_);
+  if (shares_.empty()) return 1;
+  auto it = shares_.find(tenant);
+  return it == shares_.end() ? 1 : it->second->spec.weight;
+}
+
+std::vector<ShareStats> Limiter::share_stats() const {
+  std::lock_guard lock(mutex_);
+  std::map<std::string, ShareStats> by_tenant;
+  for (const auto& [tenant, share] : shares_) {
+    auto& s = by_tenant[tenant];
+    s.tenant = tenant;
+    s.weight = share->spec.weight;
+    s.configured = true;
+  }
+  for (const auto& [name, ks] : keys_) {
+    if (ks->tenant.empty()) continue;
+    auto& s = by_tenant[ks->tenant];
+    s.tenant = ks->tenant;
+    s.granted += ks->stats.granted;
+    s.waited += ks->stats.waited;
+    s.wait_seconds += ks->stats.wait_seconds;
+  }
+  std::vector<ShareStats> out;
+  out.reserve(by_tenant.size());
+  for (auto& [_, s] : by_tenant) out.push_back(std::move(s));
+  return out;
 }
 
 std::vector<KeyStats> Limiter::snapshot() const {

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "isthmus/error.hpp"
 
 namespace isthmus::limits {
@@ -468,6 +470,74 @@ TEST_F(LimiterTest, BadConfigurationNamesTheField) {
   LimiterOptions adaptive;
   adaptive.rules = {Rule{AdaptiveSpec{AdaptiveSpec::Target::rate, 10, 5}}};
   EXPECT_NE(field_of(adaptive).find("max"), std::string::npos);
+}
+
+TEST_F(LimiterTest, BadSharesNameTheTenantAndTheField) {
+  auto message_of = [](const std::string& tenant, ShareSpec share) -> std::string {
+    LimiterOptions o;
+    o.shares[tenant] = std::move(share);
+    try {
+      Limiter l(std::move(o));
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_NE(message_of("acme", ShareSpec{0, {}}).find("shares[acme].weight"), std::string::npos);
+  EXPECT_NE(message_of("acme", ShareSpec{-1, {}}).find("shares[acme].weight"), std::string::npos);
+  EXPECT_NE(message_of("acme", ShareSpec{std::nan(""), {}}).find("shares[acme].weight"), std::string::npos);
+  EXPECT_NE(message_of("acme", ShareSpec{1, {Rule{QuotaSpec{5, 86400}}}}).find("shares[acme].limit[0]"), std::string::npos);
+  EXPECT_NE(message_of("acme", ShareSpec{1, {Rule{RateSpec{0, 1, 1}}}}).find("shares[acme].limit[0].rate"), std::string::npos);
+  EXPECT_NE(message_of("", ShareSpec{}).find("shares"), std::string::npos);
+  LimiterOptions o;
+  Limiter l(std::move(o));
+  EXPECT_THROW(l.set_share("acme", ShareSpec{0, {}}), Error);
+  EXPECT_EQ(l.weight("acme"), 1);  // nothing was set
+}
+
+TEST_F(LimiterTest, AShareNestsInsideTheAppRulesAndTakesFromNeitherUnlessBoth) {
+  LimiterOptions o;
+  o.rules = {Rule{RateSpec{10, 1, 1}, kProvider}};  // the app: 10/s across tenants
+  o.shares = {{"t1", ShareSpec{2, {Rule{RateSpec{1, 1, 1}}, Rule{ConcurrencySpec{1}}}}}};
+  o.clock = clock;
+  o.probe_timeout = 0;
+  o.margin = 0;
+  o.margin_fraction = 0;
+  Limiter l(std::move(o));
+  const Key other{"api.example.com", "app", "t2", ""};
+  auto first = l.try_acquire(key, 1);  // key's tenant is t1
+  ASSERT_TRUE(first.granted);
+  clock->advance(100ms);  // the app has room again; t1's share has not
+  l.release(first.ticket);
+  auto r = l.try_acquire(key, 1);
+  EXPECT_FALSE(r.granted);
+  EXPECT_EQ(r.wait, 900ms);
+  EXPECT_NE(r.reason.find("share 't1'"), std::string::npos) << r.reason;
+  // The refused call took nothing from the app's bucket: another tenant goes now.
+  EXPECT_TRUE(l.try_acquire(other, 1).granted);
+  // A reservation waits for both and commits both.
+  clock->advance(100ms);
+  auto both = l.reserve(key, 1);
+  EXPECT_TRUE(both.granted);
+  EXPECT_EQ(both.wait, 800ms);
+  EXPECT_EQ(l.reserve(other, 1).wait, 900ms);  // behind it in the app's bucket
+  // The share's in-flight cap holds until the call ends.
+  clock->advance(2s);
+  EXPECT_TRUE(l.try_acquire(key, 1).blocked);
+  l.release(both.ticket);
+  EXPECT_TRUE(l.try_acquire(key, 1).granted);
+  // Removing the share leaves the tenant with the app's rules only.
+  EXPECT_TRUE(l.remove_share("t1"));
+  clock->advance(2s);
+  EXPECT_TRUE(l.try_acquire(key, 1).granted);
+  clock->advance(100ms);
+  EXPECT_TRUE(l.try_acquire(key, 1).granted);
+  auto stats = l.share_stats();
+  ASSERT_EQ(stats.size(), 2u);
+  EXPECT_EQ(stats[0].tenant, "t1");
+  EXPECT_FALSE(stats[0].configured);
+  EXPECT_EQ(stats[0].granted, 5u);
+  EXPECT_EQ(stats[1].granted, 2u);
 }
 
 TEST_F(LimiterTest, NonPositiveCostIsRefused) {

@@ -1,5 +1,6 @@
 // The governor on the request path. A Governor is the shared, timer-driving face of a Limiter:
-// calls wait in a queue per key (high priority first) and go when the limiter says so.
+// calls wait in a queue per key and go when the limiter says so, the next chosen across queues by
+// priority and then by weighted fair share between tenants (limits/fair_queue.hpp).
 // GovernedTransport puts a Governor, retries and a circuit breaker in front of any Transport:
 // for each attempt it waits for the governor, sends, reports the outcome, and backs off and
 // tries again when the retry policy says so — completing the caller exactly once.

@@ -77,8 +77,17 @@ struct Rule {
   std::string name;  // shown in snapshots and errors; defaults to a description
 };
 
+// A tenant's part of the allowance: its weight when tenants compete for the same rules (the
+// Governor's fair queuing), and limits of its own nested inside them (a call needs a slot of
+// both). Keyed by the call's Key::tenant; a tenant without one has weight 1 and no own limit.
+struct ShareSpec {
+  double weight = 1;
+  std::vector<Rule> rules;  // RateSpec and ConcurrencySpec only; counted per tenant
+};
+
 struct LimiterOptions {
   std::vector<Rule> rules;
+  std::map<std::string, ShareSpec> shares;  // by tenant; moved into the Limiter (see set_share)
   // Endpoint cost table: "METHOD /path/prefix" or "/path/prefix" -> cost. The longest match
   // names the endpoint; unmatched calls cost 1 and have endpoint "".
   std::vector<std::pair<std::string, double>> costs;
@@ -100,8 +109,9 @@ struct LimiterOptions {
   std::string shared_name = "limits";
 };
 
-// Throws isthmus::Error(errc::invalid_argument) naming the field.
+// Throw isthmus::Error(errc::invalid_argument) naming the field.
 void validate(const LimiterOptions& options);
+void validate(const std::string& tenant, const ShareSpec& share);
 
 struct Reservation {
   Duration wait{};          // how long to wait before sending; 0 = now
@@ -144,6 +154,16 @@ struct KeyStats {
   std::optional<double> server_remaining;  // last reported by the server
 };
 
+// A tenant's figures, summed over its keys.
+struct ShareStats {
+  std::string tenant;
+  double weight = 1;
+  bool configured = false;  // set by a ShareSpec (otherwise the defaults)
+  std::uint64_t granted = 0;
+  std::uint64_t waited = 0;
+  double wait_seconds = 0;
+};
+
 class Limiter {
  public:
   explicit Limiter(LimiterOptions options);  // validates
@@ -167,6 +187,13 @@ class Limiter {
   // A queued call waited this long before try_acquire() let it go (for the metrics).
   void note_wait(const Key& key, double seconds);
 
+  // Sets (or replaces) a tenant's share; validates first. A changed limit starts with fresh
+  // buckets; calls already granted end against the old ones.
+  void set_share(const std::string& tenant, ShareSpec share);
+  bool remove_share(const std::string& tenant);  // false: it had none
+  double weight(const std::string& tenant) const;  // 1 without a share
+  std::vector<ShareStats> share_stats() const;  // configured shares and every tenant seen
+
   // The shared buckets a call for `key` takes from (empty without options().shared).
   std::vector<SharedRule> shared_rules(const Key& key) const;
 
@@ -182,6 +209,7 @@ class Limiter {
   struct Bucket;
   struct KeyState;
   struct Ticket;
+  struct ShareState;
   Reservation acquire(const Key& key, double cost, bool commit_if_waiting, Priority priority);
   using RuleSpec = decltype(Rule::spec);
   bool counted_elsewhere(const RuleSpec& spec) const;
@@ -196,6 +224,9 @@ class Limiter {
   struct ServerPace;
   std::unordered_map<std::string, std::unique_ptr<ServerPace>> servers_;  // per server scope
   std::unordered_map<std::uint64_t, std::unique_ptr<Ticket>> tickets_;
+  // By tenant. Shared with the tickets of granted calls, so a removed share's in-flight counts
+  // stay valid until those calls end.
+  std::unordered_map<std::string, std::shared_ptr<ShareState>> shares_;
   bool paces_ = false;  // some rule sets a pace of its own (rate, quota or adaptive rate)
   std::uint64_t next_ticket_ = 1;
 };
