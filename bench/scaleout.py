@@ -51,7 +51,8 @@ WORKER_COLUMNS = (("pages", "pages", 0), ("seconds", "wall_s", 2), ("worker CPU 
                   ("overhead us/page", "overhead_us", 0),
                   ("broker us", "broker_us", 0), ("redis us", "redis_us", 0), ("checkpoint us", "state_us", 0),
                   ("stale tasks", "stale", 0), ("busy", "busy", 0), ("empty looks", "empty_looks", 0),
-                  ("machine CPU %", "machine_busy", 0),
+                  ("machine CPU %", "machine_busy", 0), ("broker CPU ms/page", "broker_cpu_ms", 2),
+                  ("redis CPU ms/page", "redis_cpu_ms", 2), ("sandboxes CPU ms/page", "bench_cpu_ms", 2),
                   ("unique at dest", "unique", 0))
 
 
@@ -113,12 +114,14 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
             time.sleep(0.05)
         cpu0 = sum(common.process_tree_cpu_s(p.pid) for p in procs)
         machine0 = _machine_cpu()
+        others0 = _others_cpu(broker, redis)
         t0 = time.monotonic()
         run_id = pipeline.submit()
         while pipeline.progress(run_id)["going"]:
             time.sleep(0.02)
         wall = time.monotonic() - t0
         machine1 = _machine_cpu()
+        others1 = _others_cpu(broker, redis)
         cpu = sum(common.process_tree_cpu_s(p.pid) for p in procs) - cpu0
         progress = pipeline.progress(run_id)
     finally:
@@ -141,7 +144,15 @@ def workers_row(tmp: Path, source, dest, broker, redis, n: int, records: int) ->
             "redis_us": per_page["redis_s"], "state_us": per_page["state_s"],
             "busy": sum(s["busy"] for s in stats), "empty_looks": sum(s["empty_looks"] for s in stats),
             "machine_busy": round(100 * (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1)),
+            **{f"{k}_cpu_ms": round(1000 * (others1[k] - others0[k]) / max(pages, 1), 2) for k in others0},
             "unique": unique, "note": f"{n} x `isthmus worker --concurrency {CONCURRENCY}`"}
+
+
+def _others_cpu(broker, redis) -> dict[str, float]:
+    """CPU seconds so far of the broker, Redis and this process (both sandboxes and the
+    progress polling), to set beside the workers' own."""
+    return {"broker": common.process_tree_cpu_s(broker.pid), "redis": common.process_tree_cpu_s(redis.pid),
+            "bench": sum(os.times()[:2])}
 
 
 def _machine_cpu() -> tuple[int, int]:
