@@ -38,7 +38,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 from isthmus import errors
 from isthmus.auth import TokenStore
 from isthmus.http import _PRIORITY_HEADER, Client
-from isthmus.limits import Limiter, RateLimit, _rules_of
+from isthmus.limits import Limiter, RateLimit, Share, _rules_of
 from isthmus.pipeline import Pipeline
 from isthmus.store import StateStore
 
@@ -390,24 +390,21 @@ def _app_wide(rule: Any) -> Any:
 def fleet_limiter(app_limit: Any, connections: Iterable[Connection], limiter: Optional[Limiter] = None,
                   previous: Iterable[str] = ()) -> Limiter:
     """The fleet's one Limiter, the only place weights and limits go through: ``app_limit``
-    across every connection, and each connection's ``weight`` and ``limit`` as the share of
-    its tenant key. Made when ``limiter`` is None, else brought up to date (the shares of
-    ``previous`` tenants no longer among ``connections`` are removed). The shares need a core
-    with weighted fair queuing (``Limiter.set_share``); without it every connection draws
-    from the app's allowance first come, first served."""
+    across every connection, and each connection's ``weight`` and ``limit`` as the ``Share`` of
+    its tenant key (weighted fair queuing in the core's governor; a limit nested in the app's).
+    Made when ``limiter`` is None, else brought up to date (the shares of ``previous`` tenants
+    no longer among ``connections`` are removed)."""
+    connections = list(connections)
     if limiter is None:
         rules = [] if app_limit is None else [_app_wide(r) for r in _rules_of(app_limit)]
-        limiter = Limiter(rules, name="fleet")
-    set_share = getattr(limiter, "set_share", None)
-    remove_share = getattr(limiter, "remove_share", None)
+        return Limiter(rules, name="fleet",
+                       shares={c.connection_id: Share(weight=c.weight, limit=c.limit) for c in connections})
     current = set()
     for c in connections:
         current.add(c.connection_id)
-        if set_share is not None:
-            set_share(c.connection_id, weight=c.weight, limit=c.limit)
-    if remove_share is not None:
-        for gone in set(previous) - current:
-            remove_share(gone)
+        limiter.set_share(c.connection_id, weight=c.weight, limit=c.limit)
+    for gone in set(previous) - current:
+        limiter.remove_share(gone)
     return limiter
 
 
