@@ -1049,6 +1049,11 @@ Reply Router::write(const Request& req, int res, bool batch, int tenant) {
   }
   json ids = json::array();
   std::uint64_t fresh = 0, dup = 0;
+  bool hooked = false;  // a created record is announced only to a tenant with webhooks
+  if (send_webhook_) {
+    std::lock_guard lock(state_->mutex);
+    hooked = !state_->accounts[static_cast<std::size_t>(tenant)].hooks.empty();
+  }
   for (const json* r : records) {
     std::string id;
     for (const char* field : {"id", "external_id"}) {
@@ -1061,7 +1066,7 @@ Reply Router::write(const Request& req, int res, bool batch, int tenant) {
     if (id.empty()) id = "sha256:" + hex(sha256(r->dump())).substr(0, 24);
     if (stats_.record_received(name, id, tenant)) {
       ++fresh;
-      emit(tenant, std::string(name) + ".created", r->dump(-1, ' ', false, json::error_handler_t::replace));
+      if (hooked) emit(tenant, std::string(name) + ".created", r->dump(-1, ' ', false, json::error_handler_t::replace));
     } else {
       ++dup;
     }
