@@ -161,6 +161,17 @@ def test_writes_count_unique_duplicates_and_honour_idempotency(api):
     assert st["records_received"]["deals"]["unique"] == 1
 
 
+def test_a_record_without_an_id_is_named_by_its_content_whatever_the_key_order(api):
+    url = api.url + "/v1/companies/batch"
+    first = requests.post(url, json={"data": [{"name": "Acme", "size": 12}, {"name": "Beta"}]}).json()
+    again = requests.post(url, data='[{"size": 12, "name": "Acme"}]',
+                          headers={"Content-Type": "application/json"}).json()
+    assert first["created"] == 2 and first["ids"][0].startswith("sha256:")
+    assert again == {"received": 1, "created": 0, "duplicates": 1, "ids": first["ids"][:1]}
+    assert requests.post(url, json={"records": [1]}).status_code == 422  # each record an object
+    assert requests.post(url, json={"records": {"id": 1}}).status_code == 422
+
+
 @pytest.mark.parametrize("mode", ["api_key_header", "api_key_query", "basic", "bearer"])
 def test_static_auth_modes(mode):
     opts = {"auth": mode.split("_header")[0].split("_query")[0]}
