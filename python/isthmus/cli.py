@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -484,19 +485,21 @@ def _fleet_add(args: argparse.Namespace) -> int:
 
 
 def _fleet_list(args: argparse.Namespace) -> int:
-    df = _fleet(args).status()
+    # A column with a gap (no reason, no next run) holds NaN: shown as nothing, or as null.
+    rows: List[Dict[str, Any]] = [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                   for k, v in row.items()} for row in _fleet(args).status().to_dict("records")]
     if args.json:
-        for row in df.to_dict("records"):
+        for row in rows:
             print(json.dumps(row, default=str))
         return EXIT_OK
     print(f"{'connection':<20} {'integration':<16} {'status':<13} {'runs':>5} {'written':>10} {'requests':>9} "
           f"{'429s':>6}  next due (UTC)       reason")
-    for r in df.to_dict("records"):
+    for r in rows:
         due = "-" if r["next_due"] is None or str(r["next_due"]) == "NaT" else str(r["next_due"])[:19]
         print(f"{r['connection_id']:<20} {r['integration'] + ' v' + r['version']:<16} {r['status']:<13} "
               f"{r['runs']:>5} {r['written']:>10,.0f} {r['requests']:>9,.0f} {r['status_429']:>6,.0f}  {due:<20} "
               f"{(r['reason'] or '')[:80]}")
-    print(f"{len(df)} connection(s)")
+    print(f"{len(rows)} connection(s)")
     return EXIT_OK
 
 

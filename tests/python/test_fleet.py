@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import signal
 import subprocess
@@ -104,7 +105,9 @@ def test_a_small_fleet_completes_with_counts_matching_the_sandbox_per_tenant(tmp
         assert fleet.due() == []
 
 
-def test_a_revoked_tenant_needs_relinking_while_the_others_complete(tmp_path, key, definition):
+def test_a_revoked_tenant_needs_relinking_while_the_others_complete(tmp_path, key, definition, capsys):
+    from isthmus.cli import main
+
     sizes = [200, 3000, 200, 200]
     with isthmus.Sandbox(tenants=len(sizes), auth="api_key", tenant_records=sizes, max_page_size=100) as api:
         # A slow app allowance, so that the big connection is still reading when it is revoked.
@@ -128,6 +131,14 @@ def test_a_revoked_tenant_needs_relinking_while_the_others_complete(tmp_path, ke
         assert "c1" not in fleet.run(due_only=False).outcomes
         with pytest.raises(errors.ConfigError, match="relink"):
             fleet.resume("c1")
+        # `isthmus fleet list` shows it with its reason beside the connections that have none.
+        capsys.readouterr()
+        assert main(["fleet", "list", "--state", fleet.path]) == 0
+        listed = capsys.readouterr().out
+        assert "relink_needed" in listed and "PipelineAuthError" in listed and "4 connection(s)" in listed
+        assert main(["fleet", "list", "--state", fleet.path, "--json"]) == 0
+        rows = {r["connection_id"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+        assert rows["c0"]["reason"] is None and "401" in rows["c1"]["reason"]
         api.tenants[1].restore_access()
         fleet.relink("c1", credentials={"api_key": api.tenants[1].api_key})
         assert fleet.run(["c1"]).outcomes["c1"]["status"] == "completed"
@@ -327,9 +338,10 @@ def test_weights_and_limits_go_to_the_limiter_as_shares(definition):
     conns = [isthmus.Connection("a", crm, weight=2), isthmus.Connection("b", crm, limit=isthmus.RateLimit(10))]
     limiter = fleet_limiter(isthmus.RateLimit(100), conns)
     assert limiter.limits.rules[0].scope == ["provider"]  # counted across every tenant
-    if hasattr(limiter, "set_share"):  # the core's weighted fair queuing
-        again = fleet_limiter(None, conns[:1], limiter, previous=["a", "b"])
-        assert again is limiter
+    shares = limiter.shares()
+    assert shares["a"]["weight"] == 2 and shares["a"]["configured"] and shares["b"]["configured"]
+    again = fleet_limiter(None, conns[:1], limiter, previous=["a", "b"])
+    assert again is limiter and not limiter.shares().get("b", {}).get("configured")
 
 
 def test_cli_add_list_pause_resume_remove(tmp_path, key, definition, monkeypatch, capsys):
