@@ -19,7 +19,7 @@ import functools
 import json
 import re
 import time
-from typing import Any, Optional, cast
+from typing import Any, Iterator, Optional, cast
 
 from isthmus import _core
 
@@ -355,21 +355,37 @@ REFUSED_STATUS = frozenset({401, 403, 404, 405, 407, 410})
 _SETUP_FAILURES: tuple[type[BaseException], ...] = (ConfigError, InvalidURL, ResolveError, TLSError, AccessRefused)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, and so on down its ``__cause__`` chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__
+
+
+def _token_refused(seen: BaseException) -> bool:
+    """A token endpoint answered 4xx: it refuses the credential (not a failure to answer)."""
+    status = getattr(seen, "status_code", None)
+    return isinstance(seen, TokenError) and isinstance(status, int) and 400 <= status < 500
+
+
 def affects_every_record(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) says the request itself is refused, so every other
     request of the run would fail the same way: a refused status (401, 403, 404, 405, 407, 410),
     a token endpoint refusing the credential (a 4xx answer, e.g. ``invalid_client`` or
     ``invalid_grant``), a wrong URL, host or certificate, a bad definition.
     A run meeting one stops instead of filing each page or record as a dead letter."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        status = getattr(seen, "status_code", None)
-        if isinstance(seen, _SETUP_FAILURES) or status in REFUSED_STATUS:
-            return True
-        if isinstance(seen, TokenError) and isinstance(status, int) and 400 <= status < 500:
-            return True
-        seen = seen.__cause__
-    return False
+    return any(isinstance(seen, _SETUP_FAILURES) or getattr(seen, "status_code", None) in REFUSED_STATUS
+               or _token_refused(seen) for seen in _causes(exc))
+
+
+def refuses_credentials(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the credentials themselves are refused: the API
+    answering 401 or 403, or its token endpoint a 4xx such as ``invalid_grant``. Only the
+    customer can mend that (a fleet's connection goes ``relink_needed``)."""
+    return any(_token_refused(seen) or (isinstance(seen, (AuthError, PipelineError))
+                                        and getattr(seen, "status_code", None) in (401, 403))
+               for seen in _causes(exc))
 
 
 class StateError(IsthmusError):

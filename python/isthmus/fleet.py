@@ -439,20 +439,6 @@ class _Stopped(KeyboardInterrupt):
     what the sink accepted and the run ends ``interrupted``."""
 
 
-def _refused_credentials(exc: BaseException) -> bool:
-    """The API or its token endpoint refused this connection's credentials (401, 403, a 4xx
-    from the token endpoint such as invalid_grant): only the customer can mend that."""
-    seen: Optional[BaseException] = exc
-    while seen is not None:
-        status = getattr(seen, "status_code", None)
-        if isinstance(seen, errors.TokenError) and isinstance(status, int) and 400 <= status < 500:
-            return True
-        if isinstance(seen, (errors.AuthError, errors.PipelineError)) and status in (401, 403):
-            return True
-        seen = seen.__cause__
-    return False
-
-
 class FleetRun:
     """What one ``fleet.run()`` did, per connection: ``outcomes[id]`` holds ``status`` (the
     run's: completed, failed, interrupted), ``connection_status`` after it, ``run_id`` and
@@ -747,7 +733,7 @@ class Fleet:
         except Exception as exc:
             reason = _scrub(f"{type(exc).__name__}: {exc}", secrets)
             outcome["error"] = reason
-            if _refused_credentials(exc):
+            if errors.refuses_credentials(exc):
                 self._update(cid, status="relink_needed", reason=reason, next_due=None)
                 outcome["connection_status"] = "relink_needed"
                 log.warning("fleet %s: connection %s needs relinking: %s", self.path, cid, reason)

@@ -96,8 +96,13 @@ def resume_tasks(pipeline: Any, halt: Dict[str, Any]) -> Tuple[int, List[str]]:
             tasks.append(task_json(pipeline, run_id, i, 0, None, incremental, _zero()))
         elif not (token.get("done") or token.get("dead")):
             tasks.append(task_json(pipeline, run_id, i, token["seq"] + 1, token["next"], incremental,
-                                   {k: token["counts"].get(k, 0) for k in CHAIN_COUNTS}))
+                                   _chain_counts(token)))
     return run_id, tasks
+
+
+def _chain_counts(token: Dict[str, Any]) -> Dict[str, float]:
+    """The chain's counts so far, as its checkpoint holds them."""
+    return {k: token["counts"].get(k, 0) for k in CHAIN_COUNTS}
 
 
 def task_json(pipeline: Any, run_id: int, partition: int, seq: int, step: Any, incremental: Any,
@@ -528,7 +533,7 @@ class Worker:
                     # in its turn). A first delivery is a copy, never the task that went missing.
                     with self._timed("queue_s"):
                         self._put(task_json(p, run_id, partition, seq + 1, token["next"], task.get("incremental"),
-                                            {k: token["counts"].get(k, 0) for k in CHAIN_COUNTS}))
+                                            _chain_counts(token)))
                 self._ack(message)
                 return
             fetched = time.perf_counter()
