@@ -238,6 +238,9 @@ def test_four_workers_lose_nothing_through_a_kill_a_broker_restart_and_a_redis_r
             workers[0].send_signal(signal.SIGKILL)
             workers[0].wait()
             workers[0] = start_worker(path, logs[0])
+            # Connected (its banner is in the log) before the broker goes away: a worker that
+            # cannot reach the broker as it starts stops with ConnectError, as for a wrong URL.
+            wait_until(lambda: logs[0].read_text().count("isthmus.Worker") == 2, timeout=60, interval=0.05)
             wait_until(lambda: received(api)["unique"] >= 70_000, timeout=120, interval=0.02)
             broker.restart()
             wait_until(lambda: received(api)["unique"] >= 110_000, timeout=120, interval=0.02)
