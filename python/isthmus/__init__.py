@@ -10,6 +10,7 @@ import atexit as _atexit
 
 from isthmus import _core
 from isthmus import auth as _auth
+from isthmus import change_log as _change_log
 from isthmus import coordination as _coordination
 from isthmus import errors as _errors
 from isthmus import fleet as _fleet
@@ -25,6 +26,7 @@ from isthmus import source as _source
 from isthmus import stream as _stream
 from isthmus import worker as _worker
 from isthmus.auth import *  # noqa: F401,F403
+from isthmus.change_log import *  # noqa: F401,F403
 from isthmus.coordination import *  # noqa: F401,F403
 from isthmus.errors import *  # noqa: F401,F403
 from isthmus.fleet import *  # noqa: F401,F403
@@ -57,6 +59,7 @@ __all__ = [
     *_mapping.__all__,
     *_sinks.__all__,
     *_queue.__all__,
+    *_change_log.__all__,
     *_auth.__all__,
     *_limits.__all__,
     *_coordination.__all__,

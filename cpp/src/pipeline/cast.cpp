@@ -232,4 +232,6 @@ std::optional<Scalar> cast_scalar(const Scalar& in, Cast to, std::string& why) {
   return in;
 }
 
+std::optional<std::int64_t> iso_millis(std::string_view text) { return parse_iso_millis(text); }
+
 }  // namespace isthmus::pipeline

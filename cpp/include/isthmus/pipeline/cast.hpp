@@ -25,4 +25,8 @@ using Scalar = std::variant<std::monostate, bool, std::int64_t, double, std::str
 // Null stays null whatever the cast (a missing value is the mapping's business, not the cast's).
 std::optional<Scalar> cast_scalar(const Scalar& in, Cast to, std::string& why);
 
+// An ISO 8601 / RFC 3339 datetime ("2024-01-10", "2024-01-10T03:00:00.5+02:00"; no offset means
+// UTC) as Unix milliseconds, or nullopt when it is not one.
+std::optional<std::int64_t> iso_millis(std::string_view text);
+
 }  // namespace isthmus::pipeline

@@ -1,0 +1,187 @@
+// isthmus._core.ChangeLog: the webhook area's change log. Records arrive as Python objects and
+// are written as JSON here; the SQLite work runs with the GIL released.
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "bindings.hpp"
+#include "isthmus/error.hpp"
+#include "isthmus/webhook/change_log.hpp"
+
+namespace py = pybind11;
+
+namespace isthmus::bindings {
+namespace {
+
+using webhook::ApplyCounts;
+using webhook::Change;
+using webhook::ChangeLog;
+using webhook::Entry;
+using webhook::EventFormat;
+using webhook::RecordFields;
+
+template <class T>
+T value_or(const py::dict& d, const char* key, T fallback) {
+  if (!d.contains(key) || d[key].is_none()) return fallback;
+  return d[key].cast<T>();
+}
+
+RecordFields fields_of(const py::dict& d) {
+  RecordFields f;
+  f.id = value_or(d, "id", f.id);
+  f.version = value_or(d, "version", f.version);
+  f.updated_at = value_or(d, "updated_at", f.updated_at);
+  f.deleted = value_or(d, "deleted", f.deleted);
+  return f;
+}
+
+EventFormat format_of(const py::dict& d) {
+  EventFormat f;
+  f.type = value_or(d, "type", f.type);
+  f.data = value_or(d, "data", f.data);
+  f.thin = value_or(d, "thin", f.thin);
+  f.delete_actions = value_or(d, "delete_actions", f.delete_actions);
+  return f;
+}
+
+py::dict counts_dict(const ApplyCounts& c) {
+  py::dict d;
+  d["applied"] = c.applied;
+  d["stale"] = c.stale;
+  d["unchanged"] = c.unchanged;
+  d["duplicates"] = c.duplicates;
+  return d;
+}
+
+std::string body_text(const py::handle& o) {
+  if (py::isinstance<py::bytes>(o) || py::isinstance<py::str>(o)) return o.cast<std::string>();
+  throw Error(errc::invalid_argument, std::string("a queued event is a ") +
+                                          std::string(py::str(py::type::handle_of(o).attr("__name__"))) +
+                                          "; expected str or bytes");
+}
+
+py::tuple entry_meta(const Entry& e) {
+  return py::make_tuple(e.connection, e.resource, e.id, e.version, e.updated_ms, e.deleted, e.origin, e.seq,
+                        e.changed_at);
+}
+
+// The data of `entries` as one JSON array, for the core's page parser to turn into dicts at once.
+py::bytes data_array(const std::vector<Entry>& entries) {
+  std::string out = "[";
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    if (i) out += ',';
+    out += entries[i].data;
+  }
+  out += ']';
+  return py::bytes(out);
+}
+
+}  // namespace
+
+void bind_change_log(py::module_& m) {
+  py::class_<ChangeLog>(m, "ChangeLog")
+      .def(py::init<std::string>(), py::arg("path"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("path", &ChangeLog::path)
+      .def(
+          "apply_records",
+          [](ChangeLog& log, const py::list& records, const std::string& connection, const std::string& resource,
+             const std::string& origin, const py::dict& fields, const std::vector<std::string>& seen_events) {
+            const RecordFields f = fields_of(fields);
+            std::vector<Change> changes;
+            changes.reserve(records.size());
+            std::size_t i = 0;
+            for (const auto& r : records) {
+              std::string text = py::isinstance<py::str>(r) || py::isinstance<py::bytes>(r) ? r.cast<std::string>()
+                                                                                            : json_text(r);
+              try {
+                changes.push_back(webhook::change_from_record(text, f, connection, resource, origin));
+              } catch (const Error& e) {
+                throw Error(errc::invalid_argument, "records[" + std::to_string(i) + "]: " + e.what());
+              }
+              ++i;
+            }
+            ApplyCounts c;
+            {
+              py::gil_scoped_release release;
+              c = log.apply(changes, seen_events);
+            }
+            return counts_dict(c);
+          },
+          py::arg("records"), py::arg("connection"), py::arg("resource"), py::arg("origin"), py::arg("fields"),
+          py::arg("seen_events") = std::vector<std::string>{})
+      .def(
+          "ingest",
+          [](ChangeLog& log, const py::list& bodies, const py::dict& format, const py::dict& fields,
+             const std::vector<std::pair<std::string, std::string>>& connections, const std::string& fallback) {
+            std::vector<std::string> envelopes;
+            envelopes.reserve(bodies.size());
+            for (const auto& b : bodies) envelopes.push_back(body_text(b));
+            const EventFormat fmt = format_of(format);
+            const RecordFields f = fields_of(fields);
+            ChangeLog::Ingested got;
+            {
+              py::gil_scoped_release release;
+              got = log.ingest(envelopes, fmt, f, connections, fallback);
+            }
+            py::list thin, rejected;
+            for (const auto& t : got.thin)
+              thin.append(py::make_tuple(t.index, t.connection, t.resource, t.id, t.event_id, t.deleted));
+            for (const auto& r : got.rejected) rejected.append(py::make_tuple(r.index, r.event_id, r.route, r.reason));
+            return py::make_tuple(counts_dict(got.counts), thin, rejected);
+          },
+          py::arg("bodies"), py::arg("format"), py::arg("fields"), py::arg("connections"),
+          py::arg("default_connection"))
+      .def(
+          "read",
+          [](ChangeLog& log, std::int64_t after, std::size_t limit, const std::string& connection,
+             const std::string& resource) {
+            std::vector<Entry> entries;
+            {
+              py::gil_scoped_release release;
+              entries = log.read(after, limit, connection, resource);
+            }
+            py::list meta;
+            for (const auto& e : entries) meta.append(entry_meta(e));
+            return py::make_tuple(data_array(entries), meta);
+          },
+          py::arg("after_seq"), py::arg("limit"), py::arg("connection") = "", py::arg("resource") = "")
+      .def(
+          "get",
+          [](ChangeLog& log, const std::string& connection, const std::string& resource,
+             const std::string& id) -> py::object {
+            auto e = log.get(connection, resource, id);
+            if (!e) return py::none();
+            return py::make_tuple(data_array({*e}), entry_meta(*e));
+          },
+          py::arg("connection"), py::arg("resource"), py::arg("id"))
+      .def("seen", &ChangeLog::seen, py::arg("event_ids"), py::call_guard<py::gil_scoped_release>())
+      .def("meta", &ChangeLog::meta, py::arg("key"))
+      .def("set_meta", &ChangeLog::set_meta, py::arg("key"), py::arg("value"))
+      .def(
+          "rejected",
+          [](ChangeLog& log, std::size_t limit) {
+            py::list out;
+            for (const auto& r : log.rejected(limit))
+              out.append(py::make_tuple(r.event_id, r.route, r.reason, r.envelope, r.at));
+            return out;
+          },
+          py::arg("limit") = 0)
+      .def(
+          "stats",
+          [](ChangeLog& log, const std::string& connection, const std::string& resource) {
+            auto s = log.stats(connection, resource);
+            py::dict d;
+            d["entries"] = s.entries;
+            d["live"] = s.live;
+            d["deleted"] = s.deleted;
+            d["last_seq"] = s.last_seq;
+            d["events"] = s.events;
+            d["rejected"] = s.rejected;
+            return d;
+          },
+          py::arg("connection") = "", py::arg("resource") = "")
+      .def("close", &ChangeLog::close);
+}
+
+}  // namespace isthmus::bindings
