@@ -20,8 +20,8 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+from starlette.concurrency import run_in_threadpool
 
 SECRET = os.environ["BENCH_SECRET"]
 DB = os.environ["BENCH_DB"]

@@ -97,7 +97,7 @@ class WebhookReceiver:
     """
 
     def __init__(self, *, routes: Mapping[str, Mapping[str, Any]],
-                 queue: Union[LocalQueue, AmqpQueue, str, "os.PathLike[str]"],
+                 queue: Union[LocalQueue, AmqpQueue, str, os.PathLike[str]],
                  port: int = 0, host: str = "127.0.0.1", queue_name: Optional[str] = None,
                  max_body_bytes: int = 1_048_576, max_depth: int = 100_000, dedupe_ids: int = 100_000,
                  threads: int = 1, retry_after: int = 1):
@@ -149,7 +149,7 @@ class WebhookReceiver:
         """``http://HOST:PORT``, once started; a route's URL is this plus its path."""
         return str(self._rx.url)
 
-    def start(self) -> "WebhookReceiver":
+    def start(self) -> WebhookReceiver:
         """Binds and serves on the server's own threads; returns self."""
         if self._stopped:
             raise errors.StateError("the webhook receiver was stopped; make a new one")
@@ -181,7 +181,7 @@ class WebhookReceiver:
         messages) and ``routes`` ({path: accepted})."""
         return dict(self._rx.stats())
 
-    def __enter__(self) -> "WebhookReceiver":
+    def __enter__(self) -> WebhookReceiver:
         return self.start()
 
     def __exit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
@@ -225,7 +225,7 @@ def receiver_from_dict(doc: Any, base: Path = Path(".")) -> WebhookReceiver:
     return WebhookReceiver(routes=doc["routes"], queue=q, **kw)
 
 
-def load_receiver(path: Union[str, "os.PathLike[str]"]) -> WebhookReceiver:
+def load_receiver(path: Union[str, os.PathLike[str]]) -> WebhookReceiver:
     """A receiver (not started) from a YAML or JSON file; bad files raise ``ConfigError`` naming
     the field."""
     from isthmus.config import _read

@@ -377,7 +377,8 @@ def test_cli_serves_a_yaml_file_until_sigterm(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("queue: ./e.db\nroutes:\n  /a: {secret: s, shceme: github}\n", "routes./a.shceme: unknown key; did you mean scheme?"),
+    ("queue: ./e.db\nroutes:\n  /a: {secret: s, shceme: github}\n",
+     "routes./a.shceme: unknown key; did you mean scheme?"),
     ("queue: ./e.db\nroutes:\n  /a: {scheme: gitlab, secret: s}\n", "routes./a.scheme: 'gitlab' is not valid"),
     ("routes:\n  /a: {secret: s}\n", "queue: missing"),
     ("queue: ./e.db\nport: high\nroutes:\n  /a: {secret: s}\n", "port: expected an integer"),
