@@ -42,7 +42,7 @@ SCHEMA_PATH = Path(__file__).parent / "schema" / "webhooks.schema.json"
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= value <= high:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not low <= int(value) <= high:
         raise errors.ConfigError(f"{name}: {value!r} is not valid; expected an integer from {low} to {high}")
     return int(value)
 

@@ -267,6 +267,8 @@ def test_no_acknowledged_event_is_lost_to_kill_9(tmp_path):
         if child.poll() is None:
             child.kill()
             child.wait()
+        child.stdout.close()
+        child.stderr.close()
     assert child.returncode == -signal.SIGKILL
     stored = {m["event_id"] for m in drain(path)}
     lost = set(acked) - stored
