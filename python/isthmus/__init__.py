@@ -23,7 +23,6 @@ from isthmus import queue as _queue
 from isthmus import sinks as _sinks
 from isthmus import source as _source
 from isthmus import stream as _stream
-from isthmus import webhooks as _webhooks
 from isthmus import worker as _worker
 from isthmus.auth import *  # noqa: F401,F403
 from isthmus.coordination import *  # noqa: F401,F403
@@ -40,7 +39,7 @@ from isthmus.sandbox import Sandbox
 from isthmus.sinks import *  # noqa: F401,F403
 from isthmus.source import *  # noqa: F401,F403
 from isthmus.stream import *  # noqa: F401,F403
-from isthmus.webhooks import *  # noqa: F401,F403
+from isthmus.webhooks import WebhookReceiver
 from isthmus.worker import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
@@ -48,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "Sandbox",
+    "WebhookReceiver",
     *_http.__all__,
     *_source.__all__,
     *_stream.__all__,
@@ -59,7 +59,6 @@ __all__ = [
     *_mapping.__all__,
     *_sinks.__all__,
     *_queue.__all__,
-    *_webhooks.__all__,
     *_auth.__all__,
     *_limits.__all__,
     *_coordination.__all__,

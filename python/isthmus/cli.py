@@ -544,7 +544,7 @@ def _fleet_manage(args: argparse.Namespace) -> int:
 def _add_webhooks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("webhooks", help="receive webhooks into a durable queue",
                        description="Receive signed webhooks. See docs/webhooks.md.")
-    wsub = p.add_subparsers(dest="webhooks_command", metavar="ACTION")
+    wsub = p.add_subparsers(dest="webhooks_command", metavar="ACTION", help="serve")
     wsub.required = True
     serve = wsub.add_parser("serve", help="serve the receiver of a YAML file until Ctrl-C or SIGTERM",
                             description="Serve the webhook receiver a YAML file describes (isthmus schema "

@@ -31,7 +31,7 @@ from typing import Any, Dict, Mapping, Optional, Type, Union
 from isthmus import _core, errors
 from isthmus.queue import AmqpQueue, LocalQueue, open_queue
 
-__all__ = ["WebhookReceiver", "load_receiver", "webhooks_schema"]
+__all__ = ["WebhookReceiver", "load_receiver", "webhooks_schema", "validate_webhooks"]
 
 log = logging.getLogger("isthmus")
 
@@ -206,16 +206,24 @@ def webhooks_schema() -> Dict[str, Any]:
     return result
 
 
-def receiver_from_dict(doc: Any, base: Path = Path(".")) -> WebhookReceiver:
-    """A receiver from a document shaped like the YAML file; ``${VAR}`` strings are replaced by
-    the environment variable; a relative queue path is relative to ``base``."""
+def validate_webhooks(doc: Any) -> None:
+    """Checks a receiver document (as loaded from YAML) against the schema; raises
+    ``ConfigError`` naming the first problem's path. ``${VAR}`` strings are not expanded."""
     import jsonschema
 
-    from isthmus.config import _expand, _first, _message
+    from isthmus.config import _first, _message
 
     errs = list(jsonschema.Draft202012Validator(webhooks_schema()).iter_errors(doc))
     if errs:
         raise errors.ConfigError(_message(_first(errs)))
+
+
+def receiver_from_dict(doc: Any, base: Path = Path(".")) -> WebhookReceiver:
+    """A receiver from a document shaped like the YAML file; ``${VAR}`` strings are replaced by
+    the environment variable; a relative queue path is relative to ``base``."""
+    from isthmus.config import _expand
+
+    validate_webhooks(doc)
     doc = _expand(doc, "")
     q = doc["queue"]
     if not q.startswith(("amqp://", "amqps://")):
