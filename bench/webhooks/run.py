@@ -8,8 +8,9 @@ with uvloop and httptools, 1 and 2 workers). Each receiver runs in its own proce
 file; its CPU (all its threads and workers) is read from /proc around the timed part.
 
 Rows:
-- throughput: N pre-signed events sent by isthmus' own client (libcurl in the core, no Python
-  per request) with 64 in flight on keep-alive connections, after an untimed warm-up;
+- throughput: N pre-signed events, built into HTTP requests before the clock starts, sent by
+  sender.cpp (one epoll thread, built here with g++, copying bytes only, so it leaves the two
+  cores to the receiver) with 64 in flight on keep-alive connections, after an untimed warm-up;
 - latency at a paced 1,000 events/s for --seconds: an asyncio sender on 16 keep-alive
   connections; each event's latency runs from its scheduled send time (so a stalled receiver
   is not excused by the sender waiting), p50 and p99.
@@ -27,6 +28,7 @@ import base64
 import json
 import os
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -105,36 +107,55 @@ class Receiver:
             return int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
 
-def throughput(rx: Receiver, n: int, concurrency: int) -> dict:
-    import isthmus
-
-    warm = signed_requests(bodies(min(500, n), f"warm{rx.port}"))
-    work = signed_requests(bodies(n, f"tp{rx.port}"))
-    with isthmus.Client(rx.url, max_connections=concurrency, timeout=60) as client:
-        def build(batch):
-            return [client.build_request("POST", ROUTE, headers=h, content=b) for h, b in batch]
-
-        client.get_many(build(warm), concurrency=concurrency)
-        reqs = build(work)
-        cpu0, t0 = rx.cpu_s(), time.perf_counter()
-        answers = client.get_many(reqs, concurrency=concurrency, return_exceptions=True)
-        wall = time.perf_counter() - t0
-        cpu = rx.cpu_s() - cpu0
-    bad = [a for a in answers if isinstance(a, Exception) or a.status_code != 200]
-    if bad:
-        raise RuntimeError(f"{rx.label}: {len(bad)} of {n} events not answered 200 (first: {bad[0]!r})")
-    return {"tool": f"{rx.label}", "value": round(n / wall), "events": n, "wall_s": round(wall, 3),
-            "cpu_us": cpu / n * 1e6, "note": f"max throughput, {concurrency} in flight"}
-
-
-async def _paced(url: str, events: list[tuple[dict, bytes]], rate: float, connections: int) -> list[float]:
-    host, port = url.split("//")[1].split(":")
-    wire = []
+def wire(url: str, events: list[tuple[dict, bytes]]) -> list[bytes]:
+    """Each event as the bytes of one HTTP/1.1 POST, built before anything is timed."""
+    host = url.split("//")[1]
+    out = []
     for headers, body in events:
         head = f"POST {ROUTE} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head += f"Content-Length: {len(body)}\r\n\r\n"
-        wire.append(head.encode() + body)
+        out.append(head.encode() + body)
+    return out
+
+
+def build_sender(tmp: Path) -> Path:
+    exe = tmp / "sender"
+    subprocess.run(["g++", "-O2", "-std=c++17", "-o", str(exe), str(HERE / "sender.cpp")], check=True)
+    return exe
+
+
+def send_all(sender: Path, rx: Receiver, events: list[tuple[dict, bytes]], concurrency: int, tmp: Path) -> dict:
+    path = tmp / f"requests-{time.monotonic_ns()}.bin"
+    with open(path, "wb") as f:
+        for w in wire(rx.url, events):
+            f.write(struct.pack("<I", len(w)) + w)
+    out = subprocess.run([str(sender), "127.0.0.1", str(rx.port), str(concurrency), str(path)],
+                         capture_output=True, text=True, timeout=900)
+    path.unlink()
+    if out.returncode != 0:
+        raise RuntimeError(f"sender: {out.stderr.strip()}")
+    report: dict = json.loads(out.stdout)
+    if report["ok"] != len(events):
+        raise RuntimeError(f"{rx.label}: {report['other']} of {len(events)} events not answered 200")
+    return report
+
+
+def throughput(rx: Receiver, n: int, concurrency: int, sender: Path, tmp: Path) -> dict:
+    send_all(sender, rx, signed_requests(bodies(min(500, n), f"warm{rx.port}")), concurrency, tmp)
+    work = signed_requests(bodies(n, f"tp{rx.port}"))
+    cpu0 = rx.cpu_s()
+    report = send_all(sender, rx, work, concurrency, tmp)
+    cpu = rx.cpu_s() - cpu0
+    wall = report["elapsed_s"]
+    return {"tool": f"{rx.label}", "value": round(n / wall), "events": n, "wall_s": round(wall, 3),
+            "cpu_us": cpu / n * 1e6, "sender_cpu_us": report["cpu_s"] / n * 1e6,
+            "note": f"max throughput, {concurrency} in flight"}
+
+
+async def _paced(url: str, events: list[tuple[dict, bytes]], rate: float, connections: int) -> list[float]:
+    host, port = url.split("//")[1].split(":")
+    requests = wire(url, events)
     latencies: list[float] = []
     next_index = 0
     loop = asyncio.get_running_loop()
@@ -143,14 +164,14 @@ async def _paced(url: str, events: list[tuple[dict, bytes]], rate: float, connec
     async def conn() -> None:
         nonlocal next_index
         reader, writer = await asyncio.open_connection(host, int(port))
-        while next_index < len(wire):
+        while next_index < len(requests):
             i = next_index
             next_index += 1
             due = start + i / rate
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            writer.write(wire[i])
+            writer.write(requests[i])
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n"):
@@ -198,13 +219,14 @@ def main() -> int:
     machine = common.machine_info()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
+        sender = build_sender(Path(tmp))
         for kind, workers in [("isthmus", 1), *peers]:
             n = args.events if kind == "isthmus" else args.peer_events
             for measure in ("throughput", "latency"):
                 rx = Receiver(kind, workers, Path(tmp))
                 try:
                     if measure == "throughput":
-                        row = throughput(rx, n, args.concurrency)
+                        row = throughput(rx, n, args.concurrency, sender, Path(tmp))
                         expect = n + min(500, n)
                     else:
                         row = latency(rx, args.rate, args.seconds)
