@@ -72,7 +72,8 @@ class Receiver:
         self.port = common.free_port()
         self.db = tmp / f"{kind}-{workers}-{time.monotonic_ns()}.db"
         if kind == "isthmus":
-            cmd = [sys.executable, str(HERE / "isthmus_server.py"), str(self.port), str(self.db), SECRET]
+            cmd = [sys.executable, str(HERE / "isthmus_server.py"), str(self.port), str(self.db), SECRET,
+                   str(workers)]
             env = dict(os.environ)
         else:
             cmd = [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", str(self.port), "--host",
@@ -90,7 +91,7 @@ class Receiver:
     @property
     def label(self) -> str:
         if self.kind == "isthmus":
-            return "isthmus WebhookReceiver"
+            return f"isthmus WebhookReceiver, {self.workers} I/O thread{'s' if self.workers > 1 else ''}"
         return f"fastapi+uvicorn {self.workers} worker{'s' if self.workers > 1 else ''}"
 
     def cpu_s(self) -> float:
@@ -207,6 +208,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="the isthmus receiver's I/O threads, a row each")
     args = ap.parse_args()
     try:
         import fastapi  # noqa: F401
@@ -220,7 +222,7 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-webhooks-") as tmp:
         sender = build_sender(Path(tmp))
-        for kind, workers in [("isthmus", 1), *peers]:
+        for kind, workers in [*(("isthmus", t) for t in args.threads), *peers]:
             n = args.events if kind == "isthmus" else args.peer_events
             for measure in ("throughput", "latency"):
                 rx = Receiver(kind, workers, Path(tmp))
