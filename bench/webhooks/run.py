@@ -208,7 +208,8 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--rate", type=float, default=1000.0)
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1], help="the isthmus receiver's I/O threads, a row each")
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="the isthmus receiver's I/O threads, a row each")
     args = ap.parse_args()
     try:
         import fastapi  # noqa: F401
