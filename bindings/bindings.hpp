@@ -22,7 +22,7 @@ void bind_sinks(pybind11::module_& m);
 void bind_queue(pybind11::module_& m);
 void bind_store(pybind11::module_& m);
 void bind_coord(pybind11::module_& m);
-void bind_change_log(pybind11::module_& m);
+void bind_webhook(pybind11::module_& m);
 
 // bind_limits.cpp: `inner` wrapped in a GovernedTransport when the client has a limiter
 // (an isthmus._core.Limiter) or a retry policy (a dict); otherwise `inner` itself.

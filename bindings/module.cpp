@@ -17,5 +17,5 @@ PYBIND11_MODULE(_core, m) {
   bind_sinks(m);
   bind_queue(m);
   bind_store(m);
-  bind_change_log(m);
+  bind_webhook(m);  // after queue: a receiver takes a LocalQueue or an AmqpQueue
 }

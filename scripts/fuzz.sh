@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-1000000}
 seed=${SEED:-1}
 max_len=${MAX_LEN:-4096}
-read -r -a targets <<< "${TARGETS:-link_header server_signals page webhook sandbox_config url}"
+read -r -a targets <<< "${TARGETS:-link_header server_signals page webhook webhook_request sandbox_config url}"
 if ! [[ "$runs" =~ ^[1-9][0-9]*$ ]]; then
   echo "usage: scripts/fuzz.sh [RUNS]   (RUNS: a positive number of executions per target)" >&2
   exit 2

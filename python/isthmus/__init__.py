@@ -41,6 +41,7 @@ from isthmus.sandbox import Sandbox
 from isthmus.sinks import *  # noqa: F401,F403
 from isthmus.source import *  # noqa: F401,F403
 from isthmus.stream import *  # noqa: F401,F403
+from isthmus.webhooks import WebhookReceiver
 from isthmus.worker import *  # noqa: F401,F403
 
 __version__ = "0.1.0"
@@ -48,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "Sandbox",
+    "WebhookReceiver",
     *_http.__all__,
     *_source.__all__,
     *_stream.__all__,

@@ -4,7 +4,7 @@ isthmus core (C++): engine, HTTP client, sandbox. Use the isthmus package instea
 from __future__ import annotations
 import collections.abc
 import typing
-__all__: list[str] = ['AmqpQueue', 'ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'ChangeLog', 'CompletionQueue', 'Coordination', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Lease', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'PageReader', 'RefreshLock', 'Response', 'SandboxServer', 'SqliteWriter', 'StateStore', 'TokenStore', 'Watermark', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_jwt', 'sign_webhook', 'verify_webhook']
+__all__: list[str] = ['AmqpQueue', 'ApiKey', 'AwsSigV4', 'BasicAuth', 'BearerToken', 'ChangeLog', 'CompletionQueue', 'Coordination', 'Credential', 'FieldMapper', 'HmacSigner', 'HttpBatcher', 'HttpClient', 'JsonlWriter', 'JwtAssertion', 'Lease', 'Limiter', 'LocalQueue', 'MappedBatch', 'OAuth2', 'PageReader', 'RefreshLock', 'Response', 'SandboxServer', 'SqliteWriter', 'StateStore', 'TokenStore', 'Watermark', 'WebhookReceiver', 'constant_time_equal', 'encode_query', 'encode_url', 'error_codes', 'find_link', 'generate_token_key', 'hmac', 'json_batch', 'json_dumps', 'json_lines', 'map_page', 'parse_page', 'parse_retry_after', 'parse_server_quota', 'pkce_challenge_s256', 'pkce_verifier', 'python_records_built', 'raise_error_code', 'random_token', 'record_keys', 'record_values', 'redact_url', 'shutdown', 'sign_hmac_webhook', 'sign_jwt', 'sign_webhook', 'verify_webhook']
 class JwtAssertion:
     def __init__(self, algorithm: str, key: bytes, key_id: str, issuer: str, subject: str, audience: str, lifetime: typing.SupportsFloat | typing.SupportsIndex, extra_claims_json: str) -> None:
         ...
@@ -527,6 +527,30 @@ class StateStore:
     @property
     def path(self) -> str:
         ...
+class WebhookReceiver:
+    """
+    A webhook receiver (use isthmus.WebhookReceiver).
+    """
+    def __init__(self, host: str, port: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex, routes: list, queue: typing.Any, max_body_bytes: typing.SupportsInt | typing.SupportsIndex, max_depth: typing.SupportsInt | typing.SupportsIndex, dedupe_ids: typing.SupportsInt | typing.SupportsIndex, retry_after: typing.SupportsInt | typing.SupportsIndex) -> None:
+        ...
+    def start(self) -> None:
+        """
+        Binds and serves.
+        """
+    def stats(self) -> dict:
+        """
+        The counters: requests, accepted, duplicates, ..., puts, depth, routes {path: accepted}.
+        """
+    def stop(self) -> None:
+        """
+        Writes and answers what was handed in, then stops.
+        """
+    @property
+    def port(self) -> int:
+        ...
+    @property
+    def url(self) -> str:
+        ...
 class ChangeLog:
     def __init__(self, path: str) -> None:
         ...
@@ -628,6 +652,10 @@ def redact_url(arg0: str) -> str:
 def shutdown() -> None:
     """
     Stop the process-wide engine's I/O threads (called at interpreter exit).
+    """
+def sign_hmac_webhook(secret: str, body: bytes) -> str:
+    """
+    'sha256=<hex HMAC-SHA256 of body>' for the hmac scheme.
     """
 def sign_jwt(algorithm: str, key: bytes, claims_json: str, key_id: str) -> str:
     ...

@@ -350,14 +350,16 @@ def _add_schema(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser("schema", help="print the JSON Schema of a file isthmus reads",
                        description="Print a JSON Schema (draft 2020-12), e.g. for an editor's YAML "
                                    "completion: isthmus schema pipeline > pipeline.schema.json")
-    p.add_argument("kind", choices=("pipeline",), help="which file: pipeline (isthmus run's YAML)")
+    p.add_argument("kind", choices=("pipeline", "webhooks"),
+                   help="which file: pipeline (isthmus run's YAML) or webhooks (isthmus webhooks serve's)")
     p.set_defaults(func=_print_schema)
 
 
 def _print_schema(args: argparse.Namespace) -> int:
     from isthmus.config import pipeline_schema
+    from isthmus.webhooks import webhooks_schema
 
-    print(json.dumps(pipeline_schema(), indent=2))
+    print(json.dumps(webhooks_schema() if args.kind == "webhooks" else pipeline_schema(), indent=2))
     return EXIT_OK
 
 
@@ -539,6 +541,42 @@ def _fleet_manage(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_webhooks(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("webhooks", help="receive webhooks into a durable queue",
+                       description="Receive signed webhooks. See docs/webhooks.md.")
+    wsub = p.add_subparsers(dest="webhooks_command", metavar="ACTION", help="serve")
+    wsub.required = True
+    serve = wsub.add_parser("serve", help="serve the receiver of a YAML file until Ctrl-C or SIGTERM",
+                            description="Serve the webhook receiver a YAML file describes (isthmus schema "
+                                        "webhooks prints its schema) until Ctrl-C or SIGTERM.",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("config", help="the receiver's YAML file")
+    serve.set_defaults(func=_webhooks_serve)
+
+
+def _webhooks_serve(args: argparse.Namespace) -> int:
+    from isthmus.webhooks import load_receiver
+
+    rx = load_receiver(args.config)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    rx.start()
+    try:
+        print(f"isthmus webhooks serving on {rx.url}  (Ctrl-C to stop)")
+        for path in rx.routes:
+            print(f"  route  {rx.url}{path}")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        rx.stop()
+    s = rx.stats()
+    print(f"isthmus webhooks stopped: {s['accepted']} accepted, {s['duplicates']} duplicates, "
+          f"{s['requests'] - s['accepted'] - s['duplicates']} refused")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from isthmus import __version__
 
@@ -555,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schema(sub)
     _add_state(sub)
     _add_fleet(sub)
+    _add_webhooks(sub)
     return parser
 
 
@@ -568,7 +607,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     command = " ".join(c for c in ("isthmus", args.command, getattr(args, "dlq_command", None),
                                         getattr(args, "state_command", None),
-                                        getattr(args, "fleet_command", None)) if c)
+                                        getattr(args, "fleet_command", None),
+                                        getattr(args, "webhooks_command", None)) if c)
     try:
         result: int = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the wrapper, not at exit

@@ -492,21 +492,21 @@ def _build(doc: Any, base: Path, *, name: Optional[str] = None, state: Optional[
     return pipeline
 
 
-def _read(path: str) -> Tuple[Any, Path]:
+def _read(path: str, what: str = "pipeline file") -> Tuple[Any, Path]:
     import yaml
 
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise errors.ConfigError(f"pipeline file {path}: {exc.strerror or exc}") from None
+        raise errors.ConfigError(f"{what} {path}: {exc.strerror or exc}") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "cannot be parsed"
-        raise errors.ConfigError(f"pipeline file {path} is not valid YAML{at}: {problem}") from None
+        raise errors.ConfigError(f"{what} {path} is not valid YAML{at}: {problem}") from None
     return doc, p.resolve().parent
 
 

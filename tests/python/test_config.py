@@ -15,6 +15,7 @@ import isthmus
 from conftest import authorization_code_refresh_token
 from isthmus import cli, config
 from isthmus.config import load_pipeline, pipeline_from_dict, pipeline_schema, validate_pipeline
+from isthmus.webhooks import validate_webhooks
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = bytes(range(32)).hex()
@@ -375,7 +376,11 @@ def yaml_examples():
 
 @pytest.mark.parametrize("block", yaml_examples())
 def test_every_yaml_example_in_the_docs_validates(block):
-    validate_pipeline(yaml.safe_load(textwrap.dedent(block)))
+    doc = yaml.safe_load(textwrap.dedent(block))
+    if isinstance(doc, dict) and "routes" in doc:  # an `isthmus webhooks serve` file
+        validate_webhooks(doc)
+    else:
+        validate_pipeline(doc)
 
 
 def test_isthmus_schema_pipeline_prints_the_schema(capsys):

@@ -135,6 +135,45 @@ WebhookVerdict verify_webhook(WebhookScheme scheme, const std::string& secret,
   return failed("header", "unknown scheme");
 }
 
+WebhookVerdict verify_hmac_webhook(const std::string& secret, const HmacWebhookHeaders& names,
+                                   const http::Headers& headers, const std::string& body,
+                                   double tolerance, double now) {
+  if (secret.empty()) return failed("secret", "the secret is empty");
+  const auto* h = http::find_header(headers, names.signature_header);
+  if (!h) return failed("header", "missing header: " + names.signature_header);
+  if (!names.timestamp_header.empty()) {
+    const auto* ts = http::find_header(headers, names.timestamp_header);
+    if (!ts) return failed("header", "missing header: " + names.timestamp_header);
+    auto t = parse_unix(trim(*ts));
+    if (!t) return failed("header", names.timestamp_header + " is not a unix time in seconds");
+    if (auto v = check_time(*t, tolerance, now); !v.ok()) return v;
+  }
+  std::string given = trim(*h);
+  if (given.size() > 7 && lower(given.substr(0, 7)) == "sha256=") given.erase(0, 7);
+  if (given.empty()) return failed("header", names.signature_header + " is empty");
+  const std::string mac = hmac(Digest::sha256, secret, body);
+  // 64 hex digits, or base64 of the 32 bytes (44 characters with its padding, 43 without).
+  if (given.size() == 64 && given.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos) {
+    if (!constant_time_equal(lower(given), hex(mac)))
+      return failed("signature", "the signature does not match the body");
+    return {};
+  }
+  std::string decoded;
+  try {
+    decoded = unbase64(given);
+  } catch (const Error&) {
+    return failed("header", names.signature_header + " is neither hex nor base64 of an HMAC-SHA256");
+  }
+  if (decoded.size() != mac.size())
+    return failed("header", names.signature_header + " is neither hex nor base64 of an HMAC-SHA256");
+  if (!constant_time_equal(decoded, mac)) return failed("signature", "the signature does not match the body");
+  return {};
+}
+
+std::string sign_hmac_webhook(const std::string& secret, const std::string& body) {
+  return "sha256=" + hex(hmac(Digest::sha256, secret, body));
+}
+
 http::Headers sign_webhook(WebhookScheme scheme, const std::string& secret, const std::string& id,
                            double timestamp, const std::string& body) {
   const std::string ts = std::to_string(static_cast<long long>(timestamp));

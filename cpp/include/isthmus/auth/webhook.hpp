@@ -30,6 +30,20 @@ WebhookVerdict verify_webhook(WebhookScheme scheme, const std::string& secret,
                               const http::Headers& headers, const std::string& body,
                               double tolerance_seconds, double now_unix_seconds);
 
+// A generic HMAC-SHA256 of the body, as many products sign theirs: the header named
+// `signature_header` holds the MAC in hex or base64, optionally prefixed "sha256=". With a
+// `timestamp_header`, that header must hold unix seconds inside the tolerance (it is not signed:
+// the window only bounds how long a captured request can be replayed). Verdicts as above.
+struct HmacWebhookHeaders {
+  std::string signature_header = "X-Webhook-Signature";
+  std::string timestamp_header;  // empty: no timestamp
+};
+WebhookVerdict verify_hmac_webhook(const std::string& secret, const HmacWebhookHeaders& names,
+                                   const http::Headers& headers, const std::string& body,
+                                   double tolerance_seconds, double now_unix_seconds);
+// The header a sender of that scheme sets: "sha256=<hex>".
+std::string sign_hmac_webhook(const std::string& secret, const std::string& body);
+
 // What a sender would put in the headers, for tests and for the sandbox's signed webhooks.
 http::Headers sign_webhook(WebhookScheme scheme, const std::string& secret, const std::string& id,
                            double timestamp, const std::string& body);
