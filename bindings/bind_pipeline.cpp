@@ -540,37 +540,32 @@ py::object from_json(const std::string& text) {
   return (*loads)(py::str(text));
 }
 
-template <class T>
-T get(const py::dict& d, const char* key, T fallback) {
-  if (!d.contains(key) || d[key].is_none()) return fallback;
-  return d[key].cast<T>();
-}
 
 pipeline::PaginatorSpec paginator_spec(const py::object& spec) {
   using Kind = pipeline::PaginatorSpec::Kind;
   pipeline::PaginatorSpec p;
   if (spec.is_none()) return p;
   auto d = spec.cast<py::dict>();
-  const auto kind = get<std::string>(d, "kind", "");
+  const auto kind = dict_value<std::string>(d, "kind", "");
   if (kind == "cursor") {
     p.kind = Kind::cursor;
-    p.cursor_path = get<std::string>(d, "cursor", "");
-    p.param = get<std::string>(d, "param", "");
-    p.has_more_path = get<std::string>(d, "has_more", "");
+    p.cursor_path = dict_value<std::string>(d, "cursor", "");
+    p.param = dict_value<std::string>(d, "param", "");
+    p.has_more_path = dict_value<std::string>(d, "has_more", "");
   } else if (kind == "next_url") {
     p.kind = Kind::next_url;
-    p.next_path = get<std::string>(d, "next", "");
+    p.next_path = dict_value<std::string>(d, "next", "");
   } else if (kind == "link") {
     p.kind = Kind::link_header;
-    p.rel = get<std::string>(d, "rel", "next");
+    p.rel = dict_value<std::string>(d, "rel", "next");
   } else if (kind == "offset" || kind == "page_number") {
     p.kind = kind == "offset" ? Kind::offset : Kind::page_number;
-    p.param = get<std::string>(d, "param", "");
-    p.size_param = get<std::string>(d, "size_param", "");
-    p.size = get<std::uint64_t>(d, "size", 100);
-    p.total_path = get<std::string>(d, "total", "");
-    p.start = get<std::int64_t>(d, "start", 0);
-    p.window = get<std::size_t>(d, "window", 8);
+    p.param = dict_value<std::string>(d, "param", "");
+    p.size_param = dict_value<std::string>(d, "size_param", "");
+    p.size = dict_value<std::uint64_t>(d, "size", 100);
+    p.total_path = dict_value<std::string>(d, "total", "");
+    p.start = dict_value<std::int64_t>(d, "start", 0);
+    p.window = dict_value<std::size_t>(d, "window", 8);
   } else if (kind == "follow") {
     p.kind = Kind::follow;
     if (d.contains("fields")) p.fields = d["fields"].cast<std::vector<std::string>>();
@@ -586,12 +581,12 @@ class PyPageReader {
  public:
   PyPageReader(const py::object& client, const py::dict& spec) {
     pipeline::ReaderOptions o;
-    o.label = get<std::string>(spec, "label", "Stream");
-    o.base_url = get<std::string>(spec, "base_url", "");
-    o.path = get<std::string>(spec, "path", "");
-    o.client_query = get<std::string>(spec, "client_query", "");
-    o.headers = get<http::Headers>(spec, "headers", {});
-    o.records_path = records_path_ = get<std::string>(spec, "records", "data");
+    o.label = dict_value<std::string>(spec, "label", "Stream");
+    o.base_url = dict_value<std::string>(spec, "base_url", "");
+    o.path = dict_value<std::string>(spec, "path", "");
+    o.client_query = dict_value<std::string>(spec, "client_query", "");
+    o.headers = dict_value<http::Headers>(spec, "headers", {});
+    o.records_path = records_path_ = dict_value<std::string>(spec, "records", "data");
     o.params = spec.contains("params") ? to_json(spec["params"]) : "{}";
     if (spec.contains("partitions") && !spec["partitions"].is_none())
       for (const auto& p : spec["partitions"].cast<py::list>()) o.partitions.push_back(to_json(p));
@@ -606,16 +601,16 @@ class PyPageReader {
         auto t = item.cast<py::tuple>();
         o.todo.push_back({t[0].cast<std::size_t>(), t[1].is_none() ? std::string() : to_json(t[1])});
       }
-    o.concurrency = get<std::size_t>(spec, "concurrency", 4);
-    o.attempts = get<int>(spec, "attempts", 6);
-    o.prefetch = get<std::size_t>(spec, "prefetch", 8);
-    o.keep_body = get<bool>(spec, "keep_body", false);
-    o.single_page = get<bool>(spec, "single_page", false);
+    o.concurrency = dict_value<std::size_t>(spec, "concurrency", 4);
+    o.attempts = dict_value<int>(spec, "attempts", 6);
+    o.prefetch = dict_value<std::size_t>(spec, "prefetch", 8);
+    o.keep_body = dict_value<bool>(spec, "keep_body", false);
+    o.single_page = dict_value<bool>(spec, "single_page", false);
     following_ = o.paginator.kind == pipeline::PaginatorSpec::Kind::follow;
     // Fused: each page is mapped in the core as it is taken, and Python gets a MappedBatch.
-    if (get<bool>(spec, "fused", false)) {
+    if (dict_value<bool>(spec, "fused", false)) {
       fused_ = true;
-      key_path_ = get<std::string>(spec, "key", "id");
+      key_path_ = dict_value<std::string>(spec, "key", "id");
       if (spec.contains("mapper") && !spec["mapper"].is_none()) {
         mapper_ = spec["mapper"];
         map_ = &mapper_.cast<const FieldMapper&>().page_map();

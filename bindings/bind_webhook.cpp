@@ -55,27 +55,22 @@ using webhook::Entry;
 using webhook::EventFormat;
 using webhook::RecordFields;
 
-template <class T>
-T value_or(const py::dict& d, const char* key, T fallback) {
-  if (!d.contains(key) || d[key].is_none()) return fallback;
-  return d[key].cast<T>();
-}
 
 RecordFields fields_of(const py::dict& d) {
   RecordFields f;
-  f.id = value_or(d, "id", f.id);
-  f.version = value_or(d, "version", f.version);
-  f.updated_at = value_or(d, "updated_at", f.updated_at);
-  f.deleted = value_or(d, "deleted", f.deleted);
+  f.id = dict_value(d, "id", f.id);
+  f.version = dict_value(d, "version", f.version);
+  f.updated_at = dict_value(d, "updated_at", f.updated_at);
+  f.deleted = dict_value(d, "deleted", f.deleted);
   return f;
 }
 
 EventFormat format_of(const py::dict& d) {
   EventFormat f;
-  f.type = value_or(d, "type", f.type);
-  f.data = value_or(d, "data", f.data);
-  f.thin = value_or(d, "thin", f.thin);
-  f.delete_actions = value_or(d, "delete_actions", f.delete_actions);
+  f.type = dict_value(d, "type", f.type);
+  f.data = dict_value(d, "data", f.data);
+  f.thin = dict_value(d, "thin", f.thin);
+  f.delete_actions = dict_value(d, "delete_actions", f.delete_actions);
   return f;
 }
 

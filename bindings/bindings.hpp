@@ -24,6 +24,13 @@ void bind_store(pybind11::module_& m);
 void bind_coord(pybind11::module_& m);
 void bind_webhook(pybind11::module_& m);
 
+// d[key] as a T, or `fallback` when the key is missing or None (specs the Python layer validated).
+template <class T>
+T dict_value(const pybind11::dict& d, const char* key, T fallback) {
+  if (!d.contains(key) || d[key].is_none()) return fallback;
+  return d[key].cast<T>();
+}
+
 // bind_limits.cpp: `inner` wrapped in a GovernedTransport when the client has a limiter
 // (an isthmus._core.Limiter) or a retry policy (a dict); otherwise `inner` itself.
 std::shared_ptr<http::Transport> govern(std::shared_ptr<http::Transport> inner,

@@ -27,10 +27,10 @@ import os
 import time
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 from isthmus import _core, errors
-from isthmus.source import Batch
+from isthmus.source import Batch, record_keys
 
 __all__ = ["ChangeLog", "Change"]
 
@@ -338,7 +338,6 @@ class ChangeSource:
         self.log, self.resource, self.connection, self.follow, self.name = log, resource, connection, follow, name
         self.identity = f"changelog:{os.path.abspath(log.path)}:{connection or '*'}:{resource or '*'}"
         self._after = 0
-        self._poll: Callable[[float], None] = time.sleep
 
     def __repr__(self) -> str:
         return f"<ChangeSource {self.log.path!r} resource={self.resource!r} connection={self.connection!r}>"
@@ -359,17 +358,10 @@ class ChangeSource:
                 return None
             if time.monotonic() >= deadline:
                 return Batch([], [], {"seq": self._after})
-            self._poll(0.05)
+            time.sleep(0.05)
 
     def keys(self, records: List[Any]) -> List[str]:
-        field = self.log.fields["id"].split(".")
-        out = []
-        for r in records:
-            v: Any = r
-            for step in field:
-                v = v.get(step) if isinstance(v, dict) else None
-            out.append(str(v))
-        return out
+        return record_keys(records, self.log.fields["id"].split("."))
 
     def ack(self, batch: Batch) -> None:
         pass

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <mutex>
 #include <tuple>
+#include <unordered_set>
 
 #include "isthmus/error.hpp"
 #include "isthmus/pipeline/cast.hpp"
@@ -334,16 +335,15 @@ ChangeLog::Ingested ChangeLog::ingest(const std::vector<std::string>& envelopes,
   {
     auto q = db.prepare("SELECT 1 FROM events WHERE event_id = ?");
     std::vector<ThinEvent> fresh;
-    std::vector<std::string> taken;
+    std::unordered_set<std::string> taken;
     for (auto& e : out.thin) {
       if (!e.event_id.empty()) {
         q.reset();
         q.bind(1, e.event_id);
-        if (q.step() || std::find(taken.begin(), taken.end(), e.event_id) != taken.end()) {
+        if (q.step() || !taken.insert(e.event_id).second) {
           ++out.counts.duplicates;
           continue;
         }
-        taken.push_back(e.event_id);
       }
       fresh.push_back(std::move(e));
     }
